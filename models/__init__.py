@@ -1,0 +1,8 @@
+"""Desired state, status and run history as SQLModel tables: the bottom layer, importing nothing above it."""
+
+from models.base import Resource, metadata
+from models.file import File
+from models.run import Run
+from models.status import Status
+
+__all__ = ["File", "Resource", "Run", "Status", "metadata"]

@@ -1,0 +1,84 @@
+"""The columns every kind of desired state shares, and the naming rules that keep constraint names stable."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import CheckConstraint, FetchedValue, MetaData, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.mutable import MutableDict
+from sqlmodel import DateTime, Field, SQLModel
+
+# Set before any table is defined, so Alembic sees the same constraint names on every machine.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$"
+"""Names are what an admin types in SQL and a shell: lower-case letters, digits, '-', '_' and '.', as in Kubernetes."""
+
+DELETION_POLICIES = ("delete", "orphan")
+
+
+def common_constraints(table: str) -> tuple[Any, ...]:
+    """The CHECK constraints every kind's table carries; each kind adds them to its __table_args__."""
+    return (
+        CheckConstraint(f"name ~ '{NAME_PATTERN}'", name="name_format"),
+        CheckConstraint("interval_seconds IS NULL OR interval_seconds > 0", name="interval_positive"),
+        CheckConstraint("deletion_policy IN ('delete', 'orphan')", name="deletion_policy_known"),
+        CheckConstraint("jsonb_typeof(labels) = 'object'", name="labels_object"),
+    )
+
+
+class Resource(SQLModel):
+    """What every kind's table has besides its own desired columns.
+
+    `generation` and `updated_at` belong to the database: a trigger sets them whenever a desired column
+    changes, by raw SQL or the ORM, so the ORM only reads them back.
+    """
+
+    kind: ClassVar[str]
+    """The kind's name as users say it (`File`); set by each table class."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=253, unique=True, nullable=False)
+    generation: int = Field(
+        default=1,
+        sa_column_kwargs={"server_default": text("1"), "server_onupdate": FetchedValue()},
+    )
+    interval_seconds: int | None = Field(default=None)
+    paused: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    deletion_policy: str = Field(
+        default="delete", max_length=16, sa_column_kwargs={"server_default": text("'delete'")}
+    )
+    labels: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=MutableDict.as_mutable(JSONB),  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("'{}'::jsonb")},
+    )
+    created_at: datetime | None = Field(
+        default=None,
+        nullable=False,
+        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("now()")},
+    )
+    updated_at: datetime | None = Field(
+        default=None,
+        nullable=False,
+        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("now()"), "server_onupdate": FetchedValue()},
+    )
+
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
+    @classmethod
+    def desired_fields(cls) -> list[str]:
+        """The columns an admin edits to say what they want (everything but bookkeeping)."""
+        bookkeeping = {"id", "generation", "created_at", "updated_at"}
+        return [f for f in cls.model_fields if f not in bookkeeping]

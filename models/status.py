@@ -1,0 +1,68 @@
+"""What the workers last saw and did for each resource of every kind, and when it is next due.
+
+One row per resource, created by the desired tables' triggers and written afterwards by workers only
+(the scheduler touches just the claim columns). Keyed by kind and name, so a deleted resource keeps its
+row, with its last desired state, until its controller has torn the real thing down.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import CheckConstraint, Index, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import DateTime, Field, SQLModel
+
+PHASES = ("Pending", "Reconciling", "Ready", "Drifted", "Failed", "Invalid", "Deleting")
+
+
+def _timestamp() -> Any:
+    return Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+def _json(default: str) -> Any:
+    return Field(
+        default=None,
+        nullable=False,
+        sa_type=JSONB,  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text(f"'{default}'::jsonb")},
+    )
+
+
+class Status(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "statuses"  # type: ignore[misc]
+    __table_args__ = (
+        CheckConstraint("phase IN ('" + "', '".join(PHASES) + "')", name="phase_known"),
+        Index("ix_statuses_due", "next_reconcile_at", postgresql_where=text("next_reconcile_at IS NOT NULL")),
+    )
+
+    kind: str = Field(primary_key=True, max_length=63)
+    name: str = Field(primary_key=True, max_length=253)
+    generation: int = Field(default=1)
+    """The desired row's generation, copied by its trigger."""
+    observed_generation: int | None = None
+    ready: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    phase: str = Field(default="Pending", max_length=16, sa_column_kwargs={"server_default": text("'Pending'")})
+    conditions: list[dict[str, Any]] | None = _json("[]")
+    """Kubernetes-shaped: type, status ('True'/'False'/'Unknown'), reason, message, last_transition_time."""
+    observed: dict[str, Any] | None = _json("{}")
+    """The actual state the controller last observed."""
+    drift: list[dict[str, Any]] | None = _json("[]")
+    """What differed from the desired state at the last observation: field, desired, actual."""
+    consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
+    last_error: str | None = None
+    last_reconcile_at: datetime | None = _timestamp()
+    last_success_at: datetime | None = _timestamp()
+    next_reconcile_at: datetime | None = _timestamp()
+    """When the scheduler next enqueues a reconcile; set it to now() to reconcile at once, NULL to never."""
+    interval_seconds: int | None = None
+    """The effective period used for the last reconcile (the row's, else its kind's)."""
+
+    # Scheduling bookkeeping: the claim that marks one pending message, so there is never a second.
+    enqueued_at: datetime | None = _timestamp()
+    claim: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
+
+    # Set by the delete trigger: the last desired row, kept until teardown succeeds.
+    deleted_at: datetime | None = _timestamp()
+    last_desired: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # type: ignore[call-overload]

@@ -1,0 +1,109 @@
+"""The SQL that makes a table a kind: generation bumps, status rows, tombstones and the scheduler's wake-up.
+
+Autogenerate cannot see functions and triggers, so migrations call these by hand:
+`op.execute(triggers.attach("files", "File"))` for a new kind, `triggers.detach(...)` to drop it.
+"""
+
+from __future__ import annotations
+
+CHANNEL = "setpoint_wake"
+"""The NOTIFY channel the scheduler listens on. The payload is empty on purpose: PostgreSQL folds
+identical notifications in one transaction, so an UPDATE of 100,000 rows wakes the scheduler once."""
+
+BOOKKEEPING = "ARRAY['id', 'generation', 'created_at', 'updated_at']"
+
+FUNCTIONS = f"""
+CREATE FUNCTION setpoint_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.generation := 1;
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        RETURN NEW;
+    END IF;
+    IF NEW.name IS DISTINCT FROM OLD.name THEN
+        RAISE EXCEPTION 'name is immutable: % % cannot become %', TG_ARGV[0], OLD.name, NEW.name
+            USING ERRCODE = 'check_violation', HINT = 'Delete the row and insert a new one instead.';
+    END IF;
+    NEW.id := OLD.id;
+    NEW.created_at := OLD.created_at;
+    IF (to_jsonb(NEW) - {BOOKKEEPING}) IS DISTINCT FROM (to_jsonb(OLD) - {BOOKKEEPING}) THEN
+        NEW.generation := OLD.generation + 1;
+        NEW.updated_at := now();
+    ELSE
+        NEW.generation := OLD.generation;
+        NEW.updated_at := OLD.updated_at;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at)
+        VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now())
+        ON CONFLICT (kind, name) DO UPDATE SET
+            generation = EXCLUDED.generation, observed_generation = NULL, ready = false,
+            phase = 'Pending', consecutive_failures = 0, last_error = NULL,
+            next_reconcile_at = now(), deleted_at = NULL, last_desired = NULL;
+    ELSIF TG_OP = 'UPDATE' THEN
+        IF NEW.generation IS DISTINCT FROM OLD.generation THEN
+            UPDATE statuses SET generation = NEW.generation, next_reconcile_at = now()
+            WHERE kind = TG_ARGV[0] AND name = NEW.name;
+        END IF;
+    ELSIF OLD.deletion_policy = 'orphan' THEN
+        DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = OLD.name;
+    ELSE
+        UPDATE statuses SET deleted_at = now(), last_desired = to_jsonb(OLD), phase = 'Deleting',
+            ready = false, next_reconcile_at = now()
+        WHERE kind = TG_ARGV[0] AND name = OLD.name;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION setpoint_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', '');
+    RETURN NULL;
+END $$;
+"""
+
+DROP_FUNCTIONS = """
+DROP FUNCTION IF EXISTS setpoint_wake();
+DROP FUNCTION IF EXISTS setpoint_track();
+DROP FUNCTION IF EXISTS setpoint_stamp();
+"""
+
+
+def attach(table: str, kind: str) -> str:
+    """The triggers that make `table` a kind named `kind` (run after creating the table)."""
+    return f"""
+CREATE TRIGGER setpoint_stamp BEFORE INSERT OR UPDATE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION setpoint_stamp('{kind}');
+CREATE TRIGGER setpoint_track AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION setpoint_track('{kind}');
+CREATE TRIGGER setpoint_wake AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION setpoint_wake();
+"""
+
+
+def detach(table: str) -> str:
+    """Undo attach(): drop the kind's triggers (its statuses stay until their rows are gone)."""
+    return "".join(
+        f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
+        for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+    )
+
+
+STATUS_VIEW = """
+CREATE VIEW resource_status AS
+SELECT s.kind, s.name, s.generation, s.observed_generation, s.ready, s.phase,
+       COALESCE(
+           (SELECT c->>'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c->>'type' = 'Ready'),
+           s.last_error, '') AS message,
+       s.consecutive_failures, s.last_reconcile_at, s.last_success_at, s.next_reconcile_at,
+       s.deleted_at IS NOT NULL AS deleting
+FROM statuses AS s;
+"""
+
+DROP_STATUS_VIEW = "DROP VIEW IF EXISTS resource_status;"

@@ -1,0 +1,1 @@
+"""Setpoint: the command line, configuration and zero-setup mode around the engine."""

@@ -1,0 +1,75 @@
+"""Every knob Setpoint has, read once from SETPOINT_* environment variables and passed down."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SETPOINT_", frozen=True)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/setpoint"
+    """Where desired state, status and run history live: a plain postgresql:// URL; the driver is ours to pick."""
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis database Celery uses as its broker (keep it dedicated to Setpoint)."""
+
+    default_interval_seconds: int = Field(30, ge=1)
+    """How often a resource is reconciled when neither its row nor its kind says otherwise."""
+
+    jitter_ratio: float = Field(0.1, ge=0, lt=1)
+    """Each next due time is spread by up to this fraction of the interval, so resources do not march in step."""
+
+    tick_seconds: float = Field(1.0, gt=0)
+    """How often the scheduler claims due resources (a NOTIFY wakes it sooner)."""
+
+    claim_batch_size: int = Field(500, ge=1)
+    """How many due resources one claim takes from the database."""
+
+    housekeeping_seconds: float = Field(60.0, gt=0)
+    """How often the scheduler prunes run history and resyncs."""
+
+    leader_retry_seconds: float = Field(2.0, gt=0)
+    """How often a standby scheduler tries to become the active one."""
+
+    retry_attempts: int = Field(3, ge=0)
+    """Quick Celery retries after a transient failure, before the scheduler's longer backoff takes over."""
+
+    backoff_base_seconds: float = Field(1.0, gt=0)
+    """The first retry delay; each further consecutive failure doubles it."""
+
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    """The longest delay between attempts for a resource that keeps failing."""
+
+    quick_retry_max_seconds: float = Field(30.0, gt=0)
+    """The longest countdown a Celery retry may carry (kept far below the broker's visibility timeout)."""
+
+    soft_time_limit_seconds: int = Field(120, ge=1)
+    """A reconcile running longer is interrupted and recorded as failed."""
+
+    time_limit_seconds: int = Field(150, ge=1)
+    """A reconcile running longer is killed with its worker process."""
+
+    visibility_timeout_seconds: int = Field(900, ge=60)
+    """Redis redelivers a message not acknowledged within this time; every delay above stays well below it."""
+
+    history_noops_kept: int = Field(20, ge=1)
+    """No-op runs kept per resource; changes and failures are kept for history_days."""
+
+    history_days: int = Field(14, ge=1)
+    """Runs older than this are pruned, except each resource's last history_noops_kept runs."""
+
+    worker_name: str | None = None
+    """How this worker names itself in run history (default: Celery's hostname)."""
+
+    data_dir: str = ".setpoint"
+    """Where `setpoint up` keeps the embedded PostgreSQL and Redis when no URLs are given."""
+
+
+@lru_cache(maxsize=1)
+def get() -> Settings:
+    """The process's settings, read from the environment the first time they are asked for."""
+    return Settings()
