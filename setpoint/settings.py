@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     history_days: int = Field(14, ge=1)
     """Runs older than this are pruned, except each resource's last history_noops_kept runs."""
 
+    controllers: str = ""
+    """Comma-separated modules to import at worker start, for controllers that call registry.register()."""
+
     worker_name: str | None = None
     """How this worker names itself in run history (default: Celery's hostname)."""
 

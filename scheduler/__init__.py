@@ -1,0 +1,1 @@
+"""The scheduler: one active process claims due resources from PostgreSQL and enqueues their reconciles."""

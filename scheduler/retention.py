@@ -1,0 +1,24 @@
+"""Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+_PRUNE = text("""
+DELETE FROM runs WHERE id IN (
+    SELECT id FROM (
+        SELECT id, outcome, started_at,
+               row_number() OVER (PARTITION BY kind, name, outcome IN ('noop', 'paused')
+                                  ORDER BY started_at DESC, id DESC) AS newest
+        FROM runs
+    ) AS ranked
+    WHERE newest > :keep
+      AND (outcome IN ('noop', 'paused') OR started_at < now() - make_interval(days => :days))
+)
+""")
+
+
+def prune(engine: Engine, *, keep: int, days: int) -> int:
+    """Delete the runs the rule no longer keeps; returns how many went."""
+    with engine.begin() as conn:
+        return conn.execute(_PRUNE, {"keep": keep, "days": days}).rowcount

@@ -1,0 +1,109 @@
+"""The scheduler process: elect a leader, then tick (claim due, enqueue), listen for changes, keep house.
+
+APScheduler is the clock: an interval job claims due resources every tick, a NOTIFY reschedules that
+job to run at once, and a slower job prunes run history. Only the leader runs them; a standby waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from apscheduler.job import Job
+from apscheduler.schedulers.background import BackgroundScheduler
+from celery import Celery
+from sqlalchemy import Engine
+
+from models.database import make_engine
+from scheduler import claim, retention
+from scheduler.leader import Leadership
+from scheduler.wake import Listener
+from setpoint.settings import Settings
+from worker.celery_app import TASK
+
+log = logging.getLogger("setpoint.scheduler")
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, app: Celery, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.engine = engine or make_engine(settings.database_url, pool_size=2, max_overflow=1)
+        self.stop = threading.Event()
+        self._woken = threading.Event()
+
+    def wake(self, tick: Job) -> None:
+        """Claim now: a desired row changed. A wake during a running tick makes that tick go round again."""
+        self._woken.set()
+        tick.modify(next_run_time=datetime.now(UTC))
+
+    def enqueue_due(self) -> int:
+        """Claim and send every due resource, batch by batch; returns how many were sent."""
+        sent = 0
+        self._woken.clear()
+        while True:
+            claims = claim.claim_due(self.engine, batch=self.settings.claim_batch_size,
+                                     default_interval_seconds=self.settings.default_interval_seconds)
+            with self.app.producer_or_acquire() as producer:
+                for c in claims:
+                    self.app.send_task(TASK, args=[c.kind, c.name], kwargs={"claim": c.claim},
+                                       producer=producer)
+            sent += len(claims)
+            if claims:
+                log.info("enqueued", extra={"count": len(claims),
+                                            "max_lateness_s": max(c.lateness_s for c in claims)})
+            if len(claims) < self.settings.claim_batch_size and not self._woken.is_set():
+                return sent
+            self._woken.clear()
+
+    def keep_house(self) -> None:
+        pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept,
+                                 days=self.settings.history_days)
+        log.info("pruned run history", extra={"deleted": pruned})
+
+    def _lead(self, leadership: Leadership) -> None:
+        """Serve as the active scheduler until stopped or until leadership is lost."""
+        clock = BackgroundScheduler(timezone=UTC, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        tick = clock.add_job(self._safely(self.enqueue_due), "interval", seconds=self.settings.tick_seconds,
+                             id="tick", next_run_time=datetime.now(UTC))
+        clock.add_job(self._safely(self.keep_house), "interval", seconds=self.settings.housekeeping_seconds,
+                      id="housekeeping", next_run_time=datetime.now(UTC))
+        clock.start()
+        listener = Listener(self.settings.database_url)
+        try:
+            while not self.stop.is_set():
+                try:
+                    listener.wait(1.0, lambda: self.wake(tick))
+                except Exception:
+                    self.stop.wait(self.settings.leader_retry_seconds)
+                if not leadership.held():
+                    log.warning("lost leadership")
+                    return
+        finally:
+            clock.shutdown(wait=True)
+            listener.close()
+
+    @staticmethod
+    def _safely(job):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                job()
+            except Exception:
+                log.exception("scheduler job failed; it runs again next time", extra={"job": job.__name__})
+        run.__name__ = job.__name__
+        return run
+
+    def run(self) -> None:
+        """Run until `stop` is set: standby while another scheduler leads, active otherwise."""
+        while not self.stop.is_set():
+            leadership = Leadership(self.settings.database_url)
+            log.info("waiting to lead")
+            if not leadership.acquire(self.stop, self.settings.leader_retry_seconds):
+                break
+            log.info("leading")
+            try:
+                self._lead(leadership)
+            finally:
+                leadership.release()

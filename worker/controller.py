@@ -1,0 +1,66 @@
+"""The contract a controller writer implements; the runtime (worker/runtime.py) does everything else.
+
+A controller holds the operational knowledge for one kind:
+
+    class FileController(Controller[File, FileState]):
+        model = File                                  # the SQLModel table holding desired state
+        def observe(self, desired: File) -> FileState: ...          # read the real world
+        def plan(self, desired: File, actual: FileState) -> list[Action]: ...   # pure: [] means in sync
+        def teardown(self, desired: File, actual: FileState) -> list[Action]: ...  # after DELETE
+
+Each reconcile re-reads the world (level-based): the runtime loads the desired row, calls `validate`,
+`observe` and `plan`, runs the actions in order and records status and a run row. Actions are values
+(frozen dataclasses) whose `run()` is idempotent: safe to run twice, safe to be killed at any line.
+
+Errors: raise `TransientError` (or let any exception escape) for what may work later; it is retried with
+backoff. Raise `PermanentError` or `InvalidSpec(field, message)` for what cannot work until the desired
+row changes; it is recorded in status with its reason and message and not retried until then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Generic, TypeVar
+
+from models.base import Resource
+from worker.errors import InvalidSpec, PermanentError, TransientError
+
+__all__ = ["Action", "Controller", "InvalidSpec", "PermanentError", "TransientError"]
+
+D = TypeVar("D", bound=Resource)
+O = TypeVar("O")  # noqa: E741 - the observed state, often a frozen dataclass
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One idempotent step towards the desired state; `str(action)` is what history and plans show."""
+
+    def run(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.run")
+
+
+class Controller(Generic[D, O]):
+    model: ClassVar[type[Resource]]
+    """The SQLModel table class for this kind; its `kind` names the kind."""
+
+    interval_seconds: ClassVar[int | None] = None
+    """This kind's default period (a row's own interval_seconds wins); None means the global default."""
+
+    def validate(self, desired: D) -> None:
+        """Raise InvalidSpec(field, message) for desired state the database constraints let through."""
+
+    def observe(self, desired: D) -> O:
+        raise NotImplementedError
+
+    def plan(self, desired: D, actual: O) -> list[Action]:
+        raise NotImplementedError
+
+    def teardown(self, desired: D, actual: O) -> list[Action]:
+        """What removes the real thing once its row is deleted; nothing by default."""
+        return []
+
+    def describe(self, actual: O) -> dict[str, Any]:
+        """The observed state as JSON for status.observed; dataclasses are converted for you."""
+        if dataclasses.is_dataclass(actual) and not isinstance(actual, type):
+            return dataclasses.asdict(actual)
+        return {"value": actual} if actual is not None else {}

@@ -1,0 +1,39 @@
+"""Setpoint's one error tree: each class's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class SetpointError(Exception):
+    """Setpoint failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def reason(self) -> str:
+        """The CamelCase reason a status condition shows for this error."""
+        return type(self).__name__.removesuffix("Error")
+
+
+class TransientError(SetpointError):
+    """The reconcile failed, and may work on a later attempt: it is retried with backoff."""
+
+
+class PermanentError(SetpointError):
+    """Retrying cannot help until the desired state changes: recorded in status and not retried."""
+
+
+class InvalidSpec(PermanentError):
+    """The desired state is invalid; fix the row and the resource is reconciled again."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+    @property
+    def reason(self) -> str:
+        return "InvalidSpec"
+
+
+class UnknownKind(SetpointError):
+    """No controller is registered for this kind; register one, or check the kind's spelling."""

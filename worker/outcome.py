@@ -1,0 +1,114 @@
+"""What one pass of a controller found and did, and how that becomes status: pure, so tests compare values."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from setpoint.settings import Settings
+from worker import timing
+from worker.store import StatusUpdate
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The controller's pass: outcome is one of models.run.OUTCOMES."""
+
+    outcome: str
+    actions: tuple[str, ...] = ()
+    """What was done, in order (for a failure: what was done before it)."""
+    drift: tuple[str, ...] = ()
+    """What the plan found different from the desired state."""
+    observed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    reason: str | None = None
+    transient: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("noop", "changed", "paused", "deleted")
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """A quick Celery retry of the same message after a transient failure."""
+
+    countdown_s: float
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, now: datetime, previous: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+    """A Kubernetes-shaped condition whose last_transition_time moves only when its status flips."""
+    status = "True" if ok else "False"
+    since = now.isoformat()
+    for old in previous:
+        if old.get("type") == type_ and old.get("status") == status:
+            since = old.get("last_transition_time", since)
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "last_transition_time": since}
+
+
+def _conditions(result: Result, generation: int, now: datetime, previous: list[dict[str, Any]]
+                ) -> tuple[str, bool, list[dict[str, Any]]]:
+    """The phase, readiness and conditions (Ready, Synced) that `result` implies."""
+    drift = "; ".join(result.drift)
+    if result.outcome in ("noop", "changed"):
+        done = f"generation {generation} applied: " + "; ".join(result.actions) if result.actions else (
+            f"generation {generation} in sync")
+        reason = "Applied" if result.actions else "InSync"
+        return "Ready", True, [condition("Ready", True, reason, done, now, previous),
+                               condition("Synced", True, reason, done, now, previous)]
+    if result.outcome == "paused":
+        in_sync = not result.drift
+        message = "paused; in sync" if in_sync else f"paused; drift left uncorrected: {drift}"
+        reason = "Paused"
+        return ("Ready" if in_sync else "Drifted"), in_sync, [
+            condition("Ready", in_sync, reason, message, now, previous),
+            condition("Synced", in_sync, reason, message, now, previous)]
+    phase = "Invalid" if result.outcome == "invalid" else "Failed"
+    message = result.error or result.outcome
+    if result.transient:
+        message = f"will retry: {message}"
+    reason = result.reason or "ReconcileError"
+    return phase, False, [condition("Ready", False, reason, message, now, previous),
+                          condition("Synced", False, reason, message, now, previous)]
+
+
+def status_update(
+    result: Result, *, generation: int, previous: dict[str, Any], interval_seconds: int, attempt: int,
+    settings: Settings, now: datetime, rng: random.Random,
+) -> tuple[StatusUpdate, Retry | None]:
+    """The status a result leaves behind, when the resource is next due, and whether Celery retries first."""
+    phase, ready, conditions = _conditions(result, generation, now, previous.get("conditions") or [])
+    failures = 0 if result.ok else int(previous.get("consecutive_failures") or 0) + 1
+    retry: Retry | None = None
+    if result.ok:
+        next_at: datetime | None = timing.next_due(now, interval_seconds, settings.jitter_ratio, rng)
+    elif not result.transient:
+        next_at = None  # permanent: not retried until the desired row changes (its trigger sets it due)
+    else:
+        delay = timing.backoff_seconds(failures, settings.backoff_base_seconds, settings.backoff_max_seconds, rng)
+        if attempt < settings.retry_attempts and delay <= settings.quick_retry_max_seconds:
+            retry = Retry(delay)
+        next_at = now + timedelta(seconds=delay)
+    update = StatusUpdate(
+        observed_generation=generation,
+        ready=ready,
+        phase=phase,
+        conditions=conditions,
+        observed=result.observed,
+        drift=[{"change": item} for item in result.drift],
+        consecutive_failures=failures,
+        last_error=None if result.ok else result.error,
+        last_success_at=now if result.ok else _parse(previous.get("last_success_at")),
+        next_reconcile_at=next_at,
+        interval_seconds=interval_seconds,
+        release_claim=retry is None,
+    )
+    return update, retry
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

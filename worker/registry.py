@@ -1,0 +1,61 @@
+"""Which controller handles which kind: the built-in ones, those named by entry points, and any registered by hand.
+
+A package adds kinds without forking Setpoint by declaring, in its pyproject.toml,
+
+    [project.entry-points."setpoint.controllers"]
+    Widget = "my_package.widget:WidgetController"
+
+or by calling `registry.register(WidgetController())` from a module named in SETPOINT_CONTROLLERS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from worker.controller import Controller
+from worker.errors import UnknownKind
+
+GROUP = "setpoint.controllers"
+
+_controllers: dict[str, Controller[Any, Any]] = {}
+_loaded = False
+
+
+def register(controller: Controller[Any, Any]) -> None:
+    """Make `controller` handle its model's kind (the last registration of a kind wins)."""
+    _controllers[controller.model.kind] = controller
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    from controllers.file import FileController
+
+    register(FileController())
+    for entry in entry_points(group=GROUP):
+        register(entry.load()())
+    _loaded = True
+
+
+def import_modules(names: list[str]) -> None:
+    """Import user modules that call register() themselves (SETPOINT_CONTROLLERS)."""
+    _load()
+    for name in names:
+        importlib.import_module(name)
+
+
+def get(kind: str) -> Controller[Any, Any]:
+    _load()
+    try:
+        return _controllers[kind]
+    except KeyError:
+        known = ", ".join(sorted(_controllers)) or "none"
+        raise UnknownKind(f"no controller is registered for kind {kind!r} (known: {known})") from None
+
+
+def kinds() -> dict[str, Controller[Any, Any]]:
+    _load()
+    return dict(_controllers)

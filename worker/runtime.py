@@ -1,0 +1,127 @@
+"""One reconcile of one resource, as the Celery task runs it: lock, read, observe, plan, act, record.
+
+Level-based, as in controller-runtime: the request names the resource and nothing else, and every run
+re-reads the desired row and the real world. A missing row without a tombstone means there is nothing
+to do; a tombstone (the delete trigger's copy of the last desired row) means tear down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from setpoint.settings import Settings
+from worker import registry, store
+from worker.controller import Controller
+from worker.errors import InvalidSpec, PermanentError
+from worker.outcome import Result, Retry, status_update
+
+log = logging.getLogger("setpoint.reconcile")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    kind: str
+    name: str
+    claim: int | None = None
+    """The scheduler's claim number; a message whose claim was superseded is a duplicate and is dropped."""
+    attempt: int = 0
+    task_id: str | None = None
+    worker: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """How a reconcile ended: its outcome (or why it was skipped), and a quick retry if one is due."""
+
+    outcome: str
+    retry: Retry | None = None
+
+
+def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: bool) -> Result:
+    """Validate, observe, plan and act, turning every error into a Result: nothing escapes but interrupts."""
+    done: list[str] = []
+    drift: tuple[str, ...] = ()
+    observed: dict[str, Any] = {}
+    try:
+        if not deleting:
+            controller.validate(desired)
+        actual = controller.observe(desired)
+        observed = controller.describe(actual)
+        actions = controller.teardown(desired, actual) if deleting else controller.plan(desired, actual)
+        drift = tuple(str(action) for action in actions)
+        if desired.paused and not deleting:
+            return Result("paused", drift=drift, observed=observed)
+        for action in actions:
+            action.run()
+            done.append(str(action))
+    except InvalidSpec as error:
+        return Result("invalid", tuple(done), drift, observed, str(error), error.reason)
+    except PermanentError as error:
+        return Result("failed", tuple(done), drift, observed, str(error), error.reason)
+    except Exception as error:  # anything else may work next time: retried with backoff
+        message = f"{type(error).__name__}: {error}"
+        return Result("failed", tuple(done), drift, observed, message, "ReconcileError", transient=True)
+    if deleting:
+        return Result("deleted", tuple(done), drift, observed)
+    return Result("changed" if done else "noop", tuple(done), drift, observed)
+
+
+def reconcile(request: Request, *, engine: Engine, settings: Settings, now: Callable[[], datetime],
+              rng: random.Random) -> Done:
+    controller = registry.get(request.kind)
+    model = controller.model
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        snapshot = store.begin(conn, model.__tablename__, request.kind, request.name)  # type: ignore[arg-type]
+        if not snapshot.locked:
+            return Done("busy")  # another worker is reconciling it; its record will requeue any change
+        finished = False
+        try:
+            status = snapshot.status
+            if status is None:
+                return Done("gone")
+            if request.claim is not None and status["claim"] != request.claim:
+                return Done("superseded")
+            deleting = snapshot.desired is None
+            if deleting and status.get("last_desired") is None:
+                return Done("gone")
+            started = now()
+            desired = model.model_validate(snapshot.desired or status["last_desired"])
+            result = run_controller(controller, desired, deleting=deleting)
+            finished_at = now()
+            run = store.RunRecord(
+                generation=desired.generation, started_at=started, finished_at=finished_at,
+                outcome=result.outcome, actions=list(result.actions), error=result.error,
+                worker=request.worker, task_id=request.task_id, attempt=request.attempt,
+            )
+            retry = None
+            if result.outcome == "deleted":
+                store.finish(conn, request.kind, request.name, None, run)
+            else:
+                interval = desired.interval_seconds or controller.interval_seconds or (
+                    settings.default_interval_seconds)
+                update, retry = status_update(
+                    result, generation=desired.generation, previous=status, interval_seconds=interval,
+                    attempt=request.attempt, settings=settings, now=finished_at, rng=rng,
+                )
+                store.finish(conn, request.kind, request.name, update, run)
+            finished = True
+            log.info("reconciled", extra={"kind": request.kind, "resource": request.name,
+                                          "outcome": result.outcome, "duration_ms": run.duration_ms})
+            return Done(result.outcome, retry)
+        finally:
+            if not finished:
+                _release(conn, request)
+
+
+def _release(conn: Any, request: Request) -> None:
+    try:
+        store.unlock(conn, request.kind, request.name)
+    except Exception:
+        conn.invalidate()  # closing the session is what frees the lock if the unlock itself failed

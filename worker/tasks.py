@@ -1,0 +1,54 @@
+"""The one Celery task, `setpoint.reconcile(kind, name)`: what Flower shows, and what the scheduler sends."""
+
+from __future__ import annotations
+
+import random
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+from sqlalchemy import Engine
+
+from models.database import make_engine
+from setpoint import settings as config
+from worker import registry
+from worker.celery_app import TASK, app
+from worker.runtime import Request, reconcile
+
+_engine: Engine | None = None
+_rng = random.Random()
+
+
+def engine() -> Engine:
+    global _engine
+    if _engine is None:
+        _engine = make_engine(config.get().database_url, pool_size=2, max_overflow=2)
+    return _engine
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked pool process must never share its parent's database connections."""
+    if _engine is not None:
+        _engine.dispose(close=False)
+    registry.import_modules([m.strip() for m in config.get().controllers.split(",") if m.strip()])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@app.task(name=TASK, bind=True, acks_late=True, max_retries=None)
+def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -> str:
+    settings = config.get()
+    request = Request(
+        kind=kind, name=name, claim=claim, attempt=self.request.retries or 0, task_id=self.request.id,
+        worker=settings.worker_name or self.request.hostname or socket.gethostname(),
+    )
+    done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
+    if done.retry is not None:
+        # The quick retries are Celery's; longer backoff is the scheduler's (status.next_reconcile_at).
+        raise self.retry(countdown=done.retry.countdown_s, max_retries=settings.retry_attempts)
+    return done.outcome
