@@ -1,0 +1,71 @@
+"""A kind that exists only for the tests: it fails a set number of times, then succeeds.
+
+The worker imports this module through SETPOINT_CONTROLLERS, exactly as a user's own kinds are loaded;
+its table is created by the test fixtures (tests.conftest.create_test_kinds), not by the migrations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from sqlmodel import Field
+
+from models.base import Resource, common_constraints
+from worker import registry
+from worker.controller import Action, Controller, TransientError
+
+
+class Flaky(Resource, table=True):
+    __tablename__: ClassVar[str] = "flakies"  # type: ignore[misc]
+    __table_args__ = common_constraints("flakies")
+    kind: ClassVar[str] = "Flaky"
+
+    counter_path: str
+    """A file counting the attempts made so far."""
+    fail_times: int = 0
+    """How many attempts fail before one succeeds; -1 fails for ever."""
+    hang_seconds: float = 0
+    """How long each attempt sleeps first (to exercise time limits)."""
+
+
+def attempts(path: str) -> int:
+    try:
+        return int(Path(path).read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt(Action):
+    counter_path: str
+    fail_times: int
+    hang_seconds: float
+
+    def run(self) -> None:
+        count = attempts(self.counter_path) + 1
+        Path(self.counter_path).write_text(str(count))
+        if self.hang_seconds:
+            time.sleep(self.hang_seconds)  # the controller under test hangs; this is not synchronisation
+        if self.fail_times < 0 or count <= self.fail_times:
+            raise TransientError(f"simulated failure {count}")
+
+    def __str__(self) -> str:
+        return f"attempt {attempts(self.counter_path) + 1}"
+
+
+class FlakyController(Controller[Flaky, int]):
+    model = Flaky
+
+    def observe(self, desired: Flaky) -> int:
+        return attempts(desired.counter_path)
+
+    def plan(self, desired: Flaky, actual: int) -> list[Action]:
+        if desired.fail_times >= 0 and actual > desired.fail_times:
+            return []
+        return [Attempt(desired.counter_path, desired.fail_times, desired.hang_seconds)]
+
+
+registry.register(FlakyController())
