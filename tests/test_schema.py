@@ -1,0 +1,114 @@
+"""Desired state in PostgreSQL: generations, constraints, tombstones and migrations, as an admin meets them."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, select
+
+from models import File
+from models.database import libpq_url
+from tests.conftest import alembic
+from tests.helpers import sql, status
+
+
+def generation(engine: Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT generation FROM files WHERE name = :n"), {"n": name}).scalar_one()
+
+
+def test_raw_sql_update_bumps_generation_only_when_desired_columns_change(engine: Engine, unique: str) -> None:
+    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/x', 'a')", n=unique)
+    assert generation(engine, unique) == 1
+    sql(engine, "UPDATE files SET content = 'b' WHERE name = :n", n=unique)
+    assert generation(engine, unique) == 2
+    sql(engine, "UPDATE files SET content = 'b' WHERE name = :n", n=unique)
+    assert generation(engine, unique) == 2, "writing the same value is not a change"
+    sql(engine, "UPDATE files SET generation = 99 WHERE name = :n", n=unique)
+    assert generation(engine, unique) == 2, "generation belongs to the database"
+    assert status(engine, unique)["generation"] == 2  # type: ignore[index]
+
+
+def test_orm_edits_bump_generation_including_in_place_json(engine: Engine, unique: str) -> None:
+    with Session(engine) as session:
+        row = File(name=unique, path="/tmp/orm", content="a", labels={"team": "ops"})
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        assert row.generation == 1
+        row.content = "b"
+        session.commit()
+        assert row.generation == 2, "the ORM reads the trigger's generation back"
+        row.labels["team"] = "platform"  # an in-place edit of a JSON column
+        session.commit()
+        assert row.generation == 3
+    with Session(engine) as session:
+        again = session.exec(select(File).where(File.name == unique)).one()
+        assert again.labels == {"team": "platform"} and again.generation == 3
+
+
+def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> None:
+    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x')", n=unique)
+    with pytest.raises(IntegrityError, match="name is immutable"):
+        sql(engine, "UPDATE files SET name = 'other' WHERE name = :n", n=unique)
+    for bad in ["Has Space", "quote'd", "ünïcode", "", "x" * 300, "-leading"]:
+        with pytest.raises((IntegrityError, DataError)):
+            sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x')", n=bad)
+
+
+@pytest.mark.parametrize(("column", "value", "constraint"), [
+    ("path", "relative/path", "path_absolute"),
+    ("mode", "999", "mode_octal"),
+    ("interval_seconds", 0, "interval_positive"),
+    ("deletion_policy", "shred", "deletion_policy_known"),
+])
+def test_bad_values_are_refused_by_constraints(engine: Engine, unique: str, column: str, value: object,
+                                               constraint: str) -> None:
+    values = {"name": unique, "path": "/tmp/x", column: value}
+    with pytest.raises(IntegrityError, match=constraint):
+        sql(engine, f"INSERT INTO files ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})",
+            **values)
+    assert status(engine, unique) is None, "a refused row leaves nothing behind"
+
+
+def test_delete_keeps_a_tombstone_with_the_last_desired_state(engine: Engine, unique: str) -> None:
+    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/tomb', 'last words')", n=unique)
+    sql(engine, "DELETE FROM files WHERE name = :n", n=unique)
+    row = status(engine, unique)
+    assert row is not None and row["deleted_at"] is not None and row["phase"] == "Deleting"
+    assert row["last_desired"]["content"] == "last words"
+
+
+def test_resource_status_view_shows_every_resource(engine: Engine, unique: str) -> None:
+    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/view')", n=unique)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT kind, name, generation, observed_generation, ready, phase, message, "
+                                "last_reconcile_at FROM resource_status WHERE name = :n"), {"n": unique}).one()
+    assert (row.kind, row.generation, row.ready, row.phase) == ("File", 1, False, "Pending")
+
+
+def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: tuple[str, str]) -> None:
+    admin = servers[0]
+    name = f"setpoint_migrations_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        alembic("upgrade", "head", database_url=url)
+        alembic("check", database_url=url)  # autogenerate finds no difference between models and migrations
+        alembic("downgrade", "base", database_url=url)
+        with psycopg.connect(libpq_url(url)) as conn:
+            left = conn.execute("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                "WHERE n.nspname = 'public' AND relname <> 'alembic_version' "
+                                "AND relkind IN ('r', 'v', 'S')").fetchall()
+            functions = conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'setpoint_%'").fetchall()
+        assert left == [] and functions == []
+        alembic("upgrade", "head", database_url=url)
+    finally:
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
