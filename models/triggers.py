@@ -40,15 +40,17 @@ END $$;
 CREATE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at)
-        VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now())
+        INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at, interval_seconds)
+        VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now(), NEW.interval_seconds)
         ON CONFLICT (kind, name) DO UPDATE SET
             generation = EXCLUDED.generation, observed_generation = NULL, ready = false,
+            interval_seconds = EXCLUDED.interval_seconds,
             phase = 'Pending', consecutive_failures = 0, last_error = NULL,
             next_reconcile_at = now(), deleted_at = NULL, last_desired = NULL;
     ELSIF TG_OP = 'UPDATE' THEN
         IF NEW.generation IS DISTINCT FROM OLD.generation THEN
-            UPDATE statuses SET generation = NEW.generation, next_reconcile_at = now()
+            UPDATE statuses SET generation = NEW.generation, next_reconcile_at = now(),
+                interval_seconds = COALESCE(NEW.interval_seconds, statuses.interval_seconds)
             WHERE kind = TG_ARGV[0] AND name = NEW.name;
         END IF;
     ELSIF OLD.deletion_policy = 'orphan' THEN

@@ -187,3 +187,26 @@ def stack(database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathF
 def unique() -> str:
     """A resource name no other test uses."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def fresh(servers: tuple[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A migrated database and an empty Redis database of this test's own, for tests that start, stop and
+    kill their own schedulers and workers. Yields the processes' environment."""
+    import redis
+
+    admin, broker = servers
+    name = f"setpoint_fresh_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    broker_url = broker.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(broker_url).flushdb()
+    alembic("upgrade", "head", database_url=url)
+    create_test_kinds(url)
+    try:
+        yield stack_env(url, broker_url)
+    finally:
+        redis.Redis.from_url(broker_url).flushdb()
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

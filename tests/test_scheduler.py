@@ -1,0 +1,97 @@
+"""The scheduler: one active leader, one pending message per resource, and nothing stuck after a loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from sqlalchemy import Engine, text
+
+from models.database import make_engine
+from tests.conftest import Process, start_scheduler, start_worker, wait_for
+from tests.helpers import ready_at, runs, sql
+from worker.celery_app import QUEUE
+
+
+def queued(env: dict[str, str]) -> int:
+    return int(redis.Redis.from_url(env["SETPOINT_BROKER_URL"]).llen(QUEUE))
+
+
+def leader_of(*schedulers: Process) -> Process | None:
+    leading = [s for s in schedulers if "leading" in s.output()]
+    return leading[0] if len(leading) == 1 else None
+
+
+def test_one_pending_message_per_resource_however_often_it_changes(fresh: dict, tmp_path: Path) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    try:
+        sql(engine, "INSERT INTO files (name, path, content) VALUES ('busy', :p, '0')", p=str(tmp_path / "f"))
+        wait_for(lambda: queued(fresh) == 1, 10, "the first reconcile queued")
+        for i in range(1, 51):  # no worker is running: the queue must not grow
+            sql(engine, "UPDATE files SET content = :c WHERE name = 'busy'", c=str(i))
+        sql(engine, "UPDATE statuses SET next_reconcile_at = now()")  # an admin asking for it now, too
+        wait_for(lambda: "enqueued" in scheduler.output(), 5, "scheduler ticking")
+        assert queued(fresh) == 1
+        worker = start_worker(fresh, tmp_path / "worker.log")
+        try:
+            wait_for(lambda: ready_at(engine, "busy", 51), 30, "the latest generation applied")
+            assert (tmp_path / "f").read_text() == "50"
+        finally:
+            worker.stop()
+    finally:
+        scheduler.stop()
+        engine.dispose()
+
+
+def test_a_lost_message_is_made_up_for_within_one_interval(fresh: dict, tmp_path: Path) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = None
+    try:
+        sql(engine, "INSERT INTO files (name, path, content, interval_seconds) VALUES ('lost', :p, 'x', 3)",
+            p=str(tmp_path / "f"))
+        wait_for(lambda: queued(fresh) == 1, 10, "reconcile queued")
+        redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"]).flushdb()  # Redis flushed: the message is gone
+        worker = start_worker(fresh, tmp_path / "worker.log")
+        wait_for(lambda: ready_at(engine, "lost", 1), 3 + 15, "reconciled after the loss")
+        assert (tmp_path / "f").read_text() == "x"
+    finally:
+        if worker:
+            worker.stop()
+        scheduler.stop()
+        engine.dispose()
+
+
+def test_two_schedulers_never_double_enqueue_and_a_standby_takes_over(fresh: dict, tmp_path: Path) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    first = start_scheduler(fresh, tmp_path / "first.log")
+    second = start_scheduler(fresh, tmp_path / "second.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    try:
+        active = wait_for(lambda: leader_of(first, second), 15, "exactly one leader")
+        standby = second if active is first else first
+        with engine.begin() as conn:  # 200 resources due at once, each due exactly once in this test
+            conn.execute(text("INSERT INTO files (name, path, interval_seconds) "
+                              "SELECT 'f' || i, :dir || '/f' || i, 3600 FROM generate_series(1, 200) AS i"),
+                         {"dir": str(tmp_path)})
+        wait_for(lambda: _ready_count(engine) == 200, 60, "all 200 ready")
+        active.kill()  # SIGKILL: no goodbye, its session (and lock) dies with it
+        wait_for(lambda: "leading" in standby.output(), 10, "standby leads within 10 s")
+        sql(engine, "INSERT INTO files (name, path) VALUES ('after', :p)", p=str(tmp_path / "after"))
+        wait_for(lambda: ready_at(engine, "after", 1), 15, "new resource served by the new leader")
+        with engine.connect() as conn:
+            counts = conn.execute(text("SELECT count(*) FROM runs GROUP BY name")).scalars().all()
+        assert set(counts) == {1}, "every due reconcile ran exactly once"
+        assert len(runs(engine, "after")) == 1
+    finally:
+        worker.stop()
+        for s in (first, second):
+            if s.popen.poll() is None:
+                s.stop()
+        engine.dispose()
+
+
+def _ready_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM statuses WHERE ready")).scalar_one()
