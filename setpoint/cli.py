@@ -1,0 +1,39 @@
+"""The `setpoint` command."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from setpoint import settings as config
+from setpoint import up as up_command
+
+app = typer.Typer(help="Setpoint keeps real systems matching the desired state written in PostgreSQL.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True, soft_wrap=True)
+
+
+@app.command()
+def up(concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Worker processes.")) -> None:
+    """Run the scheduler and a worker in the foreground; Ctrl-C stops everything.
+
+    Uses SETPOINT_DATABASE_URL and SETPOINT_BROKER_URL when set; with neither set, starts an embedded
+    PostgreSQL and Redis under SETPOINT_DATA_DIR (default .setpoint/).
+    """
+    try:
+        code = up_command.run(config.get(), concurrency, lambda line: console.print(f"[bold]setpoint[/] {line}"))
+    except up_command.UsageError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def migrate() -> None:
+    """Migrate the database at SETPOINT_DATABASE_URL to the latest schema (alembic upgrade head)."""
+    up_command.migrate(config.get().database_url)
+    console.print("database migrated to head")
+
+
+if __name__ == "__main__":
+    app()
