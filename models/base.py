@@ -54,9 +54,7 @@ class Resource(SQLModel):
     )
     interval_seconds: int | None = Field(default=None)
     paused: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
-    deletion_policy: str = Field(
-        default="delete", max_length=16, sa_column_kwargs={"server_default": text("'delete'")}
-    )
+    deletion_policy: str = Field(default="delete", max_length=16, sa_column_kwargs={"server_default": text("'delete'")})
     labels: dict[str, Any] = Field(
         default_factory=dict,
         sa_type=MutableDict.as_mutable(JSONB),  # type: ignore[call-overload]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from sqlalchemy import BigInteger, CheckConstraint, Index, text
 from sqlalchemy.dialects.postgresql import JSONB

@@ -7,14 +7,20 @@ asking takes over. The connection has TCP keepalives so a vanished host is notic
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import psycopg
 
 from models.database import libpq_url
 
 LOCK_ID = 0x5E7_9017  # any fixed number: one per Setpoint database
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-              "connect_timeout": 10}
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "connect_timeout": 10,
+}
 
 
 class Leadership:

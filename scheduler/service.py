@@ -43,33 +43,47 @@ class Scheduler:
         sent = 0
         self._woken.clear()
         while True:
-            claims = claim.claim_due(self.engine, batch=self.settings.claim_batch_size,
-                                     default_interval_seconds=self.settings.default_interval_seconds)
+            claims = claim.claim_due(
+                self.engine,
+                batch=self.settings.claim_batch_size,
+                default_interval_seconds=self.settings.default_interval_seconds,
+            )
             with self.app.producer_or_acquire() as producer:
                 for c in claims:
-                    self.app.send_task(TASK, args=[c.kind, c.name], kwargs={"claim": c.claim},
-                                       producer=producer)
+                    self.app.send_task(TASK, args=[c.kind, c.name], kwargs={"claim": c.claim}, producer=producer)
             sent += len(claims)
             if claims:
-                log.info("enqueued", extra={"count": len(claims),
-                                            "max_lateness_s": max(c.lateness_s for c in claims)})
+                log.info(
+                    "enqueued",
+                    extra={"count": len(claims), "max_lateness_s": max(c.lateness_s for c in claims)},
+                )
             if len(claims) < self.settings.claim_batch_size and not self._woken.is_set():
                 return sent
             self._woken.clear()
 
     def keep_house(self) -> None:
-        pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept,
-                                 days=self.settings.history_days)
+        pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept, days=self.settings.history_days)
         log.info("pruned run history", extra={"deleted": pruned})
 
     def _lead(self, leadership: Leadership) -> None:
         """Serve as the active scheduler until stopped or until leadership is lost."""
-        clock = BackgroundScheduler(timezone=UTC, job_defaults={
-            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-        tick = clock.add_job(self._safely(self.enqueue_due), "interval", seconds=self.settings.tick_seconds,
-                             id="tick", next_run_time=datetime.now(UTC))
-        clock.add_job(self._safely(self.keep_house), "interval", seconds=self.settings.housekeeping_seconds,
-                      id="housekeeping", next_run_time=datetime.now(UTC))
+        clock = BackgroundScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        tick = clock.add_job(
+            self._safely(self.enqueue_due),
+            "interval",
+            seconds=self.settings.tick_seconds,
+            id="tick",
+            next_run_time=datetime.now(UTC),
+        )
+        clock.add_job(
+            self._safely(self.keep_house),
+            "interval",
+            seconds=self.settings.housekeeping_seconds,
+            id="housekeeping",
+            next_run_time=datetime.now(UTC),
+        )
         clock.start()
         listener = Listener(self.settings.database_url)
         try:
@@ -92,6 +106,7 @@ class Scheduler:
                 job()
             except Exception:
                 log.exception("scheduler job failed; it runs again next time", extra={"job": job.__name__})
+
         run.__name__ = job.__name__
         return run
 

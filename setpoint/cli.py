@@ -8,8 +8,11 @@ from rich.console import Console
 from setpoint import settings as config
 from setpoint import up as up_command
 
-app = typer.Typer(help="Setpoint keeps real systems matching the desired state written in PostgreSQL.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Setpoint keeps real systems matching the desired state written in PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console(stderr=True, soft_wrap=True)
 
 

@@ -122,14 +122,25 @@ def _stop_leftover(pidfile: pathlib.Path, name: str, sig: int) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-def _start(name: str, command: Callable[[int], list[str]], ready: Callable[[int], bool],
-           log: pathlib.Path, **popen: Any) -> tuple[subprocess.Popen[bytes], int]:
+def _start(
+    name: str,
+    command: Callable[[int], list[str]],
+    ready: Callable[[int], bool],
+    log: pathlib.Path,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start a server on a free port of 127.0.0.1 and wait until it answers (retrying if the port got taken)."""
     for _ in range(3):
         port, since = _free_port(), log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
-            proc = subprocess.Popen(command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, **popen)  # Ctrl+C reaches us, and we stop it
+            proc = subprocess.Popen(
+                command(port),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **popen,
+            )  # Ctrl+C reaches us, and we stop it
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready(port):
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -138,13 +149,15 @@ def _start(name: str, command: Callable[[int], list[str]], ready: Callable[[int]
                 break
             if time.monotonic() > deadline:
                 _stop(proc, name, signal.SIGKILL)
-                raise EmbeddedServiceError(f"{name} did not answer within {START_TIMEOUT_S:.0f}s; "
-                                           f"end of {log}:\n{_tail(log, since)}")
+                raise EmbeddedServiceError(
+                    f"{name} did not answer within {START_TIMEOUT_S:.0f}s; end of {log}:\n{_tail(log, since)}"
+                )
         else:
             return proc, port
         if "Address already in use" not in _tail(log, since):
-            raise EmbeddedServiceError(f"{name} exited with code {proc.returncode} while starting; "
-                                       f"end of {log}:\n{_tail(log, since)}")
+            raise EmbeddedServiceError(
+                f"{name} exited with code {proc.returncode} while starting; end of {log}:\n{_tail(log, since)}"
+            )
     raise EmbeddedServiceError(f"{name} found no free port on 127.0.0.1; end of {log}:\n{_tail(log, since)}")
 
 
@@ -167,9 +180,24 @@ def _init_postgres(pgdata: pathlib.Path, bindir: pathlib.Path, log: pathlib.Path
     _hand_over(fresh, run_as)
     since = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
-        done = subprocess.run([str(bindir / "initdb"), "-D", str(fresh), "-U", DB_USER, "--auth=trust",
-                               "--encoding=UTF8", "--no-locale", "--no-instructions"], cwd=fresh,
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **run_as)
+        done = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(fresh),
+                "-U",
+                DB_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-instructions",
+            ],
+            cwd=fresh,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **run_as,
+        )
     if done.returncode != 0:
         raise EmbeddedServiceError(f"initdb failed with code {done.returncode}; end of {log}:\n{_tail(log, since)}")
     fresh.rename(pgdata)
@@ -198,18 +226,48 @@ def running(data_dir: pathlib.Path) -> Iterator[Services]:
         def pg_url(port: int, db: str = "postgres") -> str:
             return f"postgresql://{DB_USER}@127.0.0.1:{port}/{db}"
 
-        pg, pg_port = _start("postgres", lambda port: [
-            str(pg_bin / "postgres"), "-D", str(pgdata), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
-            lambda port: reachable_postgres(pg_url(port), 2.0), data_dir / "postgres.log", cwd=pgdata, **run_as)
+        pg, pg_port = _start(
+            "postgres",
+            lambda port: [
+                str(pg_bin / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ],
+            lambda port: reachable_postgres(pg_url(port), 2.0),
+            data_dir / "postgres.log",
+            cwd=pgdata,
+            **run_as,
+        )
         stack.callback(_stop, pg, "postgres", signal.SIGINT)  # SIGINT: fast shutdown
         with psycopg.connect(pg_url(pg_port), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{DB_NAME}"')
 
-        rd, rd_port = _start("redis-server", lambda port: [
-            str(redis_server), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir),
-            "--pidfile", str(redis_dir / "redis.pid"), "--appendonly", "yes", "--daemonize", "no"],
-            lambda port: reachable_redis(f"redis://127.0.0.1:{port}/0", 1.0), data_dir / "redis.log")
+        rd, rd_port = _start(
+            "redis-server",
+            lambda port: [
+                str(redis_server),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(redis_dir),
+                "--pidfile",
+                str(redis_dir / "redis.pid"),
+                "--appendonly",
+                "yes",
+                "--daemonize",
+                "no",
+            ],
+            lambda port: reachable_redis(f"redis://127.0.0.1:{port}/0", 1.0),
+            data_dir / "redis.log",
+        )
         stack.callback(_stop, rd, "redis-server", signal.SIGTERM)  # SIGTERM: redis saves and shuts down
         yield Services(database_url=pg_url(pg_port, DB_NAME), broker_url=f"redis://127.0.0.1:{rd_port}/0")

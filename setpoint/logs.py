@@ -11,8 +11,9 @@ class EventFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
-        return line + "".join(f" {k}={v!r}" if isinstance(v, str) and " " in v else f" {k}={v}"
-                              for k, v in fields.items())
+        return line + "".join(
+            f" {k}={v!r}" if isinstance(v, str) and " " in v else f" {k}={v}" for k, v in fields.items()
+        )
 
 
 def configure(level: int = logging.INFO) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from alembic import command
@@ -46,7 +46,7 @@ def servers(settings: Settings, env: dict[str, str]) -> Iterator[tuple[str, str,
             yield services.database_url, services.broker_url, True
 
 
-def run(settings: Settings, concurrency: int, say: callable) -> int:  # type: ignore[valid-type]
+def run(settings: Settings, concurrency: int, say: Callable[[str], None]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -55,12 +55,32 @@ def run(settings: Settings, concurrency: int, say: callable) -> int:  # type: ig
         say(f"{'embedded' if is_embedded else 'configured'} Redis:      {broker_url}")
         migrate(database_url)
         say("database migrated to head")
-        env = {**os.environ, "SETPOINT_DATABASE_URL": database_url, "SETPOINT_BROKER_URL": broker_url,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "SETPOINT_DATABASE_URL": database_url,
+            "SETPOINT_BROKER_URL": broker_url,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         children = [
             subprocess.Popen([sys.executable, "-m", "scheduler"], cwd=ROOT, env=env),
-            subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(concurrency),
-                              "-l", "info", "--without-mingle", "--without-gossip"], cwd=ROOT, env=env),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker",
+                    "worker",
+                    "-c",
+                    str(concurrency),
+                    "-l",
+                    "info",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                cwd=ROOT,
+                env=env,
+            ),
         ]
         say(f"running: edit desired state with `psql {database_url}`; Ctrl-C stops everything")
         try:

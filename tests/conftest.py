@@ -73,8 +73,14 @@ def database_url(servers: tuple[str, str]) -> Iterator[str]:
 def alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
     """Run the real `alembic` command from the repository root, as an admin would."""
     env = {**os.environ, "SETPOINT_DATABASE_URL": database_url}
-    done = subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"alembic {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -110,18 +116,20 @@ def broker_url(servers: tuple[str, str]) -> str:
 def stack_env(database_url: str, broker_url: str, **overrides: str) -> dict[str, str]:
     """The environment the real processes run with: fast ticks and short backoff, so tests stay short."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}
-    env.update({
-        "SETPOINT_DATABASE_URL": database_url,
-        "SETPOINT_BROKER_URL": broker_url,
-        "SETPOINT_CONTROLLERS": "tests.kinds",
-        "SETPOINT_TICK_SECONDS": "0.2",
-        "SETPOINT_LEADER_RETRY_SECONDS": "0.5",
-        "SETPOINT_BACKOFF_BASE_SECONDS": "0.5",
-        "SETPOINT_BACKOFF_MAX_SECONDS": "5",
-        "SETPOINT_SOFT_TIME_LIMIT_SECONDS": "3",
-        "SETPOINT_TIME_LIMIT_SECONDS": "5",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "SETPOINT_DATABASE_URL": database_url,
+            "SETPOINT_BROKER_URL": broker_url,
+            "SETPOINT_CONTROLLERS": "tests.kinds",
+            "SETPOINT_TICK_SECONDS": "0.2",
+            "SETPOINT_LEADER_RETRY_SECONDS": "0.5",
+            "SETPOINT_BACKOFF_BASE_SECONDS": "0.5",
+            "SETPOINT_BACKOFF_MAX_SECONDS": "5",
+            "SETPOINT_SOFT_TIME_LIMIT_SECONDS": "3",
+            "SETPOINT_TIME_LIMIT_SECONDS": "5",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(overrides)
     return env
 
@@ -132,8 +140,9 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = log.open("w")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop(self, timeout_s: float = 20) -> None:
         if self.popen.poll() is None:
@@ -160,8 +169,26 @@ def start_scheduler(env: dict[str, str], log: Path) -> Process:
 
 
 def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: int = 2) -> Process:
-    return Process([sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(concurrency),
-                    "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "info"], env, log)
+    return Process(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "info",
+        ],
+        env,
+        log,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,22 +14,40 @@ def sql(engine: Engine, statement: str, **params: Any) -> None:
 
 def status(engine: Engine, name: str, kind: str = "File") -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT * FROM statuses WHERE kind = :kind AND name = :name"),
-                           {"kind": kind, "name": name}).mappings().first()
+        row = (
+            conn.execute(
+                text("SELECT * FROM statuses WHERE kind = :kind AND name = :name"),
+                {"kind": kind, "name": name},
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
 def view(engine: Engine, name: str, kind: str = "File") -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT * FROM resource_status WHERE kind = :kind AND name = :name"),
-                           {"kind": kind, "name": name}).mappings().first()
+        row = (
+            conn.execute(
+                text("SELECT * FROM resource_status WHERE kind = :kind AND name = :name"),
+                {"kind": kind, "name": name},
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
 def runs(engine: Engine, name: str, kind: str = "File") -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM runs WHERE kind = :kind AND name = :name ORDER BY started_at, id"),
-                            {"kind": kind, "name": name}).mappings().all()
+        rows = (
+            conn.execute(
+                text("SELECT * FROM runs WHERE kind = :kind AND name = :name ORDER BY started_at, id"),
+                {"kind": kind, "name": name},
+            )
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from sqlmodel import Field
-
 from models.base import Resource, common_constraints
 from worker import registry
 from worker.controller import Action, Controller, TransientError

@@ -16,8 +16,14 @@ from tests.helpers import ready_at, runs, sql, status, view
 def insert_file(engine: Engine, name: str, path: Path, content: str, **extra: object) -> None:
     columns = ", ".join(["name", "path", "content", *extra])
     values = ", ".join([":name", ":path", ":content", *(f":{k}" for k in extra)])
-    sql(engine, f"INSERT INTO files ({columns}) VALUES ({values})", name=name, path=str(path), content=content,
-        **extra)
+    sql(
+        engine,
+        f"INSERT INTO files ({columns}) VALUES ({values})",
+        name=name,
+        path=str(path),
+        content=content,
+        **extra,
+    )
 
 
 def test_sql_insert_creates_the_file(stack: dict, engine: Engine, unique: str, tmp_path: Path) -> None:
@@ -32,8 +38,7 @@ def test_sql_insert_creates_the_file(stack: dict, engine: Engine, unique: str, t
     assert [r["outcome"] for r in runs(engine, unique)][0] == "changed"
 
 
-def test_sql_update_bumps_generation_and_is_applied(stack: dict, engine: Engine, unique: str,
-                                                    tmp_path: Path) -> None:
+def test_sql_update_bumps_generation_and_is_applied(stack: dict, engine: Engine, unique: str, tmp_path: Path) -> None:
     target = tmp_path / "motd"
     insert_file(engine, unique, target, "one")
     wait_for(lambda: ready_at(engine, unique, 1), 20, "first generation")
@@ -51,8 +56,11 @@ def test_out_of_band_edit_is_healed(stack: dict, engine: Engine, unique: str, tm
     os.chmod(target, 0o777)
     wait_for(lambda: target.read_text() == "desired", 15, "content healed")
     wait_for(lambda: stat.S_IMODE(target.stat().st_mode) == 0o644, 15, "mode healed")
-    wait_for(lambda: len([r for r in runs(engine, unique) if r["outcome"] == "changed"]) >= 2, 15,
-             "the heal shown in run history as a change")
+    wait_for(
+        lambda: len([r for r in runs(engine, unique) if r["outcome"] == "changed"]) >= 2,
+        15,
+        "the heal shown in run history as a change",
+    )
 
 
 def test_relative_path_is_refused_by_the_database(engine: Engine, unique: str) -> None:
@@ -65,8 +73,9 @@ def test_relative_path_is_refused_by_the_database(engine: Engine, unique: str) -
     assert status(engine, unique) is None
 
 
-def test_invalid_path_is_reported_in_status_and_nothing_is_written(stack: dict, engine: Engine, unique: str,
-                                                                  tmp_path: Path) -> None:
+def test_invalid_path_is_reported_in_status_and_nothing_is_written(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
     sneaky = f"{tmp_path}/sub/../escape"
     insert_file(engine, unique, Path(sneaky), "x")
     row = wait_for(lambda: (s := status(engine, unique)) and s["phase"] == "Invalid" and s, 20, "invalid")
@@ -100,8 +109,9 @@ def test_orphan_policy_keeps_the_file(stack: dict, engine: Engine, unique: str, 
     assert target.read_text() == "keep me"
 
 
-def test_paused_resource_reports_drift_and_is_left_alone(stack: dict, engine: Engine, unique: str,
-                                                         tmp_path: Path) -> None:
+def test_paused_resource_reports_drift_and_is_left_alone(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
     target = tmp_path / "motd"
     insert_file(engine, unique, target, "desired", interval_seconds=1)
     wait_for(lambda: ready_at(engine, unique, 1), 20, "file ready")

@@ -49,8 +49,11 @@ def test_a_lost_message_is_made_up_for_within_one_interval(fresh: dict, tmp_path
     scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
     worker = None
     try:
-        sql(engine, "INSERT INTO files (name, path, content, interval_seconds) VALUES ('lost', :p, 'x', 3)",
-            p=str(tmp_path / "f"))
+        sql(
+            engine,
+            "INSERT INTO files (name, path, content, interval_seconds) VALUES ('lost', :p, 'x', 3)",
+            p=str(tmp_path / "f"),
+        )
         wait_for(lambda: queued(fresh) == 1, 10, "reconcile queued")
         redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"]).flushdb()  # Redis flushed: the message is gone
         worker = start_worker(fresh, tmp_path / "worker.log")
@@ -72,9 +75,13 @@ def test_two_schedulers_never_double_enqueue_and_a_standby_takes_over(fresh: dic
         active = wait_for(lambda: leader_of(first, second), 15, "exactly one leader")
         standby = second if active is first else first
         with engine.begin() as conn:  # 200 resources due at once, each due exactly once in this test
-            conn.execute(text("INSERT INTO files (name, path, interval_seconds) "
-                              "SELECT 'f' || i, :dir || '/f' || i, 3600 FROM generate_series(1, 200) AS i"),
-                         {"dir": str(tmp_path)})
+            conn.execute(
+                text(
+                    "INSERT INTO files (name, path, interval_seconds) "
+                    "SELECT 'f' || i, :dir || '/f' || i, 3600 FROM generate_series(1, 200) AS i"
+                ),
+                {"dir": str(tmp_path)},
+            )
         wait_for(lambda: _ready_count(engine) == 200, 60, "all 200 ready")
         active.kill()  # SIGKILL: no goodbye, its session (and lock) dies with it
         wait_for(lambda: "leading" in standby.output(), 10, "standby leads within 10 s")

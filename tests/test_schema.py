@@ -7,8 +7,8 @@ import uuid
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session, select
 
 from models import File
@@ -61,18 +61,25 @@ def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> Non
             sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x')", n=bad)
 
 
-@pytest.mark.parametrize(("column", "value", "constraint"), [
-    ("path", "relative/path", "path_absolute"),
-    ("mode", "999", "mode_octal"),
-    ("interval_seconds", 0, "interval_positive"),
-    ("deletion_policy", "shred", "deletion_policy_known"),
-])
-def test_bad_values_are_refused_by_constraints(engine: Engine, unique: str, column: str, value: object,
-                                               constraint: str) -> None:
+@pytest.mark.parametrize(
+    ("column", "value", "constraint"),
+    [
+        ("path", "relative/path", "path_absolute"),
+        ("mode", "999", "mode_octal"),
+        ("interval_seconds", 0, "interval_positive"),
+        ("deletion_policy", "shred", "deletion_policy_known"),
+    ],
+)
+def test_bad_values_are_refused_by_constraints(
+    engine: Engine, unique: str, column: str, value: object, constraint: str
+) -> None:
     values = {"name": unique, "path": "/tmp/x", column: value}
     with pytest.raises(IntegrityError, match=constraint):
-        sql(engine, f"INSERT INTO files ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})",
-            **values)
+        sql(
+            engine,
+            f"INSERT INTO files ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})",
+            **values,
+        )
     assert status(engine, unique) is None, "a refused row leaves nothing behind"
 
 
@@ -87,8 +94,13 @@ def test_delete_keeps_a_tombstone_with_the_last_desired_state(engine: Engine, un
 def test_resource_status_view_shows_every_resource(engine: Engine, unique: str) -> None:
     sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/view')", n=unique)
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT kind, name, generation, observed_generation, ready, phase, message, "
-                                "last_reconcile_at FROM resource_status WHERE name = :n"), {"n": unique}).one()
+        row = conn.execute(
+            text(
+                "SELECT kind, name, generation, observed_generation, ready, phase, message, "
+                "last_reconcile_at FROM resource_status WHERE name = :n"
+            ),
+            {"n": unique},
+        ).one()
     assert (row.kind, row.generation, row.ready, row.phase) == ("File", 1, False, "Pending")
 
 
@@ -103,9 +115,11 @@ def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: t
         alembic("check", database_url=url)  # autogenerate finds no difference between models and migrations
         alembic("downgrade", "base", database_url=url)
         with psycopg.connect(libpq_url(url)) as conn:
-            left = conn.execute("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                                "WHERE n.nspname = 'public' AND relname <> 'alembic_version' "
-                                "AND relkind IN ('r', 'v', 'S')").fetchall()
+            left = conn.execute(
+                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND relname <> 'alembic_version' "
+                "AND relkind IN ('r', 'v', 'S')"
+            ).fetchall()
             functions = conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'setpoint_%'").fetchall()
         assert left == [] and functions == []
         alembic("upgrade", "head", database_url=url)

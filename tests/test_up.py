@@ -15,8 +15,14 @@ from tests.conftest import ROOT, wait_for
 
 
 def setpoint(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "setpoint.cli", *args], cwd=ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "setpoint.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def children_of(pid: int) -> list[str]:
@@ -33,8 +39,11 @@ def exercise(proc: subprocess.Popen[bytes], log: Path, tmp_path: Path) -> None:
 
 
 def _exercise(proc: subprocess.Popen[bytes], log: Path, tmp_path: Path) -> None:
-    running = wait_for(lambda: re.search(r"psql (\S+)`", log.read_text()) or proc.poll() is not None, 120,
-                       "setpoint up running")
+    running = wait_for(
+        lambda: re.search(r"psql (\S+)`", log.read_text()) or proc.poll() is not None,
+        120,
+        "setpoint up running",
+    )
     assert proc.poll() is None, log.read_text()
     assert isinstance(running, re.Match)
     target = tmp_path / "hello"
@@ -64,7 +73,13 @@ def test_up_with_nothing_configured_starts_embedded_servers(tmp_path: Path) -> N
 def test_half_configured_is_a_usage_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}
     env["SETPOINT_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
-    done = subprocess.run([sys.executable, "-m", "setpoint.cli", "up"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "setpoint.cli", "up"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "SETPOINT_BROKER_URL" in done.stderr and "Traceback" not in done.stderr

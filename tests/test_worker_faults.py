@@ -26,8 +26,12 @@ def test_pool_process_killed_mid_action_is_redelivered_at_once(fresh: dict, tmp_
     try:
         wait_for(lambda: "ready." in worker.output(), 60, "worker ready")
         # Interval of an hour: only Celery's redelivery (acks_late + reject_on_worker_lost) can bring it back.
-        sql(engine, "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
-                    "VALUES ('victim', :c, 0, 2, 3600)", c=str(counter))
+        sql(
+            engine,
+            "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
+            "VALUES ('victim', :c, 0, 2, 3600)",
+            c=str(counter),
+        )
         wait_for(lambda: attempts(str(counter)) == 1, 20, "the action under way")
         for child in pool_children(worker.popen.pid):
             os.kill(child, signal.SIGKILL)
@@ -48,8 +52,12 @@ def test_whole_worker_host_gone_is_made_up_for_by_the_scheduler(fresh: dict, tmp
     counter = tmp_path / "count"
     try:
         wait_for(lambda: "ready." in worker.output(), 60, "worker ready")
-        sql(engine, "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
-                    "VALUES ('victim', :c, 0, 2, 3)", c=str(counter))
+        sql(
+            engine,
+            "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
+            "VALUES ('victim', :c, 0, 2, 3)",
+            c=str(counter),
+        )
         wait_for(lambda: attempts(str(counter)) == 1, 20, "the action under way")
         worker.kill()  # every process of the worker, at once; its unacked message waits in Redis
         replacement = start_worker(fresh, tmp_path / "replacement.log", name="w2")

@@ -38,47 +38,81 @@ class Retry:
     countdown_s: float
 
 
-def condition(type_: str, ok: bool, reason: str, message: str, now: datetime, previous: list[dict[str, Any]]
-              ) -> dict[str, Any]:
+def condition(
+    type_: str, ok: bool, reason: str, message: str, now: datetime, previous: list[dict[str, Any]]
+) -> dict[str, Any]:
     """A Kubernetes-shaped condition whose last_transition_time moves only when its status flips."""
     status = "True" if ok else "False"
     since = now.isoformat()
     for old in previous:
         if old.get("type") == type_ and old.get("status") == status:
             since = old.get("last_transition_time", since)
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "last_transition_time": since}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "last_transition_time": since,
+    }
 
 
-def _conditions(result: Result, generation: int, now: datetime, previous: list[dict[str, Any]]
-                ) -> tuple[str, bool, list[dict[str, Any]]]:
+def _conditions(
+    result: Result, generation: int, now: datetime, previous: list[dict[str, Any]]
+) -> tuple[str, bool, list[dict[str, Any]]]:
     """The phase, readiness and conditions (Ready, Synced) that `result` implies."""
     drift = "; ".join(result.drift)
     if result.outcome in ("noop", "changed"):
-        done = f"generation {generation} applied: " + "; ".join(result.actions) if result.actions else (
-            f"generation {generation} in sync")
+        done = (
+            f"generation {generation} applied: " + "; ".join(result.actions)
+            if result.actions
+            else (f"generation {generation} in sync")
+        )
         reason = "Applied" if result.actions else "InSync"
-        return "Ready", True, [condition("Ready", True, reason, done, now, previous),
-                               condition("Synced", True, reason, done, now, previous)]
+        return (
+            "Ready",
+            True,
+            [
+                condition("Ready", True, reason, done, now, previous),
+                condition("Synced", True, reason, done, now, previous),
+            ],
+        )
     if result.outcome == "paused":
         in_sync = not result.drift
         message = "paused; in sync" if in_sync else f"paused; drift left uncorrected: {drift}"
         reason = "Paused"
-        return ("Ready" if in_sync else "Drifted"), in_sync, [
-            condition("Ready", in_sync, reason, message, now, previous),
-            condition("Synced", in_sync, reason, message, now, previous)]
+        return (
+            ("Ready" if in_sync else "Drifted"),
+            in_sync,
+            [
+                condition("Ready", in_sync, reason, message, now, previous),
+                condition("Synced", in_sync, reason, message, now, previous),
+            ],
+        )
     phase = "Invalid" if result.outcome == "invalid" else "Failed"
     message = result.error or result.outcome
     if result.transient:
         message = f"will retry: {message}"
     reason = result.reason or "ReconcileError"
-    return phase, False, [condition("Ready", False, reason, message, now, previous),
-                          condition("Synced", False, reason, message, now, previous)]
+    return (
+        phase,
+        False,
+        [
+            condition("Ready", False, reason, message, now, previous),
+            condition("Synced", False, reason, message, now, previous),
+        ],
+    )
 
 
 def status_update(
-    result: Result, *, generation: int, previous: dict[str, Any], interval_seconds: int, attempt: int,
-    settings: Settings, now: datetime, rng: random.Random,
+    result: Result,
+    *,
+    generation: int,
+    previous: dict[str, Any],
+    interval_seconds: int,
+    attempt: int,
+    settings: Settings,
+    now: datetime,
+    rng: random.Random,
 ) -> tuple[StatusUpdate, Retry | None]:
     """The status a result leaves behind, when the resource is next due, and whether Celery retries first."""
     phase, ready, conditions = _conditions(result, generation, now, previous.get("conditions") or [])

@@ -73,8 +73,9 @@ def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: 
     return Result("changed" if done else "noop", tuple(done), drift, observed)
 
 
-def reconcile(request: Request, *, engine: Engine, settings: Settings, now: Callable[[], datetime],
-              rng: random.Random) -> Done:
+def reconcile(
+    request: Request, *, engine: Engine, settings: Settings, now: Callable[[], datetime], rng: random.Random
+) -> Done:
     controller = registry.get(request.kind)
     model = controller.model
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -96,24 +97,44 @@ def reconcile(request: Request, *, engine: Engine, settings: Settings, now: Call
             result = run_controller(controller, desired, deleting=deleting)
             finished_at = now()
             run = store.RunRecord(
-                generation=desired.generation, started_at=started, finished_at=finished_at,
-                outcome=result.outcome, actions=list(result.actions), error=result.error,
-                worker=request.worker, task_id=request.task_id, attempt=request.attempt,
+                generation=desired.generation,
+                started_at=started,
+                finished_at=finished_at,
+                outcome=result.outcome,
+                actions=list(result.actions),
+                error=result.error,
+                worker=request.worker,
+                task_id=request.task_id,
+                attempt=request.attempt,
             )
             retry = None
             if result.outcome == "deleted":
                 store.finish(conn, request.kind, request.name, None, run)
             else:
-                interval = desired.interval_seconds or controller.interval_seconds or (
-                    settings.default_interval_seconds)
+                interval = (
+                    desired.interval_seconds or controller.interval_seconds or (settings.default_interval_seconds)
+                )
                 update, retry = status_update(
-                    result, generation=desired.generation, previous=status, interval_seconds=interval,
-                    attempt=request.attempt, settings=settings, now=finished_at, rng=rng,
+                    result,
+                    generation=desired.generation,
+                    previous=status,
+                    interval_seconds=interval,
+                    attempt=request.attempt,
+                    settings=settings,
+                    now=finished_at,
+                    rng=rng,
                 )
                 store.finish(conn, request.kind, request.name, update, run)
             finished = True
-            log.info("reconciled", extra={"kind": request.kind, "resource": request.name,
-                                          "outcome": result.outcome, "duration_ms": run.duration_ms})
+            log.info(
+                "reconciled",
+                extra={
+                    "kind": request.kind,
+                    "resource": request.name,
+                    "outcome": result.outcome,
+                    "duration_ms": run.duration_ms,
+                },
+            )
             return Done(result.outcome, retry)
         finally:
             if not finished:

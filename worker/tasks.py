@@ -44,7 +44,11 @@ def _now() -> datetime:
 def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -> str:
     settings = config.get()
     request = Request(
-        kind=kind, name=name, claim=claim, attempt=self.request.retries or 0, task_id=self.request.id,
+        kind=kind,
+        name=name,
+        claim=claim,
+        attempt=self.request.retries or 0,
+        task_id=self.request.id,
         worker=settings.worker_name or self.request.hostname or socket.gethostname(),
     )
     done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
