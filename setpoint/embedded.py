@@ -24,6 +24,8 @@ from typing import Any
 import psutil
 import psycopg
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 DB_NAME = "setpoint"
 DB_USER = "postgres"
@@ -59,7 +61,7 @@ def reachable_postgres(url: str, timeout_s: float = 2.0) -> bool:
 def reachable_redis(url: str, timeout_s: float = 2.0) -> bool:
     """Whether a Redis server answers PING at url."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        client = _redis(url, timeout_s)
     except ValueError:
         return False
     try:
@@ -68,6 +70,12 @@ def reachable_redis(url: str, timeout_s: float = 2.0) -> bool:
         return False
     finally:
         client.close()
+
+
+def _redis(url: str, timeout_s: float) -> redis.Redis:
+    """A client that gives up after timeout_s: one attempt, where redis-py would retry 3 times with backoff."""
+    retry = Retry(NoBackoff(), 0)
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry=retry)
 
 
 def _binary(package: str, dist: str, *parts: str) -> pathlib.Path:
@@ -190,7 +198,7 @@ def _postgres_ready(pgdata: pathlib.Path, pid: int) -> bool:
 
 
 def _redis_ready(port: int, pid: int) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=1)
+    client = _redis(f"redis://127.0.0.1:{port}/0", 1.0)
     try:
         info = client.info()
         return bool(info["process_id"] == pid and not info["loading"])

@@ -122,3 +122,22 @@ def test_paused_resource_reports_drift_and_is_left_alone(
     assert target.read_text() == "edited while paused"
     assert row["drift"] and "write" in row["drift"][0]["change"]
     assert not row["ready"]
+
+
+def test_admin_can_ask_for_a_reconcile_at_once(stack: dict, engine: Engine, unique: str, tmp_path: Path) -> None:
+    target = tmp_path / "motd"
+    insert_file(engine, unique, target, "desired", interval_seconds=3600)
+    wait_for(lambda: ready_at(engine, unique, 1), 20, "file ready")
+    target.write_text("tampered")
+    sql(engine, "UPDATE statuses SET next_reconcile_at = now() WHERE kind = 'File' AND name = :n", n=unique)
+    wait_for(lambda: target.read_text() == "desired", 10, "healed at once, not in an hour")
+
+
+def test_run_history_names_the_worker_and_the_celery_task(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    insert_file(engine, unique, tmp_path / "f", "x")
+    wait_for(lambda: ready_at(engine, unique, 1), 20, "file ready")
+    run = wait_for(lambda: runs(engine, unique), 10, "run recorded")[0]
+    assert run["worker"].startswith("w1@") and len(run["task_id"]) == 36
+    assert run["generation"] == 1 and run["finished_at"] >= run["started_at"] and run["duration_ms"] >= 0
