@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 
+from setpoint import logs
 from setpoint import settings as config
 
 TASK = "setpoint.reconcile"
@@ -35,7 +37,6 @@ def make_app(settings: config.Settings) -> Celery:
             "socket_keepalive": True,
             "health_check_interval": 10,
         },
-        worker_hijack_root_logger=False,
     )
     limits = (settings.quick_retry_max_seconds, settings.time_limit_seconds)
     if max(limits) * 2 > settings.visibility_timeout_seconds:
@@ -44,6 +45,12 @@ def make_app(settings: config.Settings) -> Celery:
             f"SETPOINT_QUICK_RETRY_MAX_SECONDS, got {settings.visibility_timeout_seconds} for {max(limits)}"
         )
     return app
+
+
+@setup_logging.connect
+def _event_logs(**_: object) -> None:
+    """Workers log events with fields, in the same format as the scheduler."""
+    logs.configure()
 
 
 app = make_app(config.get())
