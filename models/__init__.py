@@ -4,5 +4,6 @@ from models.base import Resource, metadata
 from models.file import File
 from models.run import Run
 from models.status import Status
+from models.workload import Workload
 
-__all__ = ["File", "Resource", "Run", "Status", "metadata"]
+__all__ = ["File", "Resource", "Run", "Status", "Workload", "metadata"]

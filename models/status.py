@@ -59,6 +59,9 @@ class Status(SQLModel, table=True):
     interval_seconds: int | None = None
     """The effective period used for the last reconcile (the row's, else its kind's)."""
 
+    node: str | None = Field(default=None, max_length=253)
+    """The node whose workers reconcile this resource (copied from the desired row's `node`, if it has one)."""
+
     # Scheduling bookkeeping: the claim that marks one pending message, so there is never a second.
     enqueued_at: datetime | None = _timestamp()
     claim: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})

@@ -25,6 +25,10 @@ BEGIN
         RAISE EXCEPTION 'name is immutable: % % cannot become %', TG_ARGV[0], OLD.name, NEW.name
             USING ERRCODE = 'check_violation', HINT = 'Delete the row and insert a new one instead.';
     END IF;
+    IF (to_jsonb(NEW) ->> 'node') IS DISTINCT FROM (to_jsonb(OLD) ->> 'node') THEN
+        RAISE EXCEPTION 'node is immutable: % % stays on %', TG_ARGV[0], OLD.name, to_jsonb(OLD) ->> 'node'
+            USING ERRCODE = 'check_violation', HINT = 'Delete the row and insert it with the new node.';
+    END IF;
     NEW.id := OLD.id;
     NEW.created_at := OLD.created_at;
     IF (to_jsonb(NEW) - {BOOKKEEPING}) IS DISTINCT FROM (to_jsonb(OLD) - {BOOKKEEPING}) THEN
@@ -40,17 +44,19 @@ END $$;
 CREATE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at, interval_seconds)
-        VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now(), NEW.interval_seconds)
+        INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at, interval_seconds, node)
+        VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now(), NEW.interval_seconds,
+                to_jsonb(NEW) ->> 'node')
         ON CONFLICT (kind, name) DO UPDATE SET
             generation = EXCLUDED.generation, observed_generation = NULL, ready = false,
-            interval_seconds = EXCLUDED.interval_seconds,
+            interval_seconds = EXCLUDED.interval_seconds, node = EXCLUDED.node,
             phase = 'Pending', consecutive_failures = 0, last_error = NULL,
             next_reconcile_at = now(), deleted_at = NULL, last_desired = NULL;
     ELSIF TG_OP = 'UPDATE' THEN
         IF NEW.generation IS DISTINCT FROM OLD.generation THEN
             UPDATE statuses SET generation = NEW.generation, next_reconcile_at = now(),
-                interval_seconds = COALESCE(NEW.interval_seconds, statuses.interval_seconds)
+                interval_seconds = COALESCE(NEW.interval_seconds, statuses.interval_seconds),
+                node = to_jsonb(NEW) ->> 'node'
             WHERE kind = TG_ARGV[0] AND name = NEW.name;
         END IF;
     ELSIF OLD.deletion_policy = 'orphan' THEN

@@ -62,6 +62,18 @@ class Settings(BaseSettings):
     history_days: int = Field(14, ge=1)
     """Runs older than this are pruned, except each resource's last history_noops_kept runs."""
 
+    node: str | None = None
+    """The node this worker runs on: it then also takes the reconciles of resources bound to that node."""
+
+    state_dir: str = ".setpoint/state"
+    """Where a worker keeps what it knows of the processes it started (workload replicas, their logs)."""
+
+    crashloop_base_seconds: float = Field(10.0, gt=0)
+    """The first delay before restarting a replica that exited soon after start; doubled each time."""
+
+    crashloop_max_seconds: float = Field(300.0, gt=0)
+    """The longest delay before restarting a crash-looping replica."""
+
     controllers: str = ""
     """Comma-separated modules to import at worker start, for controllers that call registry.register()."""
 

@@ -80,6 +80,7 @@ def upgrade() -> None:
     sa.Column('last_success_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_reconcile_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('interval_seconds', sa.Integer(), nullable=True),
+    sa.Column('node', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=True),
     sa.Column('enqueued_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('claim', sa.Integer(), server_default=sa.text('0'), nullable=False),
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),

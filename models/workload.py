@@ -1,0 +1,46 @@
+"""The built-in Workload kind: `replicas` copies of a command kept running on a worker's host."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import CheckConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.mutable import MutableDict
+from sqlmodel import Field
+
+from models.base import Resource, common_constraints
+
+
+class Workload(Resource, table=True):
+    __tablename__: ClassVar[str] = "workloads"  # type: ignore[misc]
+    __table_args__ = (
+        *common_constraints("workloads"),
+        CheckConstraint("length(btrim(command)) > 0", name="command_present"),
+        CheckConstraint("replicas >= 0 AND replicas <= 1000", name="replicas_range"),
+        CheckConstraint("jsonb_typeof(env) = 'object'", name="env_object"),
+        CheckConstraint("stop_grace_seconds >= 0 AND stop_grace_seconds <= 600", name="grace_range"),
+        CheckConstraint("working_dir IS NULL OR working_dir LIKE '/%'", name="working_dir_absolute"),
+        CheckConstraint("health_command IS NULL OR health_url IS NULL", name="one_health_check"),
+        CheckConstraint("health_url IS NULL OR health_url ~ '^https?://'", name="health_url_http"),
+    )
+    kind: ClassVar[str] = "Workload"
+
+    command: str = Field(max_length=8192)
+    """What each replica runs, as in a shell: run directly unless it needs a shell's features."""
+    replicas: int = Field(default=1, sa_column_kwargs={"server_default": text("1")})
+    env: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=MutableDict.as_mutable(JSONB),  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("'{}'::jsonb")},
+    )
+    """Extra environment variables; every replica also gets SETPOINT_WORKLOAD and SETPOINT_REPLICA."""
+    working_dir: str | None = Field(default=None, max_length=4096)
+    stop_grace_seconds: float = Field(default=10, sa_column_kwargs={"server_default": text("10")})
+    """How long a replica has to exit after SIGTERM before it gets SIGKILL."""
+    health_command: str | None = Field(default=None, max_length=8192)
+    """Run per replica (with its environment); exit code 0 means healthy."""
+    health_url: str | None = Field(default=None, max_length=2048)
+    """GET per replica, `{replica}` replaced by its index; a 2xx answer means healthy."""
+    node: str | None = Field(default=None, max_length=253)
+    """Only workers started with SETPOINT_NODE set to this reconcile it; NULL means any worker."""
