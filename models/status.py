@@ -14,7 +14,7 @@ from sqlalchemy import CheckConstraint, Index, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import DateTime, Field, SQLModel
 
-PHASES = ("Pending", "Ready", "Drifted", "Failed", "Invalid", "Deleting")
+PHASES = ("Pending", "Ready", "Drifted", "Degraded", "Failed", "Invalid", "Deleting")
 
 
 def _timestamp() -> Any:

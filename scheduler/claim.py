@@ -22,7 +22,7 @@ WITH due AS (
 )
 UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1
 FROM due WHERE s.kind = due.kind AND s.name = due.name
-RETURNING s.kind, s.name, s.claim, s.next_reconcile_at, now() AS claimed_at
+RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
 """)
 
 
@@ -31,6 +31,7 @@ class Claim:
     kind: str
     name: str
     claim: int
+    node: str | None
     due_at: datetime
     claimed_at: datetime
 
@@ -43,4 +44,4 @@ def claim_due(engine: Engine, *, batch: int, default_interval_seconds: int) -> l
     """Claim up to `batch` due resources in one committed transaction (enqueue only after this returns)."""
     with engine.begin() as conn:
         rows = conn.execute(_CLAIM, {"batch": batch, "default_interval": default_interval_seconds}).all()
-    return [Claim(r.kind, r.name, r.claim, r.next_reconcile_at, r.claimed_at) for r in rows]
+    return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]

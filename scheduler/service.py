@@ -20,7 +20,7 @@ from scheduler import claim, retention
 from scheduler.leader import Leadership
 from scheduler.wake import Listener
 from setpoint.settings import Settings
-from worker.celery_app import TASK
+from worker.celery_app import TASK, queue_for
 
 log = logging.getLogger("setpoint.scheduler")
 
@@ -50,7 +50,13 @@ class Scheduler:
             )
             with self.app.producer_or_acquire() as producer:
                 for c in claims:
-                    self.app.send_task(TASK, args=[c.kind, c.name], kwargs={"claim": c.claim}, producer=producer)
+                    self.app.send_task(
+                        TASK,
+                        args=[c.kind, c.name],
+                        kwargs={"claim": c.claim},
+                        queue=queue_for(c.node),
+                        producer=producer,
+                    )
             sent += len(claims)
             if claims:
                 log.info(

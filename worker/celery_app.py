@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import setup_logging
+from kombu import Queue
 
 from setpoint import logs
 from setpoint import settings as config
@@ -12,10 +13,17 @@ TASK = "setpoint.reconcile"
 QUEUE = "setpoint"
 
 
+def queue_for(node: str | None) -> str:
+    """Resources bound to a node go to that node's queue; the rest to the queue every worker takes."""
+    return f"{QUEUE}.node.{node}" if node else QUEUE
+
+
 def make_app(settings: config.Settings) -> Celery:
     app = Celery("setpoint", broker=settings.broker_url, include=["worker.tasks"])
     app.conf.update(
         task_default_queue=QUEUE,
+        # A worker started for a node (SETPOINT_NODE) also takes that node's queue.
+        task_queues=[Queue(QUEUE)] + ([Queue(queue_for(settings.node))] if settings.node else []),
         task_routes={TASK: {"queue": QUEUE}},
         # A worker killed mid-reconcile loses nothing: the message is acknowledged only when the task ends.
         task_acks_late=True,

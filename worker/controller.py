@@ -12,6 +12,10 @@ Each reconcile re-reads the world (level-based): the runtime loads the desired r
 `observe` and `plan`, runs the actions in order and records status and a run row. Actions are values
 (frozen dataclasses) whose `run()` is idempotent: safe to run twice, safe to be killed at any line.
 
+Optional: `health(desired, actual)` says whether what runs is healthy (a `Healthy` condition apart from
+`Synced`, as Argo CD separates them), and `requeue_after(desired, actual)` asks for the next look sooner
+than the interval (while a rollout progresses, or when a crash-loop backoff ends).
+
 Errors: raise `TransientError` (or let any exception escape) for what may work later; it is retried with
 backoff. Raise `PermanentError` or `InvalidSpec(field, message)` for what cannot work until the desired
 row changes; it is recorded in status with its reason and message and not retried until then.
@@ -25,7 +29,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from models.base import Resource
 from worker.errors import InvalidSpec, PermanentError, TransientError
 
-__all__ = ["Action", "Controller", "InvalidSpec", "PermanentError", "TransientError"]
+__all__ = ["Action", "Controller", "Health", "InvalidSpec", "PermanentError", "TransientError"]
 
 D = TypeVar("D", bound=Resource)
 O = TypeVar("O")  # noqa: E741 - the observed state, often a frozen dataclass
@@ -37,6 +41,15 @@ class Action:
 
     def run(self) -> None:
         raise NotImplementedError(f"{type(self).__name__}.run")
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    """Whether the real thing works, beyond matching its desired state: reason is CamelCase, as in conditions."""
+
+    healthy: bool
+    reason: str
+    message: str
 
 
 class Controller(Generic[D, O]):
@@ -58,6 +71,14 @@ class Controller(Generic[D, O]):
     def teardown(self, desired: D, actual: O) -> list[Action]:
         """What removes the real thing once its row is deleted; nothing by default."""
         return []
+
+    def health(self, desired: D, actual: O) -> Health | None:
+        """How healthy the observed state is; None (the default) when the kind has no such notion."""
+        return None
+
+    def requeue_after(self, desired: D, actual: O) -> float | None:
+        """Seconds until the next reconcile should look again, if sooner than the interval."""
+        return None
 
     def describe(self, actual: O) -> dict[str, Any]:
         """The observed state as JSON for status.observed; dataclasses are converted for you."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from setpoint.settings import Settings
 from worker import timing
+from worker.controller import Health
 from worker.store import StatusUpdate
 
 
@@ -25,6 +26,9 @@ class Result:
     error: str | None = None
     reason: str | None = None
     transient: bool = False
+    health: Health | None = None
+    requeue_after_s: float | None = None
+    """The controller asked to look again this soon (a rollout in progress, a backoff ending)."""
 
     @property
     def ok(self) -> bool:
@@ -59,48 +63,35 @@ def condition(
 def _conditions(
     result: Result, generation: int, now: datetime, previous: list[dict[str, Any]]
 ) -> tuple[str, bool, list[dict[str, Any]]]:
-    """The phase, readiness and conditions (Ready, Synced) that `result` implies."""
-    drift = "; ".join(result.drift)
-    if result.outcome in ("noop", "changed"):
-        done = (
-            f"generation {generation} applied: " + "; ".join(result.actions)
-            if result.actions
-            else (f"generation {generation} in sync")
-        )
-        reason = "Applied" if result.actions else "InSync"
-        return (
-            "Ready",
-            True,
-            [
-                condition("Ready", True, reason, done, now, previous),
-                condition("Synced", True, reason, done, now, previous),
-            ],
-        )
+    """The phase, readiness and conditions (Ready, Synced, and Healthy where the kind has it)."""
+
+    def cond(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return condition(type_, ok, reason, message, now, previous)
+
+    if not result.ok:
+        phase = "Invalid" if result.outcome == "invalid" else "Failed"
+        message = f"will retry: {result.error}" if result.transient else (result.error or result.outcome)
+        reason = result.reason or "ReconcileError"
+        return phase, False, [cond("Ready", False, reason, message), cond("Synced", False, reason, message)]
+    synced = not (result.outcome == "paused" and result.drift)
     if result.outcome == "paused":
-        in_sync = not result.drift
-        message = "paused; in sync" if in_sync else f"paused; drift left uncorrected: {drift}"
         reason = "Paused"
-        return (
-            ("Ready" if in_sync else "Drifted"),
-            in_sync,
-            [
-                condition("Ready", in_sync, reason, message, now, previous),
-                condition("Synced", in_sync, reason, message, now, previous),
-            ],
-        )
-    phase = "Invalid" if result.outcome == "invalid" else "Failed"
-    message = result.error or result.outcome
-    if result.transient:
-        message = f"will retry: {message}"
-    reason = result.reason or "ReconcileError"
-    return (
-        phase,
-        False,
-        [
-            condition("Ready", False, reason, message, now, previous),
-            condition("Synced", False, reason, message, now, previous),
-        ],
-    )
+        message = "paused; in sync" if synced else "paused; drift left uncorrected: " + "; ".join(result.drift)
+    elif result.actions:
+        reason, message = "Applied", f"generation {generation} applied: " + "; ".join(result.actions)
+    else:
+        reason, message = "InSync", f"generation {generation} in sync"
+    conditions = [cond("Synced", synced, reason, message)]
+    health = result.health
+    if health is not None:
+        conditions.append(cond("Healthy", health.healthy, health.reason, health.message))
+    if not synced:
+        return "Drifted", False, [cond("Ready", False, reason, message), *conditions]
+    if health is not None and not health.healthy:
+        return "Degraded", False, [cond("Ready", False, health.reason, health.message), *conditions]
+    if health is not None:
+        message = f"{message}; {health.message}"
+    return "Ready", True, [cond("Ready", True, reason, message), *conditions]
 
 
 def status_update(
@@ -119,7 +110,10 @@ def status_update(
     failures = 0 if result.ok else int(previous.get("consecutive_failures") or 0) + 1
     retry: Retry | None = None
     if result.ok:
-        next_at: datetime | None = timing.next_due(now, interval_seconds, settings.jitter_ratio, rng)
+        due = timing.next_due(now, interval_seconds, settings.jitter_ratio, rng)
+        if result.requeue_after_s is not None:
+            due = min(due, now + timedelta(seconds=result.requeue_after_s))
+        next_at: datetime | None = due
     elif not result.transient:
         next_at = None  # permanent: not retried until the desired row changes (its trigger sets it due)
     else:

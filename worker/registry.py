@@ -33,8 +33,10 @@ def _load() -> None:
     if _loaded:
         return
     from controllers.file import FileController
+    from controllers.workload import WorkloadController
 
     register(FileController())
+    register(WorkloadController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
     _loaded = True

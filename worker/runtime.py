@@ -56,8 +56,10 @@ def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: 
         observed = controller.describe(actual)
         actions = controller.teardown(desired, actual) if deleting else controller.plan(desired, actual)
         drift = tuple(str(action) for action in actions)
+        health = None if deleting else controller.health(desired, actual)
+        requeue = None if deleting else controller.requeue_after(desired, actual)
         if desired.paused and not deleting:
-            return Result("paused", drift=drift, observed=observed)
+            return Result("paused", drift=drift, observed=observed, health=health)
         for action in actions:
             action.run()
             done.append(str(action))
@@ -70,7 +72,8 @@ def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: 
         return Result("failed", tuple(done), drift, observed, message, "ReconcileError", transient=True)
     if deleting:
         return Result("deleted", tuple(done), drift, observed)
-    return Result("changed" if done else "noop", tuple(done), drift, observed)
+    outcome = "changed" if done else "noop"
+    return Result(outcome, tuple(done), drift, observed, health=health, requeue_after_s=requeue)
 
 
 def reconcile(

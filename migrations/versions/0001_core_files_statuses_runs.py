@@ -85,7 +85,7 @@ def upgrade() -> None:
     sa.Column('claim', sa.Integer(), server_default=sa.text('0'), nullable=False),
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_desired', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.CheckConstraint("phase IN ('Pending', 'Ready', 'Drifted', 'Failed', 'Invalid', 'Deleting')", name=op.f('ck_statuses_phase_known')),
+    sa.CheckConstraint("phase IN ('Pending', 'Ready', 'Drifted', 'Degraded', 'Failed', 'Invalid', 'Deleting')", name=op.f('ck_statuses_phase_known')),
     sa.PrimaryKeyConstraint('kind', 'name', name=op.f('pk_statuses'))
     )
     op.create_index('ix_statuses_due', 'statuses', ['next_reconcile_at'], unique=False, postgresql_where=sa.text('next_reconcile_at IS NOT NULL'))
