@@ -91,6 +91,9 @@ class StartReplica(Action):
     state_dir: str
     forget: tuple[str, ...] = ()
     """Records of ended replicas of this slot, dropped once the new one runs."""
+    confirm: bool = False
+    """Fail unless the replica is still running shortly after start (a rollout's new replica, before the old
+    one is stopped). Other starts do not wait: a replica that exits at once is the crash-loop back-off's job."""
 
     def run(self) -> None:
         replica = processes.start(
@@ -105,6 +108,8 @@ class StartReplica(Action):
         )
         for record in self.forget:
             processes.forget(Replica(self.slot, "", record, "", 0, 0))
+        if not self.confirm:
+            return
         deadline = time.monotonic() + MIN_READY_S
         while time.monotonic() < deadline:
             time.sleep(0.05)  # the replica's own start-up, not synchronisation with Setpoint
@@ -182,7 +187,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         outdated = [r for _, r in sorted(keep.items()) if r.version != version]
         if outdated and not starting:  # one slot at a time: the new replica first, then the old one goes
             actions += [
-                self._start(desired, outdated[0].slot, version, 0, actual),
+                self._start(desired, outdated[0].slot, version, 0, actual, confirm=True),
                 StopReplica(outdated[0], desired.stop_grace_seconds),
             ]
         return actions
@@ -233,7 +238,9 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             "checks": [dataclasses.asdict(c) for c in actual.checks],
         }
 
-    def _start(self, desired: Workload, slot: int, version: str, restarts: int, actual: WorkloadState) -> StartReplica:
+    def _start(
+        self, desired: Workload, slot: int, version: str, restarts: int, actual: WorkloadState, confirm: bool = False
+    ) -> StartReplica:
         return StartReplica(
             desired.name,
             slot,
@@ -244,6 +251,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             restarts,
             self.settings.state_dir,
             tuple(r.record for r in actual.ended_in(slot)),
+            confirm,
         )
 
     @staticmethod

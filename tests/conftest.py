@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
@@ -113,7 +114,7 @@ def broker_url(servers: tuple[str, str]) -> str:
     return servers[1]
 
 
-def stack_env(database_url: str, broker_url: str, **overrides: str) -> dict[str, str]:
+def stack_env(database_url: str, broker_url: str, state_dir: Path, **overrides: str) -> dict[str, str]:
     """The environment the real processes run with: fast ticks and short backoff, so tests stay short."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}
     env.update(
@@ -127,6 +128,9 @@ def stack_env(database_url: str, broker_url: str, **overrides: str) -> dict[str,
             "SETPOINT_BACKOFF_MAX_SECONDS": "5",
             "SETPOINT_SOFT_TIME_LIMIT_SECONDS": "3",
             "SETPOINT_TIME_LIMIT_SECONDS": "5",
+            "SETPOINT_STATE_DIR": str(state_dir),
+            "SETPOINT_CRASHLOOP_BASE_SECONDS": "0.5",
+            "SETPOINT_CRASHLOOP_MAX_SECONDS": "4",
             "PYTHONPATH": str(ROOT),
         }
     )
@@ -195,7 +199,7 @@ def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: 
 def stack(database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """One real scheduler and one real Celery worker (prefork, 2 processes), shared by the end-to-end tests."""
     logs = tmp_path_factory.mktemp("stack")
-    env = stack_env(database_url, broker_url)
+    env = stack_env(database_url, broker_url, logs / "state")
     scheduler = start_scheduler(env, logs / "scheduler.log")
     worker = start_worker(env, logs / "worker.log")
     try:
@@ -211,9 +215,33 @@ def stack(database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture
-def unique() -> str:
-    """A resource name no other test uses."""
-    return f"t-{uuid.uuid4().hex[:10]}"
+def unique() -> Iterator[str]:
+    """A resource name no other test uses; any workload replica left under that name is killed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    kill_replicas(name)
+
+
+def replicas_of(workload: str) -> list[psutil.Process]:
+    """The live processes started as replicas of `workload`, found by their environment."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            env = process.environ()
+            if env.get("SETPOINT_WORKLOAD") == workload and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def kill_replicas(prefix: str) -> None:
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("SETPOINT_WORKLOAD", "").startswith(prefix):
+                process.kill()
+        except psutil.Error:
+            continue
 
 
 @pytest.fixture
@@ -232,7 +260,7 @@ def fresh(servers: tuple[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     alembic("upgrade", "head", database_url=url)
     create_test_kinds(url)
     try:
-        yield stack_env(url, broker_url)
+        yield stack_env(url, broker_url, tmp_path / "state")
     finally:
         redis.Redis.from_url(broker_url).flushdb()
         with psycopg.connect(libpq_url(admin), autocommit=True) as conn:

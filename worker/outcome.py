@@ -118,7 +118,7 @@ def status_update(
         next_at = None  # permanent: not retried until the desired row changes (its trigger sets it due)
     else:
         delay = timing.backoff_seconds(failures, settings.backoff_base_seconds, settings.backoff_max_seconds, rng)
-        if attempt < settings.retry_attempts and delay <= settings.quick_retry_max_seconds:
+        if failures <= settings.retry_attempts and delay <= settings.quick_retry_max_seconds:
             retry = Retry(delay)
         next_at = now + timedelta(seconds=delay)
     update = StatusUpdate(
