@@ -64,6 +64,9 @@ class Status(SQLModel, table=True):
 
     # Scheduling bookkeeping: the claim that marks one pending message, so there is never a second.
     enqueued_at: datetime | None = _timestamp()
+    """When the scheduler sent the pending message; NULL once a reconcile of it has finished."""
+    picked_at: datetime | None = _timestamp()
+    """When a worker last started reconciling it: a claim never picked up within an interval was lost."""
     claim: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
 
     # Set by the delete trigger: the last desired row, kept until teardown succeeds.

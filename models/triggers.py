@@ -43,29 +43,32 @@ END $$;
 
 CREATE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at, interval_seconds, node)
-        VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now(), NEW.interval_seconds,
-                to_jsonb(NEW) ->> 'node')
-        ON CONFLICT (kind, name) DO UPDATE SET
-            generation = EXCLUDED.generation, observed_generation = NULL, ready = false,
-            interval_seconds = EXCLUDED.interval_seconds, node = EXCLUDED.node,
-            phase = 'Pending', consecutive_failures = 0, last_error = NULL,
-            next_reconcile_at = now(), deleted_at = NULL, last_desired = NULL;
-    ELSIF TG_OP = 'UPDATE' THEN
-        IF NEW.generation IS DISTINCT FROM OLD.generation THEN
-            UPDATE statuses SET generation = NEW.generation, next_reconcile_at = now(),
-                interval_seconds = COALESCE(NEW.interval_seconds, statuses.interval_seconds),
-                node = to_jsonb(NEW) ->> 'node'
-            WHERE kind = TG_ARGV[0] AND name = NEW.name;
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.deletion_policy = 'orphan' THEN
+            DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = OLD.name;
+        ELSE
+            UPDATE statuses SET deleted_at = now(), last_desired = to_jsonb(OLD), phase = 'Deleting',
+                ready = false, consecutive_failures = 0, next_reconcile_at = now()
+            WHERE kind = TG_ARGV[0] AND name = OLD.name;
         END IF;
-    ELSIF OLD.deletion_policy = 'orphan' THEN
-        DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = OLD.name;
-    ELSE
-        UPDATE statuses SET deleted_at = now(), last_desired = to_jsonb(OLD), phase = 'Deleting',
-            ready = false, next_reconcile_at = now()
-        WHERE kind = TG_ARGV[0] AND name = OLD.name;
+        RETURN NULL;
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.generation = OLD.generation THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM statuses
+            WHERE kind = TG_ARGV[0] AND name = NEW.name AND deleted_at IS NOT NULL) THEN
+        RAISE EXCEPTION '% % is still being deleted', TG_ARGV[0], NEW.name
+            USING ERRCODE = 'unique_violation',
+                  HINT = 'Insert it again once its teardown has finished (its row is gone from statuses).';
+    END IF;
+    -- A new or changed desired state: due now, with a clean slate of failures (it may fix them).
+    INSERT INTO statuses (kind, name, generation, phase, next_reconcile_at, interval_seconds, node)
+    VALUES (TG_ARGV[0], NEW.name, NEW.generation, 'Pending', now(), NEW.interval_seconds, to_jsonb(NEW) ->> 'node')
+    ON CONFLICT (kind, name) DO UPDATE SET
+        generation = EXCLUDED.generation, next_reconcile_at = now(), consecutive_failures = 0,
+        interval_seconds = COALESCE(EXCLUDED.interval_seconds, statuses.interval_seconds),
+        node = EXCLUDED.node;
     RETURN NULL;
 END $$;
 

@@ -7,20 +7,12 @@ asking takes over. The connection has TCP keepalives so a vanished host is notic
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import psycopg
 
-from models.database import libpq_url
+from models.database import CONNECT_ARGS, libpq_url
 
 LOCK_ID = 0x5E7_9017  # any fixed number: one per Setpoint database
-KEEPALIVES: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "connect_timeout": 10,
-}
 
 
 class Leadership:
@@ -35,7 +27,7 @@ class Leadership:
         while not stop.is_set():
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self._url, autocommit=True, **KEEPALIVES)
+                    self._conn = psycopg.connect(self._url, autocommit=True, **CONNECT_ARGS)
                 row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_ID,)).fetchone()
                 if row and row[0]:
                     return True

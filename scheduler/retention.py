@@ -7,13 +7,16 @@ from sqlalchemy import Engine, text
 _PRUNE = text("""
 DELETE FROM runs WHERE id IN (
     SELECT id FROM (
-        SELECT id, outcome, started_at,
+        SELECT id, kind, name, outcome, started_at,
                row_number() OVER (PARTITION BY kind, name, outcome IN ('noop', 'paused')
                                   ORDER BY started_at DESC, id DESC) AS newest
         FROM runs
     ) AS ranked
-    WHERE newest > :keep
-      AND (outcome IN ('noop', 'paused') OR started_at < now() - make_interval(days => :days))
+    WHERE (newest > :keep
+           AND (outcome IN ('noop', 'paused') OR started_at < now() - make_interval(days => :days)))
+       -- a resource that is gone keeps nothing past the retention period
+       OR (started_at < now() - make_interval(days => :days)
+           AND NOT EXISTS (SELECT 1 FROM statuses AS s WHERE s.kind = ranked.kind AND s.name = ranked.name))
 )
 """)
 

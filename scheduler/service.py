@@ -47,16 +47,10 @@ class Scheduler:
                 self.engine,
                 batch=self.settings.claim_batch_size,
                 default_interval_seconds=self.settings.default_interval_seconds,
+                retry_window_s=self.settings.quick_retry_max_seconds + 5,
+                running_limit_s=self.settings.running_limit_seconds,
             )
-            with self.app.producer_or_acquire() as producer:
-                for c in claims:
-                    self.app.send_task(
-                        TASK,
-                        args=[c.kind, c.name],
-                        kwargs={"claim": c.claim},
-                        queue=queue_for(c.node),
-                        producer=producer,
-                    )
+            self._send(claims)
             sent += len(claims)
             if claims:
                 log.info(
@@ -66,6 +60,24 @@ class Scheduler:
             if len(claims) < self.settings.claim_batch_size and not self._woken.is_set():
                 return sent
             self._woken.clear()
+
+    def _send(self, claims: list[claim.Claim]) -> None:
+        """Send one message per claim; if the broker fails midway, the unsent claims are released."""
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for c in claims:
+                    self.app.send_task(
+                        TASK,
+                        args=[c.kind, c.name],
+                        kwargs={"claim": c.claim},
+                        queue=queue_for(c.node),
+                        producer=producer,
+                    )
+                    sent += 1
+        except Exception:
+            claim.release(self.engine, claims[sent:])
+            raise
 
     def keep_house(self) -> None:
         pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept, days=self.settings.history_days)

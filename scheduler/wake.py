@@ -8,8 +8,7 @@ from collections.abc import Callable
 import psycopg
 
 from models import triggers
-from models.database import libpq_url
-from scheduler.leader import KEEPALIVES
+from models.database import CONNECT_ARGS, libpq_url
 
 log = logging.getLogger("setpoint.scheduler")
 
@@ -25,7 +24,7 @@ class Listener:
         """Call `wake` for notifications arriving within `timeout_s` (several at once count as one)."""
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._url, autocommit=True, **KEEPALIVES)
+                self._conn = psycopg.connect(self._url, autocommit=True, **CONNECT_ARGS)
                 self._conn.execute(f"LISTEN {triggers.CHANNEL}")
                 wake()  # resync: whatever changed while we were not listening
             for _ in self._conn.notifies(timeout=timeout_s, stop_after=1):

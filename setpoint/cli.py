@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from setpoint import errors
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -25,7 +26,7 @@ def up(concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Wo
     """
     try:
         code = up_command.run(config.get(), concurrency, lambda line: console.print(f"[bold]setpoint[/] {line}"))
-    except up_command.UsageError as error:
+    except errors.UsageError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)

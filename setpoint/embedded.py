@@ -27,6 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from setpoint.errors import EmbeddedServiceError
+
 DB_NAME = "setpoint"
 DB_USER = "postgres"
 START_TIMEOUT_S = 60.0
@@ -35,10 +37,6 @@ _INITDB_OPTIONS = ("-U", DB_USER, "--auth=trust", "--encoding=UTF8", "--no-local
 _POSTGRES_OPTIONS = ("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=")
 _REDIS_OPTIONS = ("--bind", "127.0.0.1", "--appendonly", "yes", "--daemonize", "no")
 _log = logging.getLogger(__name__)
-
-
-class EmbeddedServiceError(RuntimeError):
-    """An embedded server could not be set up or started; the message says which one and why."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     """How many due resources one claim takes from the database."""
 
     housekeeping_seconds: float = Field(60.0, gt=0)
-    """How often the scheduler prunes run history and resyncs."""
+    """How often the scheduler prunes run history."""
 
     leader_retry_seconds: float = Field(2.0, gt=0)
     """How often a standby scheduler tries to become the active one."""
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
 
     time_limit_seconds: int = Field(150, ge=1)
     """A reconcile running longer is killed with its worker process."""
+
+    @property
+    def running_limit_seconds(self) -> float:
+        """How long after a worker picked a message up the scheduler may presume it lost (its host gone):
+        longer than any reconcile and its quick retries can last."""
+        return self.time_limit_seconds + self.quick_retry_max_seconds + 10
 
     visibility_timeout_seconds: int = Field(900, ge=60)
     """Redis redelivers a message not acknowledged within this time; every delay above stays well below it."""

@@ -15,13 +15,10 @@ from alembic import command
 from alembic.config import Config
 
 from setpoint import embedded
+from setpoint.errors import UsageError
 from setpoint.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class UsageError(Exception):
-    """The command was given settings it cannot work with."""
 
 
 def migrate(database_url: str) -> None:

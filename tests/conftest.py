@@ -126,6 +126,7 @@ def stack_env(database_url: str, broker_url: str, state_dir: Path, **overrides: 
             "SETPOINT_LEADER_RETRY_SECONDS": "0.5",
             "SETPOINT_BACKOFF_BASE_SECONDS": "0.5",
             "SETPOINT_BACKOFF_MAX_SECONDS": "5",
+            "SETPOINT_QUICK_RETRY_MAX_SECONDS": "3",
             "SETPOINT_SOFT_TIME_LIMIT_SECONDS": "3",
             "SETPOINT_TIME_LIMIT_SECONDS": "5",
             "SETPOINT_STATE_DIR": str(state_dir),

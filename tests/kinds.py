@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from sqlmodel import Field
+
 from models.base import Resource, common_constraints
 from worker import registry
 from worker.controller import Action, Controller, TransientError
@@ -23,10 +25,12 @@ class Flaky(Resource, table=True):
 
     counter_path: str
     """A file counting the attempts made so far."""
-    fail_times: int = 0
+    fail_times: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     """How many attempts fail before one succeeds; -1 fails for ever."""
-    hang_seconds: float = 0
+    hang_seconds: float = Field(default=0, sa_column_kwargs={"server_default": "0"})
     """How long each attempt sleeps first (to exercise time limits)."""
+    teardown_fails: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    """Whether removing it after a DELETE fails (transiently) every time."""
 
 
 def attempts(path: str) -> int:
@@ -64,6 +68,18 @@ class FlakyController(Controller[Flaky, int]):
         if desired.fail_times >= 0 and actual > desired.fail_times:
             return []
         return [Attempt(desired.counter_path, desired.fail_times, desired.hang_seconds)]
+
+    def teardown(self, desired: Flaky, actual: int) -> list[Action]:
+        return [FailingTeardown()] if desired.teardown_fails else []
+
+
+@dataclasses.dataclass(frozen=True)
+class FailingTeardown(Action):
+    def run(self) -> None:
+        raise TransientError("simulated teardown failure")
+
+    def __str__(self) -> str:
+        return "tear down"
 
 
 registry.register(FlakyController())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import wait_for
 from tests.helpers import ready_at, runs, sql, status
@@ -30,7 +31,9 @@ def test_fails_three_times_then_succeeds_with_growing_delays(
     assert [r["outcome"] for r in history] == ["failed", "failed", "failed", "changed"]
     assert all("simulated failure" in r["error"] for r in history[:3])
     gaps = [(b["started_at"] - a["finished_at"]).total_seconds() for a, b in zip(history, history[1:], strict=False)]
-    assert gaps[0] < gaps[1] < gaps[2], f"delays between attempts must grow, got {gaps}"
+    # Each delay is at least base·2^k (0.5 s, 1 s, 2 s here): lower bounds that grow, whatever the load.
+    assert all(gap >= 0.5 * 2**k for k, gap in enumerate(gaps)), f"delays between attempts must grow, got {gaps}"
+    assert gaps[2] > gaps[0]
     assert [r["attempt"] for r in history] == [0, 1, 2, 3], "the quick retries are Celery's own"
     assert row["consecutive_failures"] == 0 and row["last_error"] is None
 
@@ -66,3 +69,65 @@ def test_a_hanging_controller_is_ended_by_its_time_limit(
     # Its lock is free: the next attempt runs (and, having counted one attempt already, succeeds).
     sql(engine, "UPDATE flakies SET hang_seconds = 0 WHERE name = :n", n=unique)
     wait_for(lambda: ready_at(engine, unique, 2, kind="Flaky"), 20, "next attempt succeeds")
+
+
+def test_a_failing_teardown_backs_off_instead_of_spinning(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    sql(
+        engine,
+        "INSERT INTO flakies (name, counter_path, teardown_fails) VALUES (:n, :c, true)",
+        n=unique,
+        c=str(tmp_path / "count"),
+    )
+    wait_for(lambda: ready_at(engine, unique, 1, kind="Flaky"), 20, "ready")
+    sql(engine, "DELETE FROM flakies WHERE name = :n", n=unique)
+    row = wait_for(
+        lambda: (s := status(engine, unique, "Flaky")) and s["consecutive_failures"] >= 5 and s,
+        30,
+        "five failed teardowns",
+    )
+    assert row["phase"] == "Deleting" and "teardown failure" in row["last_error"]
+    assert (row["next_reconcile_at"] - row["last_reconcile_at"]).total_seconds() >= 2, "backed off, not spinning"
+    failed = [r for r in runs(engine, unique, "Flaky") if r["outcome"] == "failed"]
+    assert len(failed) <= row["consecutive_failures"] + 1
+
+
+def test_reinserting_a_resource_still_being_deleted_is_refused(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    sql(
+        engine,
+        "INSERT INTO flakies (name, counter_path, teardown_fails) VALUES (:n, :c, true)",
+        n=unique,
+        c=str(tmp_path / "count"),
+    )
+    wait_for(lambda: ready_at(engine, unique, 1, kind="Flaky"), 20, "ready")
+    sql(engine, "DELETE FROM flakies WHERE name = :n", n=unique)
+    try:
+        sql(engine, "INSERT INTO flakies (name, counter_path) VALUES (:n, '/tmp/other')", n=unique)
+    except IntegrityError as error:
+        assert "still being deleted" in str(error)
+    else:
+        raise AssertionError("a name still being torn down was taken again")
+    assert status(engine, unique, "Flaky")["last_desired"]["counter_path"] == str(tmp_path / "count")
+
+
+def test_one_reconcile_of_a_resource_at_a_time(stack: dict, engine: Engine, unique: str, tmp_path: Path) -> None:
+    from setpoint.settings import Settings
+    from worker.celery_app import TASK, make_app
+
+    sql(
+        engine,
+        "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
+        "VALUES (:n, :c, -1, 1, 3600)",
+        n=unique,
+        c=str(tmp_path / "count"),
+    )
+    wait_for(lambda: runs(engine, unique, "Flaky"), 20, "first attempt recorded")
+    app = make_app(Settings(broker_url=stack["SETPOINT_BROKER_URL"]))
+    for _ in range(4):  # four hand-sent reconciles at once, for two worker processes
+        app.send_task(TASK, args=["Flaky", unique])
+    wait_for(lambda: len(runs(engine, unique, "Flaky")) >= 5, 40, "all of them run")
+    spans = sorted((r["started_at"], r["finished_at"]) for r in runs(engine, unique, "Flaky"))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), spans

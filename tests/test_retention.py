@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from scheduler import retention
-from tests.helpers import runs
+from tests.helpers import runs, sql
 
 RUN = """INSERT INTO runs (kind, name, generation, started_at, finished_at, duration_ms, outcome)
          SELECT 'File', :name, 1, now() - make_interval(days => :age_days) - make_interval(secs => i),
@@ -14,6 +14,7 @@ RUN = """INSERT INTO runs (kind, name, generation, started_at, finished_at, dura
 
 
 def test_prune_keeps_recent_noops_and_young_changes(engine: Engine, unique: str) -> None:
+    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/retained')", n=unique)
     with engine.begin() as conn:
         for outcome, count, age_days in [("noop", 50, 0), ("changed", 5, 0), ("failed", 5, 30), ("changed", 3, 30)]:
             conn.execute(text(RUN), {"name": unique, "outcome": outcome, "count": count, "age_days": age_days})
@@ -26,8 +27,17 @@ def test_prune_keeps_recent_noops_and_young_changes(engine: Engine, unique: str)
     assert len([r for r in kept if r["outcome"] != "noop"]) == 10
 
 
-def test_prune_is_a_no_op_on_a_small_history(engine: Engine, unique: str) -> None:
+def test_prune_keeps_a_small_history_of_a_live_resource(engine: Engine, unique: str) -> None:
+    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/retained')", n=unique)
     with engine.begin() as conn:
-        conn.execute(text(RUN), {"name": unique, "outcome": "noop", "count": 3, "age_days": 100})
+        conn.execute(text(RUN), {"name": unique, "outcome": "changed", "count": 3, "age_days": 100})
     retention.prune(engine, keep=10, days=14)
     assert len(runs(engine, unique)) == 3
+
+
+def test_prune_forgets_resources_long_gone(engine: Engine, unique: str) -> None:
+    with engine.begin() as conn:  # no desired row, no status: deleted long ago
+        conn.execute(text(RUN), {"name": unique, "outcome": "deleted", "count": 3, "age_days": 100})
+        conn.execute(text(RUN), {"name": f"{unique}-recent", "outcome": "deleted", "count": 3, "age_days": 1})
+    retention.prune(engine, keep=10, days=14)
+    assert runs(engine, unique) == [] and len(runs(engine, f"{unique}-recent")) == 3

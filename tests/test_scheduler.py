@@ -31,8 +31,10 @@ def test_one_pending_message_per_resource_however_often_it_changes(fresh: dict, 
         for i in range(1, 51):  # no worker is running: the queue must not grow
             sql(engine, "UPDATE files SET content = :c WHERE name = 'busy'", c=str(i))
         sql(engine, "UPDATE statuses SET next_reconcile_at = now()")  # an admin asking for it now, too
-        wait_for(lambda: "enqueued" in scheduler.output(), 5, "scheduler ticking")
-        assert queued(fresh) == 1
+        # A second resource queued after all that proves the scheduler has ticked since.
+        sql(engine, "INSERT INTO files (name, path) VALUES ('later', :p)", p=str(tmp_path / "later"))
+        wait_for(lambda: queued(fresh) == 2, 10, "the later resource queued")
+        assert max_claim(engine, "busy") == 1, "one message for 'busy', however often it changed"
         worker = start_worker(fresh, tmp_path / "worker.log")
         try:
             wait_for(lambda: ready_at(engine, "busy", 51), 30, "the latest generation applied")
@@ -89,7 +91,9 @@ def test_two_schedulers_never_double_enqueue_and_a_standby_takes_over(fresh: dic
         wait_for(lambda: ready_at(engine, "after", 1), 15, "new resource served by the new leader")
         with engine.connect() as conn:
             counts = conn.execute(text("SELECT count(*) FROM runs GROUP BY name")).scalars().all()
+            claims = conn.execute(text("SELECT max(claim) FROM statuses")).scalar_one()
         assert set(counts) == {1}, "every due reconcile ran exactly once"
+        assert claims == 1, "and was enqueued exactly once"
         assert len(runs(engine, "after")) == 1
     finally:
         worker.stop()
@@ -97,6 +101,11 @@ def test_two_schedulers_never_double_enqueue_and_a_standby_takes_over(fresh: dic
             if s.popen.poll() is None:
                 s.stop()
         engine.dispose()
+
+
+def max_claim(engine: Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT claim FROM statuses WHERE name = :n"), {"n": name}).scalar_one()
 
 
 def _ready_count(engine: Engine) -> int:

@@ -27,7 +27,7 @@ import dataclasses
 from typing import Any, ClassVar, Generic, TypeVar
 
 from models.base import Resource
-from worker.errors import InvalidSpec, PermanentError, TransientError
+from setpoint.errors import InvalidSpec, PermanentError, TransientError
 
 __all__ = ["Action", "Controller", "Health", "InvalidSpec", "PermanentError", "TransientError"]
 

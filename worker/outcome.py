@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from setpoint.settings import Settings
 from worker import timing
 from worker.controller import Health
-from worker.store import StatusUpdate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +32,26 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.outcome in ("noop", "changed", "paused", "deleted")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusUpdate:
+    """What a reconcile writes to its status row (worker/store.py turns it into SQL)."""
+
+    observed_generation: int | None
+    ready: bool
+    phase: str
+    conditions: list[dict[str, Any]]
+    observed: dict[str, Any]
+    drift: list[dict[str, Any]]
+    consecutive_failures: int
+    last_error: str | None
+    last_success_at: datetime | None
+    next_in_s: float | None
+    """Seconds from now (the database's now) until the next reconcile; None waits for a change of the row."""
+    interval_seconds: int
+    release_claim: bool
+    """False while a Celery retry of the same message is on its way, so the scheduler does not send another."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +119,6 @@ def status_update(
     generation: int,
     previous: dict[str, Any],
     interval_seconds: int,
-    attempt: int,
     settings: Settings,
     now: datetime,
     rng: random.Random,
@@ -109,18 +127,17 @@ def status_update(
     phase, ready, conditions = _conditions(result, generation, now, previous.get("conditions") or [])
     failures = 0 if result.ok else int(previous.get("consecutive_failures") or 0) + 1
     retry: Retry | None = None
+    next_in_s: float | None
     if result.ok:
-        due = timing.next_due(now, interval_seconds, settings.jitter_ratio, rng)
+        next_in_s = timing.jittered(interval_seconds, settings.jitter_ratio, rng)
         if result.requeue_after_s is not None:
-            due = min(due, now + timedelta(seconds=result.requeue_after_s))
-        next_at: datetime | None = due
+            next_in_s = min(next_in_s, result.requeue_after_s)
     elif not result.transient:
-        next_at = None  # permanent: not retried until the desired row changes (its trigger sets it due)
+        next_in_s = None  # permanent: not retried until the desired row changes (its trigger sets it due)
     else:
-        delay = timing.backoff_seconds(failures, settings.backoff_base_seconds, settings.backoff_max_seconds, rng)
-        if failures <= settings.retry_attempts and delay <= settings.quick_retry_max_seconds:
-            retry = Retry(delay)
-        next_at = now + timedelta(seconds=delay)
+        next_in_s = timing.backoff_seconds(failures, settings.backoff_base_seconds, settings.backoff_max_seconds, rng)
+        if failures <= settings.retry_attempts and next_in_s <= settings.quick_retry_max_seconds:
+            retry = Retry(next_in_s)
     update = StatusUpdate(
         observed_generation=generation,
         ready=ready,
@@ -131,7 +148,7 @@ def status_update(
         consecutive_failures=failures,
         last_error=None if result.ok else result.error,
         last_success_at=now if result.ok else _parse(previous.get("last_success_at")),
-        next_reconcile_at=next_at,
+        next_in_s=next_in_s,
         interval_seconds=interval_seconds,
         release_claim=retry is None,
     )

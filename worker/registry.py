@@ -14,8 +14,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from setpoint.errors import UnknownKind
 from worker.controller import Controller
-from worker.errors import UnknownKind
 
 GROUP = "setpoint.controllers"
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from setpoint.errors import InvalidSpec, PermanentError, UnknownKind
 from setpoint.settings import Settings
 from worker import registry, store
 from worker.controller import Controller
-from worker.errors import InvalidSpec, PermanentError
 from worker.outcome import Result, Retry, status_update
 
 log = logging.getLogger("setpoint.reconcile")
@@ -79,69 +79,87 @@ def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: 
 def reconcile(
     request: Request, *, engine: Engine, settings: Settings, now: Callable[[], datetime], rng: random.Random
 ) -> Done:
-    controller = registry.get(request.kind)
-    model = controller.model
+    try:
+        controller = registry.get(request.kind)
+    except UnknownKind as error:
+        with engine.begin() as conn:
+            store.record_unknown_kind(conn, request.kind, request.name, str(error), settings.default_interval_seconds)
+        return Done("unknown-kind")
+    table: str = controller.model.__tablename__  # type: ignore[assignment]
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        snapshot = store.begin(conn, model.__tablename__, request.kind, request.name)  # type: ignore[arg-type]
-        if not snapshot.locked:
-            return Done("busy")  # another worker is reconciling it; its record will requeue any change
-        finished = False
+        locked = finished = False
         try:
+            snapshot = store.begin(conn, table, request.kind, request.name)
+            locked = snapshot.locked
+            if not locked:
+                return Done("busy")  # another worker is reconciling it right now
             status = snapshot.status
+            deleting = snapshot.desired is None
             if status is None:
+                return Done("gone")  # not found is done
+            if deleting and status.get("last_desired") is None:
+                store.forget(conn, request.kind, request.name)  # a status without row or tombstone (a TRUNCATE)
                 return Done("gone")
             if request.claim is not None and status["claim"] != request.claim:
-                return Done("superseded")
-            deleting = snapshot.desired is None
-            if deleting and status.get("last_desired") is None:
-                return Done("gone")
-            started = now()
-            desired = model.model_validate(snapshot.desired or status["last_desired"])
-            result = run_controller(controller, desired, deleting=deleting)
-            finished_at = now()
-            run = store.RunRecord(
-                generation=desired.generation,
-                started_at=started,
-                finished_at=finished_at,
-                outcome=result.outcome,
-                actions=list(result.actions),
-                error=result.error,
-                worker=request.worker,
-                task_id=request.task_id,
-                attempt=request.attempt,
-            )
-            retry = None
-            if result.outcome == "deleted":
-                store.finish(conn, request.kind, request.name, None, run)
-            else:
-                interval = (
-                    desired.interval_seconds or controller.interval_seconds or (settings.default_interval_seconds)
-                )
-                update, retry = status_update(
-                    result,
-                    generation=desired.generation,
-                    previous=status,
-                    interval_seconds=interval,
-                    attempt=request.attempt,
-                    settings=settings,
-                    now=finished_at,
-                    rng=rng,
-                )
-                store.finish(conn, request.kind, request.name, update, run)
+                return Done("superseded")  # a newer message for it is queued
+            done = _run(controller, request, snapshot, status, deleting, conn, settings, now, rng)
             finished = True
-            log.info(
-                "reconciled",
-                extra={
-                    "kind": request.kind,
-                    "resource": request.name,
-                    "outcome": result.outcome,
-                    "duration_ms": round(run.duration_ms, 2),
-                },
-            )
-            return Done(result.outcome, retry)
+            return done
         finally:
-            if not finished:
+            if locked and not finished:
                 _release(conn, request)
+
+
+def _run(
+    controller: Controller[Any, Any],
+    request: Request,
+    snapshot: store.Snapshot,
+    status: dict[str, Any],
+    deleting: bool,
+    conn: Any,
+    settings: Settings,
+    now: Callable[[], datetime],
+    rng: random.Random,
+) -> Done:
+    """Drive the controller over one resource and record what came of it (which also unlocks)."""
+    started = now()
+    desired = controller.model.model_validate(snapshot.desired or status["last_desired"])
+    result = run_controller(controller, desired, deleting=deleting)
+    finished_at = now()
+    run = store.RunRecord(
+        generation=desired.generation,
+        started_at=started,
+        finished_at=finished_at,
+        outcome=result.outcome,
+        actions=list(result.actions),
+        error=result.error,
+        worker=request.worker,
+        task_id=request.task_id,
+        attempt=request.attempt,
+    )
+    update, retry = None, None
+    if result.outcome != "deleted":
+        interval = desired.interval_seconds or controller.interval_seconds or settings.default_interval_seconds
+        update, retry = status_update(
+            result,
+            generation=desired.generation,
+            previous=status,
+            interval_seconds=interval,
+            settings=settings,
+            now=finished_at,
+            rng=rng,
+        )
+    store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting)
+    log.info(
+        "reconciled",
+        extra={
+            "kind": request.kind,
+            "resource": request.name,
+            "outcome": result.outcome,
+            "duration_ms": round(run.duration_ms, 2),
+        },
+    )
+    return Done(result.outcome, retry)
 
 
 def _release(conn: Any, request: Request) -> None:

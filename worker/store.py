@@ -1,8 +1,9 @@
 """The two statements a reconcile sends to PostgreSQL: one to lock and read, one to record and unlock.
 
-A no-op reconcile costs exactly these two round trips. The lock is a session advisory lock on the
-connection the reconcile holds: if the worker dies at any line, PostgreSQL drops the connection and
-the lock with it, so a killed reconcile never leaves its resource locked.
+The lock is a session advisory lock on the connection the reconcile holds: if the worker dies at any
+line, PostgreSQL ends the session and the lock with it, so a killed reconcile never leaves its resource
+locked. Reading the status row through an UPDATE (which stamps `picked_at`) waits for any write still
+in flight for that row, so a reconcile always starts from the last one's committed record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
+from worker.outcome import StatusUpdate
+
 LOCK_KEY = "hashtextextended(:kind || '/' || :name, 0)"
 
 
@@ -24,23 +27,6 @@ class Snapshot:
     locked: bool
     desired: dict[str, Any] | None
     status: dict[str, Any] | None
-
-
-@dataclasses.dataclass(frozen=True)
-class StatusUpdate:
-    observed_generation: int | None
-    ready: bool
-    phase: str
-    conditions: list[dict[str, Any]]
-    observed: dict[str, Any]
-    drift: list[dict[str, Any]]
-    consecutive_failures: int
-    last_error: str | None
-    last_success_at: datetime | None
-    next_reconcile_at: datetime | None
-    interval_seconds: int
-    release_claim: bool
-    """False while a Celery retry of the same message is on its way, so the scheduler does not send another."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +48,17 @@ class RunRecord:
 
 def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
     row = conn.execute(
-        text(
-            f"SELECT pg_try_advisory_lock({LOCK_KEY}) AS locked,"
-            f" (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,"
-            " (SELECT to_jsonb(s) FROM statuses AS s WHERE s.kind = :kind AND s.name = :name) AS status"
-        ),
+        text(f"""
+WITH lock AS (SELECT pg_try_advisory_lock({LOCK_KEY}) AS locked),
+picked AS (
+    UPDATE statuses SET picked_at = now()
+    WHERE kind = :kind AND name = :name AND (SELECT locked FROM lock)
+    RETURNING to_jsonb(statuses.*) AS status
+)
+SELECT (SELECT locked FROM lock) AS locked,
+       (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
+       (SELECT status FROM picked) AS status
+"""),
         {"kind": kind, "name": name},
     ).one()
     return Snapshot(bool(row.locked), row.desired, row.status)
@@ -90,11 +82,14 @@ WITH status AS (
         consecutive_failures = :consecutive_failures, last_error = :last_error,
         last_reconcile_at = :finished_at, last_success_at = :last_success_at,
         interval_seconds = :interval_seconds,
-        -- a change or a delete that landed while we worked is reconciled at once, not next period
+        -- a change or a delete that landed while we worked is reconciled at once, not next period;
+        -- the due time is the database's clock plus an offset, so worker clocks never matter
         next_reconcile_at = CASE
-            WHEN generation IS DISTINCT FROM :observed_generation OR deleted_at IS NOT NULL THEN now()
-            ELSE :next_reconcile_at END,
-        enqueued_at = CASE WHEN :release_claim THEN NULL ELSE enqueued_at END
+            WHEN generation IS DISTINCT FROM :observed_generation OR (deleted_at IS NOT NULL AND NOT :deleting)
+            THEN now()
+            ELSE now() + make_interval(secs => :next_in_s) END,
+        -- only the message holding the current claim frees it; an older or hand-sent one must not
+        enqueued_at = CASE WHEN :release_claim AND claim = :claim THEN NULL ELSE enqueued_at END
     WHERE kind = :kind AND name = :name
 ), run AS ({_RUN})
 SELECT pg_advisory_unlock({LOCK_KEY})
@@ -109,13 +104,45 @@ SELECT pg_advisory_unlock({LOCK_KEY})
 _JSON = ("conditions", "observed", "drift", "actions")
 
 
-def finish(conn: Connection, kind: str, name: str, update: StatusUpdate | None, run: RunRecord) -> None:
-    """Record the run and the new status (or, with update None, forget the torn-down resource), then unlock."""
-    params: dict[str, Any] = {"kind": kind, "name": name, "duration_ms": run.duration_ms}
-    params.update(dataclasses.asdict(run))
+def finish(
+    conn: Connection,
+    kind: str,
+    name: str,
+    claim: int | None,
+    update: StatusUpdate | None,
+    run: RunRecord,
+    *,
+    deleting: bool,
+) -> None:
+    """Record the run and the new status (with update None: forget the torn-down resource), then unlock."""
+    params: dict[str, Any] = {"kind": kind, "name": name, "claim": claim, "deleting": deleting}
+    params.update(dataclasses.asdict(run), duration_ms=run.duration_ms)
     sql = _FINISH_DELETE
     if update is not None:
         params.update(dataclasses.asdict(update))
         sql = _FINISH
     statement = text(sql).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON if k in params))
     conn.execute(statement, params)
+
+
+def forget(conn: Connection, kind: str, name: str) -> None:
+    """Drop a status row that has neither a desired row nor a tombstone behind it."""
+    conn.execute(
+        text("DELETE FROM statuses WHERE kind = :kind AND name = :name AND deleted_at IS NULL"),
+        {"kind": kind, "name": name},
+    )
+
+
+def record_unknown_kind(conn: Connection, kind: str, name: str, message: str, retry_in_s: float) -> None:
+    """A resource whose kind no worker knows: say so in status, and look again later."""
+    conn.execute(
+        text("""
+UPDATE statuses SET ready = false, phase = 'Failed', last_error = :message,
+    conditions = jsonb_build_array(jsonb_build_object('type', 'Ready', 'status', 'False', 'reason', 'UnknownKind',
+        'message', :message, 'last_transition_time', now())),
+    consecutive_failures = consecutive_failures + 1, last_reconcile_at = now(),
+    next_reconcile_at = now() + make_interval(secs => :retry_in_s), enqueued_at = NULL
+WHERE kind = :kind AND name = :name
+"""),
+        {"kind": kind, "name": name, "message": message, "retry_in_s": retry_in_s},
+    )

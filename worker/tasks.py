@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from sqlalchemy import Engine
 
 from models.database import make_engine
@@ -16,6 +16,11 @@ from setpoint import settings as config
 from worker import registry
 from worker.celery_app import TASK, app
 from worker.runtime import Request, reconcile
+
+BUSY_RETRY_S = 2.0
+"""How soon a message whose resource is being reconciled elsewhere tries again."""
+MAX_RETRIES = 100
+"""Enough busy retries to outlast any reconcile (time limit / BUSY_RETRY_S), and more than the quick retries."""
 
 _engine: Engine | None = None
 _rng = random.Random()
@@ -28,19 +33,24 @@ def engine() -> Engine:
     return _engine
 
 
+@worker_init.connect
+def _load_controllers(**_: Any) -> None:
+    """Users' kinds (SETPOINT_CONTROLLERS) load once in the main process, whatever the pool."""
+    registry.import_modules([m.strip() for m in config.get().controllers.split(",") if m.strip()])
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     """A forked pool process must never share its parent's database connections."""
     if _engine is not None:
         _engine.dispose(close=False)
-    registry.import_modules([m.strip() for m in config.get().controllers.split(",") if m.strip()])
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@app.task(name=TASK, bind=True, acks_late=True, max_retries=None)
+@app.task(name=TASK, bind=True, acks_late=True, max_retries=MAX_RETRIES)
 def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -> str:
     settings = config.get()
     request = Request(
@@ -52,7 +62,10 @@ def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -
         worker=settings.worker_name or self.request.hostname or socket.gethostname(),
     )
     done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
+    if done.outcome == "busy":
+        # Dropping it could strand this message's claim; the other reconcile ends within the time limit.
+        raise self.retry(countdown=BUSY_RETRY_S)
     if done.retry is not None:
         # The quick retries are Celery's; longer backoff is the scheduler's (status.next_reconcile_at).
-        raise self.retry(countdown=done.retry.countdown_s, max_retries=settings.retry_attempts)
+        raise self.retry(countdown=done.retry.countdown_s)
     return done.outcome

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
 
 
-def next_due(now: datetime, interval_seconds: float, jitter_ratio: float, rng: random.Random) -> datetime:
-    """One period from now, spread by up to ±jitter_ratio so resources created together drift apart."""
-    spread = 1 + rng.uniform(-jitter_ratio, jitter_ratio)
-    return now + timedelta(seconds=interval_seconds * spread)
+def jittered(interval_seconds: float, jitter_ratio: float, rng: random.Random) -> float:
+    """Seconds until the next period, spread by up to ±jitter_ratio so resources created together drift apart."""
+    return interval_seconds * (1 + rng.uniform(-jitter_ratio, jitter_ratio))
 
 
 def backoff_seconds(failures: int, base_seconds: float, max_seconds: float, rng: random.Random) -> float:

@@ -82,6 +82,7 @@ def upgrade() -> None:
     sa.Column('interval_seconds', sa.Integer(), nullable=True),
     sa.Column('node', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=True),
     sa.Column('enqueued_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('picked_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('claim', sa.Integer(), server_default=sa.text('0'), nullable=False),
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_desired', postgresql.JSONB(astext_type=sa.Text()), nullable=True),

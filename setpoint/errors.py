@@ -37,3 +37,11 @@ class InvalidSpec(PermanentError):
 
 class UnknownKind(SetpointError):
     """No controller is registered for this kind; register one, or check the kind's spelling."""
+
+
+class UsageError(SetpointError):
+    """The command was given settings or arguments it cannot work with."""
+
+
+class EmbeddedServiceError(SetpointError):
+    """An embedded server could not be set up or started; the message says which one and why."""
