@@ -23,8 +23,6 @@ metadata: MetaData = SQLModel.metadata
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$"
 """Names are what an admin types in SQL and a shell: lower-case letters, digits, '-', '_' and '.', as in Kubernetes."""
 
-DELETION_POLICIES = ("delete", "orphan")
-
 
 def common_constraints(table: str) -> tuple[Any, ...]:
     """The CHECK constraints every kind's table carries; each kind adds them to its __table_args__."""
@@ -55,6 +53,7 @@ class Resource(SQLModel):
     interval_seconds: int | None = Field(default=None)
     paused: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     deletion_policy: str = Field(default="delete", max_length=16, sa_column_kwargs={"server_default": text("'delete'")})
+    # JSON columns track edits of their top-level keys only: reassign a nested value to change it.
     labels: dict[str, Any] = Field(
         default_factory=dict,
         sa_type=MutableDict.as_mutable(JSONB),  # type: ignore[call-overload]
@@ -74,9 +73,3 @@ class Resource(SQLModel):
     )
 
     __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
-
-    @classmethod
-    def desired_fields(cls) -> list[str]:
-        """The columns an admin edits to say what they want (everything but bookkeeping)."""
-        bookkeeping = {"id", "generation", "created_at", "updated_at"}
-        return [f for f in cls.model_fields if f not in bookkeeping]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from setpoint import errors
+from setpoint import errors, stack
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -29,13 +29,16 @@ def up(concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Wo
     except errors.UsageError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
+    except errors.EmbeddedServiceError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
 @app.command()
 def migrate() -> None:
     """Migrate the database at SETPOINT_DATABASE_URL to the latest schema (alembic upgrade head)."""
-    up_command.migrate(config.get().database_url)
+    stack.migrate(config.get().database_url)
     console.print("database migrated to head")
 
 

@@ -256,7 +256,7 @@ def fresh(servers: tuple[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    broker_url = broker.rsplit("/", 1)[0] + "/14"
+    broker_url = str(make_url(broker).set(database="14"))  # a Redis database of its own
     redis.Redis.from_url(broker_url).flushdb()
     alembic("upgrade", "head", database_url=url)
     create_test_kinds(url)

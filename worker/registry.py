@@ -56,8 +56,3 @@ def get(kind: str) -> Controller[Any, Any]:
     except KeyError:
         known = ", ".join(sorted(_controllers)) or "none"
         raise UnknownKind(f"no controller is registered for kind {kind!r} (known: {known})") from None
-
-
-def kinds() -> dict[str, Controller[Any, Any]]:
-    _load()
-    return dict(_controllers)
