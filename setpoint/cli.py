@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 from rich.console import Console
 
@@ -33,6 +36,28 @@ def up(concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Wo
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    chart: Annotated[Path, typer.Option("--chart", help="Where to write the chart of drift.")] = Path(
+        "setpoint-demo.png"
+    ),
+) -> None:
+    """Tell the story Setpoint comes from: disorder grows without the reconciler, order returns with it.
+
+    Runs on embedded servers under SETPOINT_DATA_DIR/demo (or the configured ones), with real processes.
+    """
+    from setpoint import demo as story
+
+    try:
+        story.run(config.get(), chart, lambda line: console.print(line))
+    except errors.UsageError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    except (errors.EmbeddedServiceError, TimeoutError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
 
 
 @app.command()

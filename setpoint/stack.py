@@ -58,10 +58,12 @@ def servers(env: dict[str, str], data_dir: Path) -> Iterator[Servers]:
 class Processes:
     """The scheduler and a worker, started as children with the given servers and extra settings."""
 
-    def __init__(self, servers: Servers, concurrency: int = 2, quiet: bool = False, **settings: str) -> None:
+    def __init__(
+        self, servers: Servers, concurrency: int = 2, quiet: bool = False, settings: dict[str, str] | None = None
+    ) -> None:
         env = {
             **os.environ,
-            **settings,
+            **(settings or {}),
             "SETPOINT_DATABASE_URL": servers.database_url,
             "SETPOINT_BROKER_URL": servers.broker_url,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
