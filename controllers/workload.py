@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -134,6 +135,17 @@ class StopReplica(Action):
         return f"stop replica {self.replica.slot} (pid {self.replica.pid}, {self.replica.version})"
 
 
+@dataclasses.dataclass(frozen=True)
+class RemoveRecords(Action):
+    directory: str
+
+    def run(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __str__(self) -> str:
+        return f"remove replica records and logs in {self.directory}"
+
+
 class WorkloadController(Controller[Workload, WorkloadState]):
     model = Workload
     interval_seconds = 10
@@ -184,16 +196,18 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             restarts = waiting[slot].restarts if slot in waiting else 0
             actions.append(self._start(desired, slot, version, restarts, actual))
         starting = any(isinstance(a, StartReplica) for a in actions)
-        outdated = [r for _, r in sorted(keep.items()) if r.version != version]
-        if outdated and not starting:  # one slot at a time: the new replica first, then the old one goes
-            actions += [
-                self._start(desired, outdated[0].slot, version, 0, actual, confirm=True),
-                StopReplica(outdated[0], desired.stop_grace_seconds),
-            ]
+        if not starting:  # roll outdated slots one at a time: each new replica runs before its old one stops
+            for old in (r for _, r in sorted(keep.items()) if r.version != version):
+                actions += [
+                    self._start(desired, old.slot, version, 0, actual, confirm=True),
+                    StopReplica(old, desired.stop_grace_seconds),
+                ]
         return actions
 
     def teardown(self, desired: Workload, actual: WorkloadState) -> list[Action]:
-        return [StopReplica(r, desired.stop_grace_seconds) for r in actual.replicas]
+        stops: list[Action] = [StopReplica(r, desired.stop_grace_seconds) for r in actual.replicas]
+        directory = processes.workload_dir(self.settings.state_dir, desired.name)
+        return [*stops, RemoveRecords(str(directory))] if directory.exists() else stops
 
     def health(self, desired: Workload, actual: WorkloadState) -> Health:
         version = version_of(desired)

@@ -82,8 +82,10 @@ def test_a_command_change_rolls_out_one_replica_at_a_time(stack: dict, engine: E
     assert all(old + new >= 3 for old, new in seen), "never fewer replicas than wanted during the rollout"
     assert all(old + new <= 4 for old, new in seen), "one replica replaced at a time"
     assert {new for _, new in seen} >= {0, 1, 2, 3}
-    starts = [a for r in runs(engine, unique, "Workload") if r["generation"] == 2 for a in r["actions"]]
-    assert sum(a.startswith("start replica") for a in starts) == 3
+    actions = [a for r in runs(engine, unique, "Workload") if r["generation"] == 2 for a in r["actions"]]
+    assert [a.split(" (")[0] for a in actions] == [
+        f"{verb} replica {slot}" for slot in range(3) for verb in ("start", "stop")
+    ], "each slot's new replica starts before its old one stops"
 
 
 def test_a_crash_looping_command_shows_growing_delays(stack: dict, engine: Engine, unique: str) -> None:
@@ -111,6 +113,7 @@ def test_delete_stops_every_replica(stack: dict, engine: Engine, unique: str) ->
     sql(engine, "DELETE FROM workloads WHERE name = :n", n=unique)
     wait_for(lambda: running(unique, 0) is not None, 30, "no replica left")
     wait_for(lambda: status(engine, unique, "Workload") is None, 20, "tombstone cleared")
+    assert not (Path(stack["SETPOINT_STATE_DIR"]) / "workloads" / unique).exists(), "records and logs removed"
 
 
 def test_a_paused_workload_reports_drift_and_is_left_alone(stack: dict, engine: Engine, unique: str) -> None:
