@@ -55,6 +55,12 @@ def servers(env: dict[str, str], data_dir: Path) -> Iterator[Servers]:
             yield Servers(services.database_url, services.broker_url, embedded=True)
 
 
+def worker_argv(concurrency: int, name: str | None = None) -> list[str]:
+    """`celery -A worker worker` as Setpoint runs it (mingle and gossip add nothing to a reconcile fleet)."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(concurrency), "-l", "info"]
+    return [*argv, *(["-n", f"{name}@%h"] if name else []), "--without-mingle", "--without-gossip"]
+
+
 class Processes:
     """The scheduler and a worker, started as children with the given servers and extra settings."""
 
@@ -69,20 +75,7 @@ class Processes:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         out = subprocess.DEVNULL if quiet else None
-        worker = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-c",
-            str(concurrency),
-            "-l",
-            "info",
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        worker = worker_argv(concurrency)
         self.children = [
             subprocess.Popen([sys.executable, "-m", "scheduler"], cwd=ROOT, env=env, stdout=out, stderr=out),
             subprocess.Popen(worker, cwd=ROOT, env=env, stdout=out, stderr=out),

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from models import triggers
 from models.database import libpq_url, make_engine
 from setpoint import embedded
+from setpoint.stack import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -174,26 +175,7 @@ def start_scheduler(env: dict[str, str], log: Path) -> Process:
 
 
 def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: int = 2) -> Process:
-    return Process(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-c",
-            str(concurrency),
-            "-n",
-            f"{name}@%h",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "info",
-        ],
-        env,
-        log,
-    )
+    return Process(worker_argv(concurrency, name), env, log)
 
 
 @pytest.fixture(scope="session")

@@ -12,30 +12,19 @@ def sql(engine: Engine, statement: str, **params: Any) -> None:
         conn.execute(text(statement), params)
 
 
-def status(engine: Engine, name: str, kind: str = "File") -> dict[str, Any] | None:
+def _row(engine: Engine, relation: str, name: str, kind: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = (
-            conn.execute(
-                text("SELECT * FROM statuses WHERE kind = :kind AND name = :name"),
-                {"kind": kind, "name": name},
-            )
-            .mappings()
-            .first()
-        )
+        query = text(f"SELECT * FROM {relation} WHERE kind = :kind AND name = :name")
+        row = conn.execute(query, {"kind": kind, "name": name}).mappings().first()
     return dict(row) if row else None
+
+
+def status(engine: Engine, name: str, kind: str = "File") -> dict[str, Any] | None:
+    return _row(engine, "statuses", name, kind)
 
 
 def view(engine: Engine, name: str, kind: str = "File") -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = (
-            conn.execute(
-                text("SELECT * FROM resource_status WHERE kind = :kind AND name = :name"),
-                {"kind": kind, "name": name},
-            )
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
+    return _row(engine, "resource_status", name, kind)
 
 
 def runs(engine: Engine, name: str, kind: str = "File") -> list[dict[str, Any]]:

@@ -71,17 +71,19 @@ def test_a_hanging_controller_is_ended_by_its_time_limit(
     wait_for(lambda: ready_at(engine, unique, 2, kind="Flaky"), 20, "next attempt succeeds")
 
 
+def delete_with_failing_teardown(engine: Engine, name: str, counter: Path) -> None:
+    """A resource made ready, then deleted, whose teardown fails every time."""
+    sql(
+        engine, "INSERT INTO flakies (name, counter_path, teardown_fails) VALUES (:n, :c, true)", n=name, c=str(counter)
+    )
+    wait_for(lambda: ready_at(engine, name, 1, kind="Flaky"), 20, "ready")
+    sql(engine, "DELETE FROM flakies WHERE name = :n", n=name)
+
+
 def test_a_failing_teardown_backs_off_instead_of_spinning(
     stack: dict, engine: Engine, unique: str, tmp_path: Path
 ) -> None:
-    sql(
-        engine,
-        "INSERT INTO flakies (name, counter_path, teardown_fails) VALUES (:n, :c, true)",
-        n=unique,
-        c=str(tmp_path / "count"),
-    )
-    wait_for(lambda: ready_at(engine, unique, 1, kind="Flaky"), 20, "ready")
-    sql(engine, "DELETE FROM flakies WHERE name = :n", n=unique)
+    delete_with_failing_teardown(engine, unique, tmp_path / "count")
     row = wait_for(
         lambda: (s := status(engine, unique, "Flaky")) and s["consecutive_failures"] >= 5 and s,
         30,
@@ -96,14 +98,7 @@ def test_a_failing_teardown_backs_off_instead_of_spinning(
 def test_reinserting_a_resource_still_being_deleted_is_refused(
     stack: dict, engine: Engine, unique: str, tmp_path: Path
 ) -> None:
-    sql(
-        engine,
-        "INSERT INTO flakies (name, counter_path, teardown_fails) VALUES (:n, :c, true)",
-        n=unique,
-        c=str(tmp_path / "count"),
-    )
-    wait_for(lambda: ready_at(engine, unique, 1, kind="Flaky"), 20, "ready")
-    sql(engine, "DELETE FROM flakies WHERE name = :n", n=unique)
+    delete_with_failing_teardown(engine, unique, tmp_path / "count")
     try:
         sql(engine, "INSERT INTO flakies (name, counter_path) VALUES (:n, '/tmp/other')", n=unique)
     except IntegrityError as error:

@@ -7,8 +7,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from models.database import make_engine
-from tests.conftest import start_scheduler, start_worker, wait_for
+from tests.conftest import Process, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, runs, sql
 from tests.kinds import attempts
 
@@ -18,21 +20,27 @@ def pool_children(pid: int) -> list[int]:
     return [int(p) for p in done.stdout.split()]
 
 
+def start_slow_action(engine: Engine, worker: Process, counter: Path, interval_seconds: int) -> None:
+    """Return while a worker is in the middle of a 2-second action on the resource 'victim'."""
+    wait_for(lambda: "ready." in worker.output(), 60, "worker ready")
+    sql(
+        engine,
+        "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
+        "VALUES ('victim', :c, 0, 2, :i)",
+        c=str(counter),
+        i=interval_seconds,
+    )
+    wait_for(lambda: attempts(str(counter)) == 1, 20, "the action under way")
+
+
 def test_pool_process_killed_mid_action_is_redelivered_at_once(fresh: dict, tmp_path: Path) -> None:
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
     scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
     worker = start_worker(fresh, tmp_path / "worker.log")
     counter = tmp_path / "count"
     try:
-        wait_for(lambda: "ready." in worker.output(), 60, "worker ready")
         # Interval of an hour: only Celery's redelivery (acks_late + reject_on_worker_lost) can bring it back.
-        sql(
-            engine,
-            "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
-            "VALUES ('victim', :c, 0, 2, 3600)",
-            c=str(counter),
-        )
-        wait_for(lambda: attempts(str(counter)) == 1, 20, "the action under way")
+        start_slow_action(engine, worker, counter, interval_seconds=3600)
         for child in pool_children(worker.popen.pid):
             os.kill(child, signal.SIGKILL)
         wait_for(lambda: ready_at(engine, "victim", 1, kind="Flaky"), 30, "reconciled again after the kill")
@@ -52,14 +60,7 @@ def test_whole_worker_host_gone_is_made_up_for_by_the_scheduler(fresh: dict, tmp
     replacement = None
     counter = tmp_path / "count"
     try:
-        wait_for(lambda: "ready." in worker.output(), 60, "worker ready")
-        sql(
-            engine,
-            "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
-            "VALUES ('victim', :c, 0, 2, 3)",
-            c=str(counter),
-        )
-        wait_for(lambda: attempts(str(counter)) == 1, 20, "the action under way")
+        start_slow_action(engine, worker, counter, interval_seconds=3)
         worker.kill()  # every process of the worker, at once; its unacked message waits in Redis
         replacement = start_worker(fresh, tmp_path / "replacement.log", name="w2")
         wait_for(lambda: ready_at(engine, "victim", 1, kind="Flaky"), 3 + 20, "reconciled within an interval")
