@@ -71,7 +71,7 @@ class Scheduler:
                         TASK,
                         args=[c.kind, c.name],
                         kwargs={"claim": c.claim},
-                        queue=queue_for(c.node),
+                        queue=queue_for(c.node, self.settings),
                         producer=producer,
                     )
                     sent += 1

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     """The Redis database Celery uses as its broker (keep it dedicated to Setpoint)."""
 
+    queue: str = Field("setpoint", pattern=r"^[A-Za-z0-9_.-]+$")
+    """The Celery queue reconciles go through; node-bound ones use `<queue>.node.<node>`."""
+
     default_interval_seconds: int = Field(30, ge=1)
     """How often a resource is reconciled when neither its row nor its kind says otherwise."""
 

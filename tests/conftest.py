@@ -2,7 +2,8 @@
 
 SETPOINT_TEST_DATABASE_URL names a PostgreSQL whose user may create databases (default: the local
 server); each test session migrates a database of its own there with `alembic upgrade head` and drops
-it at the end. SETPOINT_TEST_BROKER_URL names a Redis database the tests may flush (default: db 13).
+it at the end. SETPOINT_TEST_BROKER_URL names the Redis to use (default: db 13); every stack the tests start uses a
+Celery queue of its own there, so test runs sharing a server do not take each other's messages.
 """
 
 from __future__ import annotations
@@ -109,9 +110,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def broker_url(servers: tuple[str, str]) -> str:
-    import redis
-
-    redis.Redis.from_url(servers[1]).flushdb()
+    """The Redis the tests use; each stack has a queue of its own there (stack_env), so nothing is flushed."""
     return servers[1]
 
 
@@ -123,6 +122,8 @@ def stack_env(database_url: str, broker_url: str, state_dir: Path, **overrides: 
             "SETPOINT_DATABASE_URL": database_url,
             "SETPOINT_BROKER_URL": broker_url,
             "SETPOINT_CONTROLLERS": "tests.kinds",
+            # A queue of its own, so test runs sharing a Redis never take each other's messages.
+            "SETPOINT_QUEUE": f"setpoint-test-{uuid.uuid4().hex[:8]}",
             "SETPOINT_TICK_SECONDS": "0.2",
             "SETPOINT_LEADER_RETRY_SECONDS": "0.5",
             "SETPOINT_BACKOFF_BASE_SECONDS": "0.5",
@@ -229,22 +230,17 @@ def kill_replicas(prefix: str) -> None:
 
 @pytest.fixture
 def fresh(servers: tuple[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A migrated database and an empty Redis database of this test's own, for tests that start, stop and
-    kill their own schedulers and workers. Yields the processes' environment."""
-    import redis
-
-    admin, broker = servers
+    """A migrated database and a Celery queue of this test's own, for tests that start, stop and kill their
+    own schedulers and workers. Yields the processes' environment."""
+    admin, broker_url = servers
     name = f"setpoint_fresh_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    broker_url = str(make_url(broker).set(database="14"))  # a Redis database of its own
-    redis.Redis.from_url(broker_url).flushdb()
     alembic("upgrade", "head", database_url=url)
     create_test_kinds(url)
     try:
         yield stack_env(url, broker_url, tmp_path / "state")
     finally:
-        redis.Redis.from_url(broker_url).flushdb()
         with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -120,7 +120,7 @@ def test_one_reconcile_of_a_resource_at_a_time(stack: dict, engine: Engine, uniq
         c=str(tmp_path / "count"),
     )
     wait_for(lambda: runs(engine, unique, "Flaky"), 20, "first attempt recorded")
-    app = make_app(Settings(broker_url=stack["SETPOINT_BROKER_URL"]))
+    app = make_app(Settings(broker_url=stack["SETPOINT_BROKER_URL"], queue=stack["SETPOINT_QUEUE"]))
     for _ in range(4):  # four hand-sent reconciles at once, for two worker processes
         app.send_task(TASK, args=["Flaky", unique])
     wait_for(lambda: len(runs(engine, unique, "Flaky")) >= 5, 40, "all of them run")

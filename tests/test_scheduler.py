@@ -10,11 +10,10 @@ from sqlalchemy import Engine, text
 from models.database import make_engine
 from tests.conftest import Process, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, runs, sql
-from worker.celery_app import QUEUE
 
 
 def queued(env: dict[str, str]) -> int:
-    return int(redis.Redis.from_url(env["SETPOINT_BROKER_URL"]).llen(QUEUE))
+    return int(redis.Redis.from_url(env["SETPOINT_BROKER_URL"]).llen(env["SETPOINT_QUEUE"]))
 
 
 def leader_of(*schedulers: Process) -> Process | None:
@@ -57,7 +56,7 @@ def test_a_lost_message_is_made_up_for_within_one_interval(fresh: dict, tmp_path
             p=str(tmp_path / "f"),
         )
         wait_for(lambda: queued(fresh) == 1, 10, "reconcile queued")
-        redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"]).flushdb()  # Redis flushed: the message is gone
+        redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"]).delete(fresh["SETPOINT_QUEUE"])  # the message is gone
         worker = start_worker(fresh, tmp_path / "worker.log")
         wait_for(lambda: ready_at(engine, "lost", 1), 3 + 15, "reconciled after the loss")
         assert (tmp_path / "f").read_text() == "x"

@@ -10,21 +10,23 @@ from setpoint import logs
 from setpoint import settings as config
 
 TASK = "setpoint.reconcile"
-QUEUE = "setpoint"
 
 
-def queue_for(node: str | None) -> str:
+def queue_for(node: str | None, settings: config.Settings | None = None) -> str:
     """Resources bound to a node go to that node's queue; the rest to the queue every worker takes."""
-    return f"{QUEUE}.node.{node}" if node else QUEUE
+    queue = (settings or config.get()).queue
+    return f"{queue}.node.{node}" if node else queue
 
 
 def make_app(settings: config.Settings) -> Celery:
     app = Celery("setpoint", broker=settings.broker_url, include=["worker.tasks"])
+    queues = [Queue(settings.queue)]
+    if settings.node:  # a worker started for a node also takes that node's queue
+        queues.append(Queue(queue_for(settings.node, settings)))
     app.conf.update(
-        task_default_queue=QUEUE,
-        # A worker started for a node (SETPOINT_NODE) also takes that node's queue.
-        task_queues=[Queue(QUEUE)] + ([Queue(queue_for(settings.node))] if settings.node else []),
-        task_routes={TASK: {"queue": QUEUE}},
+        task_default_queue=settings.queue,
+        task_queues=queues,
+        task_routes={TASK: {"queue": settings.queue}},
         # A worker killed mid-reconcile loses nothing: the message is acknowledged only when the task ends.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
