@@ -28,7 +28,7 @@ def common_constraints(table: str) -> tuple[Any, ...]:
     """The CHECK constraints every kind's table carries; each kind adds them to its __table_args__."""
     return (
         CheckConstraint(f"name ~ '{NAME_PATTERN}'", name="name_format"),
-        CheckConstraint("interval_seconds IS NULL OR interval_seconds > 0", name="interval_positive"),
+        CheckConstraint("interval_seconds IS NULL OR interval_seconds > 0", name="interval_seconds_positive"),
         CheckConstraint("deletion_policy IN ('delete', 'orphan')", name="deletion_policy_known"),
         CheckConstraint("jsonb_typeof(labels) = 'object'", name="labels_object"),
     )

@@ -19,9 +19,9 @@ class Workload(Resource, table=True):
         CheckConstraint("length(btrim(command)) > 0", name="command_present"),
         CheckConstraint("replicas >= 0 AND replicas <= 1000", name="replicas_range"),
         CheckConstraint("jsonb_typeof(env) = 'object'", name="env_object"),
-        CheckConstraint("stop_grace_seconds >= 0 AND stop_grace_seconds <= 600", name="grace_range"),
+        CheckConstraint("stop_grace_seconds >= 0 AND stop_grace_seconds <= 600", name="stop_grace_seconds_range"),
         CheckConstraint("working_dir IS NULL OR working_dir LIKE '/%'", name="working_dir_absolute"),
-        CheckConstraint("health_command IS NULL OR health_url IS NULL", name="one_health_check"),
+        CheckConstraint("health_command IS NULL OR health_url IS NULL", name="health_command_or_url"),
         CheckConstraint("health_url IS NULL OR health_url ~ '^https?://'", name="health_url_http"),
     )
     kind: ClassVar[str] = "Workload"

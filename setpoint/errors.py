@@ -45,3 +45,19 @@ class UsageError(SetpointError):
 
 class EmbeddedServiceError(SetpointError):
     """An embedded server could not be set up or started; the message says which one and why."""
+
+
+class InvalidDocument(SetpointError):
+    """A manifest or request body is not valid desired state; the message names the document and the field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class NotFound(SetpointError):
+    """No resource of that kind has that name."""
+
+
+class AlreadyExists(SetpointError):
+    """A resource of that kind already has that name."""

@@ -66,7 +66,7 @@ def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> Non
     [
         ("path", "relative/path", "path_absolute"),
         ("mode", "999", "mode_octal"),
-        ("interval_seconds", 0, "interval_positive"),
+        ("interval_seconds", 0, "interval_seconds_positive"),
         ("deletion_policy", "shred", "deletion_policy_known"),
     ],
 )

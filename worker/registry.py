@@ -56,3 +56,9 @@ def get(kind: str) -> Controller[Any, Any]:
     except KeyError:
         known = ", ".join(sorted(_controllers)) or "none"
         raise UnknownKind(f"no controller is registered for kind {kind!r} (known: {known})") from None
+
+
+def controllers() -> dict[str, Controller[Any, Any]]:
+    """Every registered controller by its kind's name."""
+    _load()
+    return dict(_controllers)

@@ -42,7 +42,7 @@ def upgrade() -> None:
     sa.CheckConstraint("mode ~ '^0?[0-7]{3}$'", name=op.f('ck_files_mode_octal')),
     sa.CheckConstraint("name ~ '^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$'", name=op.f('ck_files_name_format')),
     sa.CheckConstraint("path LIKE '/%%'", name=op.f('ck_files_path_absolute')),
-    sa.CheckConstraint('interval_seconds IS NULL OR interval_seconds > 0', name=op.f('ck_files_interval_positive')),
+    sa.CheckConstraint('interval_seconds IS NULL OR interval_seconds > 0', name=op.f('ck_files_interval_seconds_positive')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_files')),
     sa.UniqueConstraint('name', name=op.f('uq_files_name'))
     )

@@ -47,11 +47,11 @@ def upgrade() -> None:
     sa.CheckConstraint("jsonb_typeof(labels) = 'object'", name=op.f('ck_workloads_labels_object')),
     sa.CheckConstraint("name ~ '^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$'", name=op.f('ck_workloads_name_format')),
     sa.CheckConstraint("working_dir IS NULL OR working_dir LIKE '/%%'", name=op.f('ck_workloads_working_dir_absolute')),
-    sa.CheckConstraint('health_command IS NULL OR health_url IS NULL', name=op.f('ck_workloads_one_health_check')),
-    sa.CheckConstraint('interval_seconds IS NULL OR interval_seconds > 0', name=op.f('ck_workloads_interval_positive')),
+    sa.CheckConstraint('health_command IS NULL OR health_url IS NULL', name=op.f('ck_workloads_health_command_or_url')),
+    sa.CheckConstraint('interval_seconds IS NULL OR interval_seconds > 0', name=op.f('ck_workloads_interval_seconds_positive')),
     sa.CheckConstraint('length(btrim(command)) > 0', name=op.f('ck_workloads_command_present')),
     sa.CheckConstraint('replicas >= 0 AND replicas <= 1000', name=op.f('ck_workloads_replicas_range')),
-    sa.CheckConstraint('stop_grace_seconds >= 0 AND stop_grace_seconds <= 600', name=op.f('ck_workloads_grace_range')),
+    sa.CheckConstraint('stop_grace_seconds >= 0 AND stop_grace_seconds <= 600', name=op.f('ck_workloads_stop_grace_seconds_range')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_workloads')),
     sa.UniqueConstraint('name', name=op.f('uq_workloads_name'))
     )

@@ -1,0 +1,219 @@
+"""Desired state read and written as documents `{kind, name, spec}`, with the status workers report.
+
+Writes go to the kinds' tables, so the database's triggers bump generations and wake the scheduler
+exactly as for an admin's SQL; a write that changes nothing leaves the generation alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from models.base import NAME_PATTERN
+from resources.kinds import Kind, resolve
+from resources.manifest import Document
+from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, UnknownKind
+
+HIDDEN_STATUS = ("kind", "name", "claim", "enqueued_at", "picked_at", "last_desired", "node")
+"""Scheduling bookkeeping that says nothing to an operator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    kind: str
+    name: str
+    action: str
+    """`created`, `configured` (its generation moved) or `unchanged`."""
+    generation: int
+
+
+def check(document: Document) -> tuple[Kind, dict[str, Any]]:
+    """The document's kind and its validated spec, or InvalidDocument naming the document and the field."""
+    try:
+        kind = resolve(document.kind)
+    except UnknownKind as error:
+        raise InvalidDocument(f"{document.label}: field 'kind': {error}", field="kind") from None
+    if not re.match(NAME_PATTERN, document.name):
+        raise InvalidDocument(
+            f"{document.label}: field 'name': expected lower-case letters, digits, '-', '_' or '.', "
+            f"starting and ending with a letter or digit, at most 253 characters; got {document.name!r}",
+            field="name",
+        )
+    try:
+        spec = kind.spec.model_validate(document.spec).model_dump()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "spec"
+        raise InvalidDocument(
+            f"{document.label}: field 'spec.{field}': {first['msg']}", field=f"spec.{field}"
+        ) from None
+    return kind, spec
+
+
+def apply(engine: Engine, documents: list[Document]) -> list[Applied]:
+    """Create or update every document in one transaction: one invalid document and nothing is applied."""
+    checked = [(document, *check(document)) for document in documents]
+    applied = []
+    with engine.begin() as conn:
+        for document, kind, spec in checked:
+            applied.append(_upsert(conn, document, kind, spec))
+    return applied
+
+
+def _upsert(conn: Connection, document: Document, kind: Kind, spec: dict[str, Any]) -> Applied:
+    table = kind.model.__table__  # type: ignore[attr-defined]
+    before = conn.execute(
+        text(f"SELECT generation FROM {kind.plural} WHERE name = :name"), {"name": document.name}
+    ).scalar_one_or_none()
+    statement = (
+        insert(table)
+        .values(name=document.name, **spec)
+        .on_conflict_do_update(index_elements=["name"], set_=spec)
+        .returning(table.c.generation)
+    )
+    with conn.begin_nested():
+        try:
+            generation = conn.execute(statement).scalar_one()
+        except (IntegrityError, DBAPIError) as error:
+            raise _invalid(document, kind, error) from None
+    action = "created" if before is None else ("configured" if generation != before else "unchanged")
+    return Applied(kind.name, document.name, action, generation)
+
+
+def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocument:
+    """The database refused the row: name the field its constraint guards, and say what it said."""
+    diag = getattr(error.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None) or ""
+    detail = getattr(diag, "message_primary", None) or str(error.orig).splitlines()[0]
+    prefix = f"ck_{kind.plural}_"
+    fields = sorted(["name", *kind.spec_fields], key=len, reverse=True)
+    field = next((f for f in fields if constraint.removeprefix(prefix).startswith(f)), None)
+    where = f"field 'spec.{field}'" if field and field != "name" else f"field '{field or 'spec'}'"
+    located = f"spec.{field}" if field and field != "name" else (field or "spec")
+    return InvalidDocument(f"{document.label}: {where}: {detail}", field=located)
+
+
+def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Create a resource; AlreadyExists if the name is taken."""
+    document = Document(kind.name, name, spec, "request body")
+    with engine.begin() as conn:
+        exists = conn.execute(text(f"SELECT 1 FROM {kind.plural} WHERE name = :n"), {"n": name}).first()
+        if exists:
+            raise AlreadyExists(f"{kind.name} {name!r} already exists")
+        _upsert(conn, document, *check(document))
+    return get(engine, kind, name)
+
+
+def replace(engine: Engine, kind: Kind, name: str, spec: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Replace a resource's spec (fields left out take their defaults), or with `partial` merge into it."""
+    current = get(engine, kind, name)
+    merged = {**current["spec"], **spec} if partial else spec
+    document = Document(kind.name, name, merged, "request body")
+    with engine.begin() as conn:
+        _upsert(conn, document, *check(document))
+    return get(engine, kind, name)
+
+
+def delete(engine: Engine, kind: Kind, name: str) -> None:
+    with engine.begin() as conn:
+        gone = conn.execute(text(f"DELETE FROM {kind.plural} WHERE name = :n"), {"n": name}).rowcount
+    if not gone:
+        raise NotFound(f"{kind.name} {name!r} not found")
+
+
+def _select(kind: Kind, where: str = "") -> str:
+    return (
+        f"SELECT to_jsonb(d) AS desired, to_jsonb(s) AS status FROM {kind.plural} AS d "
+        f"LEFT JOIN statuses AS s ON s.kind = :kind AND s.name = d.name {where}"
+    )
+
+
+def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
+    """`{kind, name, spec, status}`: the same shape from the CLI and the API."""
+    shown = {k: v for k, v in (status or {}).items() if k not in HIDDEN_STATUS}
+    shown["generation"] = desired["generation"]
+    ready = next((c for c in shown.get("conditions") or [] if c.get("type") == "Ready"), None)
+    shown["message"] = (ready or {}).get("message") or shown.get("last_error") or ""
+    shown.setdefault("phase", "Pending")
+    shown.setdefault("ready", False)
+    spec = {field: desired.get(field) for field in kind.spec_fields}
+    return {"kind": kind.name, "name": desired["name"], "spec": spec, "status": shown}
+
+
+def get(engine: Engine, kind: Kind, name: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(text(_select(kind, "WHERE d.name = :name")), {"kind": kind.name, "name": name}).first()
+    if row is None:
+        raise NotFound(f"{kind.name} {name!r} not found")
+    return view(kind, row.desired, row.status)
+
+
+def listing(
+    engine: Engine,
+    kind: Kind,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    phase: str | None = None,
+    ready: bool | None = None,
+    prefix: str | None = None,
+) -> list[dict[str, Any]]:
+    """Resources of a kind by name, filtered by phase, readiness or name prefix, a page at a time."""
+    where = ["TRUE"]
+    params: dict[str, Any] = {"kind": kind.name, "limit": limit, "offset": offset}
+    if phase is not None:
+        where.append("COALESCE(s.phase, 'Pending') = :phase")
+        params["phase"] = phase
+    if ready is not None:
+        where.append("COALESCE(s.ready, false) = :ready")
+        params["ready"] = ready
+    if prefix:
+        where.append("starts_with(d.name, :prefix)")
+        params["prefix"] = prefix
+    query = _select(kind, "WHERE " + " AND ".join(where) + " ORDER BY d.name LIMIT :limit OFFSET :offset")
+    with engine.connect() as conn:
+        rows = conn.execute(text(query), params).all()
+    return [view(kind, row.desired, row.status) for row in rows]
+
+
+def runs(engine: Engine, kind: Kind, name: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest reconcile attempts of a resource, newest first."""
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                text(
+                    "SELECT started_at, generation, outcome, actions, error, worker, duration_ms, task_id FROM runs "
+                    "WHERE kind = :kind AND name = :name ORDER BY started_at DESC, id DESC LIMIT :limit"
+                ),
+                {"kind": kind.name, "name": name, "limit": limit},
+            )
+            .mappings()
+            .all()
+        )
+    return [dict(row) for row in rows]
+
+
+def set_paused(engine: Engine, kind: Kind, name: str, paused: bool) -> None:
+    with engine.begin() as conn:
+        found = conn.execute(
+            text(f"UPDATE {kind.plural} SET paused = :paused WHERE name = :n"), {"paused": paused, "n": name}
+        ).rowcount
+    if not found:
+        raise NotFound(f"{kind.name} {name!r} not found")
+
+
+def reconcile_now(engine: Engine, kind: Kind, name: str) -> None:
+    """Make the resource due now: the scheduler enqueues it within a tick (never twice)."""
+    with engine.begin() as conn:
+        found = conn.execute(
+            text("UPDATE statuses SET next_reconcile_at = now() WHERE kind = :kind AND name = :n"),
+            {"kind": kind.name, "n": name},
+        ).rowcount
+    if not found:
+        raise NotFound(f"{kind.name} {name!r} not found")
