@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     crashloop_max_seconds: float = Field(300.0, gt=0)
     """The longest delay before restarting a crash-looping replica."""
 
+    api_token: str | None = None
+    """When set, every request to the REST API needs `Authorization: Bearer <token>`."""
+
     controllers: str = ""
     """Comma-separated modules to import at worker start, for controllers that call registry.register()."""
 
