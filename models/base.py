@@ -24,13 +24,18 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$"
 """Names are what an admin types in SQL and a shell: lower-case letters, digits, '-', '_' and '.', as in Kubernetes."""
 
 
+def check(sql: str, name: str, expected: str) -> CheckConstraint:
+    """A CHECK constraint that knows what it expects, for error messages (named `<field>_<rule>`)."""
+    return CheckConstraint(sql, name=name, info={"expected": expected})
+
+
 def common_constraints(table: str) -> tuple[Any, ...]:
     """The CHECK constraints every kind's table carries; each kind adds them to its __table_args__."""
     return (
-        CheckConstraint(f"name ~ '{NAME_PATTERN}'", name="name_format"),
-        CheckConstraint("interval_seconds IS NULL OR interval_seconds > 0", name="interval_seconds_positive"),
-        CheckConstraint("deletion_policy IN ('delete', 'orphan')", name="deletion_policy_known"),
-        CheckConstraint("jsonb_typeof(labels) = 'object'", name="labels_object"),
+        check(f"name ~ '{NAME_PATTERN}'", "name_format", "lower-case letters, digits, '-', '_' or '.'"),
+        check("interval_seconds IS NULL OR interval_seconds > 0", "interval_seconds_positive", "a number above 0"),
+        check("deletion_policy IN ('delete', 'orphan')", "deletion_policy_known", "'delete' or 'orphan'"),
+        check("jsonb_typeof(labels) = 'object'", "labels_object", "an object of labels"),
     )
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sqlalchemy import CheckConstraint, text
+from sqlalchemy import text
 from sqlmodel import Field
 
-from models.base import Resource, common_constraints
+from models.base import Resource, check, common_constraints
 
 
 class File(Resource, table=True):
     __tablename__: ClassVar[str] = "files"  # type: ignore[misc]
     __table_args__ = (
         *common_constraints("files"),
-        CheckConstraint("path LIKE '/%'", name="path_absolute"),
-        CheckConstraint("mode ~ '^0?[0-7]{3}$'", name="mode_octal"),
+        check("path LIKE '/%'", "path_absolute", "an absolute path"),
+        check("mode ~ '^0?[0-7]{3}$'", "mode_octal", "octal permission bits such as '0644'"),
     )
     kind: ClassVar[str] = "File"
 

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import CheckConstraint, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict
 from sqlmodel import Field
 
-from models.base import Resource, common_constraints
+from models.base import Resource, check, common_constraints
 
 
 class Workload(Resource, table=True):
     __tablename__: ClassVar[str] = "workloads"  # type: ignore[misc]
     __table_args__ = (
         *common_constraints("workloads"),
-        CheckConstraint("length(btrim(command)) > 0", name="command_present"),
-        CheckConstraint("replicas >= 0 AND replicas <= 1000", name="replicas_range"),
-        CheckConstraint("jsonb_typeof(env) = 'object'", name="env_object"),
-        CheckConstraint("stop_grace_seconds >= 0 AND stop_grace_seconds <= 600", name="stop_grace_seconds_range"),
-        CheckConstraint("working_dir IS NULL OR working_dir LIKE '/%'", name="working_dir_absolute"),
-        CheckConstraint("health_command IS NULL OR health_url IS NULL", name="health_command_or_url"),
-        CheckConstraint("health_url IS NULL OR health_url ~ '^https?://'", name="health_url_http"),
+        check("length(btrim(command)) > 0", "command_present", "a command"),
+        check("replicas >= 0 AND replicas <= 1000", "replicas_range", "a number from 0 to 1000"),
+        check("jsonb_typeof(env) = 'object'", "env_object", "an object of environment variables"),
+        check("stop_grace_seconds >= 0 AND stop_grace_seconds <= 600", "stop_grace_seconds_range", "0 to 600"),
+        check("working_dir IS NULL OR working_dir LIKE '/%'", "working_dir_absolute", "an absolute path"),
+        check("health_command IS NULL OR health_url IS NULL", "health_command_or_url", "at most one health check"),
+        check("health_url IS NULL OR health_url ~ '^https?://'", "health_url_http", "an http:// or https:// URL"),
     )
     kind: ClassVar[str] = "Workload"
 

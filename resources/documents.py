@@ -96,6 +96,9 @@ def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocume
     field = next((f for f in fields if constraint.removeprefix(prefix).startswith(f)), None)
     where = f"field 'spec.{field}'" if field and field != "name" else f"field '{field or 'spec'}'"
     located = f"spec.{field}" if field and field != "name" else (field or "spec")
+    rule = next((c for c in kind.model.__table__.constraints if c.name == constraint), None)  # type: ignore[attr-defined]
+    if rule is not None and rule.info.get("expected"):
+        detail = f"expected {rule.info['expected']} (constraint {constraint})"
     return InvalidDocument(f"{document.label}: {where}: {detail}", field=located)
 
 

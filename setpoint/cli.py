@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from setpoint import errors, stack
+from setpoint import commands, errors, stack
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -61,11 +61,24 @@ def demo(
 
 
 @app.command()
+def api(
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the REST API over desired state (OpenAPI at /docs); SETPOINT_API_TOKEN requires a bearer token."""
+    from api import server
+
+    server.serve(config.get(), host, port)
+
+
+@app.command()
 def migrate() -> None:
     """Migrate the database at SETPOINT_DATABASE_URL to the latest schema (alembic upgrade head)."""
     stack.migrate(config.get().database_url)
     console.print("database migrated to head")
 
+
+commands.register(app)
 
 if __name__ == "__main__":
     app()

@@ -14,6 +14,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from setpoint import settings as config
 from setpoint.errors import UnknownKind
 from worker.controller import Controller
 
@@ -35,18 +36,14 @@ def _load() -> None:
     from controllers.file import FileController
     from controllers.workload import WorkloadController
 
+    _loaded = True  # before the imports below, which may call register() and so come back here
     register(FileController())
     register(WorkloadController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
-    _loaded = True
-
-
-def import_modules(names: list[str]) -> None:
-    """Import user modules that call register() themselves (SETPOINT_CONTROLLERS)."""
-    _load()
-    for name in names:
-        importlib.import_module(name)
+    for module in config.get().controllers.split(","):  # SETPOINT_CONTROLLERS: modules calling register()
+        if module.strip():
+            importlib.import_module(module.strip())
 
 
 def get(kind: str) -> Controller[Any, Any]:

@@ -36,7 +36,7 @@ def engine() -> Engine:
 @worker_init.connect
 def _load_controllers(**_: Any) -> None:
     """Users' kinds (SETPOINT_CONTROLLERS) load once in the main process, whatever the pool."""
-    registry.import_modules([m.strip() for m in config.get().controllers.split(",") if m.strip()])
+    registry.controllers()
 
 
 @worker_process_init.connect

@@ -1,0 +1,266 @@
+"""The kubectl-style commands over desired state: apply, get, describe, plan, delete, reconcile, pause, kinds.
+
+They read and write the same tables as SQL and the REST API (through resources/), so each shows the
+others' changes at once. Exit codes: 0 success, 1 failure, 2 invalid input or usage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from models.database import make_engine
+from resources import documents, kinds, manifest
+from setpoint import errors
+from setpoint import settings as config
+from worker.runtime import run_controller
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+KindArg = Annotated[str, typer.Argument(help="file, File or files; `setpoint kinds` lists them.")]
+NameArg = Annotated[str, typer.Argument(help="The resource's name.")]
+Output = Annotated[str, typer.Option("--output", "-o", help="table, json or yaml.")]
+Files = Annotated[
+    list[str], typer.Option("--filename", "-f", help="A manifest file, a folder of them, or - for stdin.")
+]
+
+
+@contextlib.contextmanager
+def failures() -> Iterator[None]:
+    """Errors become one clear line and an exit code, never a traceback."""
+    try:
+        yield
+    except (errors.InvalidDocument, errors.UnknownKind, errors.UsageError) as error:
+        err.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    except errors.NotFound as error:
+        err.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    except OperationalError as error:
+        err.print(f"[red]error:[/] cannot reach the database: {str(error.orig).strip().splitlines()[0]}")
+        raise typer.Exit(1) from None
+
+
+def _engine() -> Engine:
+    return make_engine(config.get().database_url)
+
+
+def apply(
+    filename: Files,
+    wait: Annotated[bool, typer.Option(help="Wait until every applied resource is ready.")] = False,
+    timeout: Annotated[float, typer.Option(help="How long --wait waits, in seconds.")] = 300,
+) -> None:
+    """Create or update every document in one transaction; if any is invalid, nothing is applied."""
+    with failures():
+        docs = [doc for target in filename for doc in manifest.load(target)]
+        if not docs:
+            raise errors.UsageError(f"no documents in {', '.join(filename)}")
+        engine = _engine()
+        applied = documents.apply(engine, docs)
+        for item in applied:
+            out.print(f"{item.kind.lower()}/{item.name} {item.action}")
+        if wait:
+            _wait_ready(engine, [(kinds.resolve(a.kind), a.name, a.generation) for a in applied], timeout)
+
+
+def _wait_ready(engine: Engine, targets: list[tuple[kinds.Kind, str, int]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("waiting until ready", total=len(targets))
+        while True:
+            views = [documents.get(engine, kind, name) for kind, name, _ in targets]
+            done = sum(
+                1
+                for view, (_, _, generation) in zip(views, targets, strict=True)
+                if view["status"]["ready"] and view["status"].get("observed_generation") == generation
+            )
+            progress.update(task, completed=done)
+            if done == len(targets):
+                return
+            if time.monotonic() > deadline:
+                waiting = [
+                    f"{v['kind'].lower()}/{v['name']}: {v['status']['message'] or v['status']['phase']}"
+                    for v in views
+                    if not v["status"]["ready"]
+                ]
+                err.print(f"[red]error:[/] not ready after {timeout_s:g}s: " + "; ".join(waiting))
+                raise typer.Exit(1)
+            time.sleep(0.5)
+
+
+def delete(
+    kind: Annotated[str | None, typer.Argument(help="The kind, unless -f is given.")] = None,
+    name: Annotated[str | None, typer.Argument(help="The name, unless -f is given.")] = None,
+    filename: Files = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Delete resources; their controllers tear the real things down."""
+    with failures():
+        if filename:
+            targets = [(doc.kind, doc.name) for target in filename for doc in manifest.load(target)]
+        elif kind and name:
+            targets = [(kind, name)]
+        else:
+            raise errors.UsageError("give KIND NAME, or -f with manifests")
+        engine = _engine()
+        for kind_text, resource in targets:
+            found = kinds.resolve(kind_text)
+            documents.delete(engine, found, resource)
+            out.print(f"{found.name.lower()}/{resource} deleted")
+
+
+def get(
+    kind: KindArg,
+    name: Annotated[str | None, typer.Argument(help="One resource; all of the kind if left out.")] = None,
+    output: Output = "table",
+    phase: Annotated[str | None, typer.Option(help="Only resources in this phase.")] = None,
+) -> None:
+    """List resources with their status, or show one; -o json|yaml prints {kind, name, spec, status}."""
+    with failures():
+        found = kinds.resolve(kind)
+        engine = _engine()
+        items = (
+            [documents.get(engine, found, name)]
+            if name
+            else documents.listing(engine, found, phase=phase, limit=10_000)
+        )
+        if output in ("json", "yaml"):
+            print(manifest.dump(items, output))
+            return
+        if output != "table":
+            raise errors.UsageError(f"--output must be table, json or yaml, got {output!r}")
+        table = Table("NAME", "READY", "PHASE", "GENERATION", "LAST RECONCILE", "MESSAGE", box=None)
+        for item in items:
+            status = item["status"]
+            observed = status.get("observed_generation")
+            table.add_row(
+                item["name"],
+                "yes" if status["ready"] else "no",
+                status["phase"],
+                f"{status['generation']}/{observed if observed is not None else '-'}",
+                _ago(status.get("last_reconcile_at")),
+                status["message"],
+            )
+        out.print(table)
+
+
+def _ago(timestamp: str | None) -> str:
+    if not timestamp:
+        return "never"
+    from datetime import UTC, datetime
+
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(timestamp)).total_seconds()
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def describe(kind: KindArg, name: NameArg) -> None:
+    """Everything about one resource: spec, status, conditions, the drift found and the last runs."""
+    with failures():
+        found = kinds.resolve(kind)
+        engine = _engine()
+        item = documents.get(engine, found, name)
+        status = item["status"]
+        out.print(
+            f"[bold]{found.name}/{name}[/]  phase {status['phase']}, ready {status['ready']}, "
+            f"generation {status['generation']}, observed {status.get('observed_generation')}"
+        )
+        out.print("[bold]Spec[/]")
+        for key, value in item["spec"].items():
+            out.print(f"  {key}: {json.dumps(value)}")
+        out.print("[bold]Conditions[/]")
+        for condition in status.get("conditions") or []:
+            out.print(
+                f"  {condition['type']}={condition['status']} {condition['reason']}: {condition['message']}"
+                f" (since {condition['last_transition_time']})"
+            )
+        out.print("[bold]Drift[/]")
+        for change in status.get("drift") or []:
+            out.print(f"  {change.get('change')}")
+        if status.get("last_error"):
+            out.print(f"[bold]Last error[/]\n  {status['last_error']}")
+        table = Table("STARTED", "GEN", "OUTCOME", "ACTIONS", "ERROR", "WORKER", box=None, title="Last runs")
+        for run in documents.runs(engine, found, name):
+            table.add_row(
+                str(run["started_at"])[:19],
+                str(run["generation"]),
+                run["outcome"],
+                "; ".join(run["actions"]),
+                run["error"] or "",
+                run["worker"] or "",
+            )
+        out.print(table)
+
+
+def plan(kind: KindArg, name: NameArg) -> None:
+    """What the controller would do now, observed from this host; nothing is changed (like terraform plan)."""
+    with failures():
+        found = kinds.resolve(kind)
+        item = documents.get(_engine(), found, name)
+        desired = found.model.model_validate(
+            {"name": name, "generation": item["status"]["generation"], **item["spec"], "paused": True}
+        )
+        result = run_controller(found.controller, desired, deleting=False)
+        if result.error:
+            err.print(f"[red]error:[/] {result.reason}: {result.error}")
+            raise typer.Exit(1)
+        if not result.drift:
+            out.print(f"{found.name.lower()}/{name} is in sync: nothing to do")
+        for step in result.drift:
+            out.print(f"  ~ {step}")
+
+
+def reconcile(kind: KindArg, name: NameArg) -> None:
+    """Reconcile now instead of at the next interval (the scheduler enqueues it within a tick)."""
+    with failures():
+        found = kinds.resolve(kind)
+        documents.reconcile_now(_engine(), found, name)
+        out.print(f"{found.name.lower()}/{name} due now")
+
+
+def pause(kind: KindArg, name: NameArg) -> None:
+    """Observe and report drift, but take no action."""
+    _set_paused(kind, name, True)
+
+
+def resume(kind: KindArg, name: NameArg) -> None:
+    """Act on drift again."""
+    _set_paused(kind, name, False)
+
+
+def _set_paused(kind: str, name: str, paused: bool) -> None:
+    with failures():
+        found = kinds.resolve(kind)
+        documents.set_paused(_engine(), found, name, paused)
+        out.print(f"{found.name.lower()}/{name} {'paused' if paused else 'resumed'}")
+
+
+def kinds_command(output: Output = "table") -> None:
+    """The registered kinds and the fields of their specs."""
+    with failures():
+        registered = kinds.all_kinds().values()
+        if output in ("json", "yaml"):
+            described: list[dict[str, Any]] = [
+                {"kind": k.name, "plural": k.plural, "spec": k.spec.model_json_schema()} for k in registered
+            ]
+            print(manifest.dump(described, output))
+            return
+        table = Table("KIND", "PLURAL", "FIELDS", box=None)
+        for k in registered:
+            table.add_row(k.name, k.plural, ", ".join(k.spec_fields))
+        out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (apply, get, describe, plan, delete, reconcile, pause, resume):
+        app.command()(command)
+    app.command("kinds")(kinds_command)
