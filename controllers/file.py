@@ -86,6 +86,7 @@ class RemoveFile(Action):
 class FileController(Controller[File, FileState]):
     model = File
     interval_seconds = 30
+    host_local = True
 
     def validate(self, desired: File) -> None:
         path = PurePosixPath(desired.path)

@@ -1,10 +1,10 @@
 """The process driver behind Workloads (like Nomad's raw_exec): replicas as real OS processes on this host.
 
-Each replica has a record file, written by its shim (controllers/shim.py), under
-`<state_dir>/workloads/<name>/`: its slot, version, pid and the pid's start time, and once it ended its
-exit code. A pid counts as the replica only while the process with that pid has that start time, so a
-reused pid is never taken for a replica. Records outlive the worker, so a restarted worker finds its
-replicas again.
+Each replica has a record under `<state_dir>/workloads/<name>/`, written by its shim (controllers/shim.py):
+its slot, version, pid and that pid's kernel start time; once it ended, `RECORD.exit` holds its exit code
+and how long it ran. A pid counts as the replica only while the process with that pid has that start
+time, so a reused pid is never taken for a replica. Records outlive the worker, so a restarted worker
+finds its replicas again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
+from controllers import identity
+from controllers.shim import exit_file
+from setpoint.errors import TransientError
+
+SHIM_START_TIMEOUT_S = 30
+SHIM_EXIT_WAIT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,40 +42,32 @@ class Replica:
     pid: int | None = None
     alive: bool = False
     exit_code: int | None = None
+    ran_s: float | None = None
+    """How long it ran, once it ended (None if it vanished without its shim's word)."""
     ended_at: float | None = None
-
-    @property
-    def ran_s(self) -> float | None:
-        return None if self.ended_at is None else self.ended_at - self.started_at
 
 
 def workload_dir(state_dir: str, workload: str) -> Path:
-    return Path(state_dir).resolve() / "workloads" / workload
+    return Path(state_dir).expanduser().resolve() / "workloads" / workload
 
 
-def _alive(pid: int | None, create_time: float | None) -> bool:
-    if pid is None or create_time is None:
-        return False
+def _read(path: Path) -> dict[str, Any] | None:
     try:
-        process = psutil.Process(pid)
-        return abs(process.create_time() - create_time) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None  # being replaced or removed right now: the next observation sees it
 
 
-def observe(state_dir: str, workload: str) -> list[Replica]:
-    """Every replica on record for `workload`, alive or dead, oldest first."""
-    found = []
+def observe(state_dir: str, workload: str, now: float) -> list[Replica]:
+    """Every replica on record for `workload`, alive or ended, oldest first."""
     directory = workload_dir(state_dir, workload)
-    for record in sorted(directory.glob("*.json")) if directory.exists() else []:
-        try:
-            data = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue  # a record being replaced or removed right now: the next observation sees it
-        alive = _alive(data.get("pid"), data.get("create_time"))
-        ended_at = data.get("ended_at")
-        if not alive and ended_at is None:
-            ended_at = time.time()  # gone without a word (its shim was killed too): count it as ended now
+    found = []
+    for record in directory.glob("*.json") if directory.exists() else []:
+        data = _read(record)
+        if data is None:
+            continue
+        alive = identity.running(data.get("pid"), data.get("start_ticks"))
+        ended = None if alive else _read(exit_file(record))
         found.append(
             Replica(
                 slot=data["slot"],
@@ -81,11 +78,12 @@ def observe(state_dir: str, workload: str) -> list[Replica]:
                 restarts=data.get("restarts", 0),
                 pid=data.get("pid"),
                 alive=alive,
-                exit_code=data.get("exit_code"),
-                ended_at=None if alive else ended_at,
+                exit_code=(ended or {}).get("exit_code"),
+                ran_s=(ended or {}).get("ran_s"),
+                ended_at=None if alive else (ended or {}).get("ended_at", now),
             )
         )
-    return sorted(found, key=lambda r: r.started_at)
+    return sorted(found, key=lambda r: (r.started_at, r.record))
 
 
 def argv_for(command: str) -> list[str]:
@@ -125,44 +123,44 @@ def start(
         env={**os.environ, "SETPOINT_SHIM_SPEC": json.dumps(spec)},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=SHIM_START_TIMEOUT_S,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the shim for {workload}/{slot} failed: {done.stderr.strip()[-500:]}")
-    return next(r for r in observe(state_dir, workload) if r.record == str(record))
+        raise TransientError(f"the shim for {workload}/{slot} failed: {done.stderr.strip()[-500:]}")
+    return next(r for r in observe(state_dir, workload, time.time()) if r.record == str(record))
 
 
 def stop(replica: Replica, grace_s: float) -> None:
-    """SIGTERM the replica's process group, SIGKILL it after `grace_s`, then forget the replica."""
-    record = Path(replica.record)
-    data: dict[str, Any] = json.loads(record.read_text()) if record.exists() else {}
-    if _alive(data.get("pid"), data.get("create_time")):
-        pid = data["pid"]
-        _signal_group(pid, signal.SIGTERM)
+    """SIGTERM the replica's whole process group, SIGKILL what is left after `grace_s`, then forget it."""
+    data = _read(Path(replica.record)) or {}
+    pid, ticks = data.get("pid"), data.get("start_ticks")
+    if pid is not None:
+        _signal(identity.group(pid, ticks), signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while _alive(pid, data["create_time"]) and time.monotonic() < deadline:
+        while identity.group(pid, ticks) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid, data["create_time"]):
-            _signal_group(pid, signal.SIGKILL)
-            while _alive(pid, data["create_time"]):
-                time.sleep(0.01)
-    # Let the shim write its last word before the record goes, so the record does not come back.
-    deadline = time.monotonic() + 5
-    while _alive(data.get("shim_pid"), data.get("shim_create_time")) and time.monotonic() < deadline:
+        while members := identity.group(pid, ticks):
+            _signal(members, signal.SIGKILL)
+            time.sleep(0.01)
+    # Let the shim write its last word first, so nothing of this replica is written after it is forgotten.
+    deadline = time.monotonic() + SHIM_EXIT_WAIT_S
+    while identity.running(data.get("shim_pid"), data.get("shim_start_ticks")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    record.unlink(missing_ok=True)
+    forget(replica.record)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # the shim started it as a session (and group) leader
-    except ProcessLookupError:
-        pass
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
-def forget(replica: Replica) -> None:
+def forget(record: str) -> None:
     """Drop the record of a replica that has ended."""
-    Path(replica.record).unlink(missing_ok=True)
+    Path(record).unlink(missing_ok=True)
+    exit_file(Path(record)).unlink(missing_ok=True)
 
 
 def log_tail(path: str, lines: int = 10, max_bytes: int = 4096) -> str:

@@ -2,29 +2,36 @@
 
 Like containerd's shim, it lets the worker come and go: `python -m controllers.shim RECORD LOG -- argv…`
 forks a supervisor into a session of its own (so a worker restart kills neither), which starts the
-command in a session of its own too (so a stop can signal the whole process group), writes RECORD with
-the pid and start time that identify the process beyond pid reuse, waits for it, and adds its exit code.
-The first process exits as soon as RECORD exists, so the worker waits for nothing longer.
+command in a session of its own too (so a stop can signal its whole process group), writes RECORD with
+the pid and the kernel's start time of that pid (which identify the process beyond pid reuse and
+whatever the wall clock does), waits for it, kills what is left of its group, and writes the exit code
+to RECORD.exit. The first process exits as soon as RECORD exists, so the worker waits for nothing longer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
+from controllers.identity import start_ticks
 
 
-def write(record: Path, data: dict[str, Any]) -> None:
-    """Replace RECORD atomically: readers see the old or the new content, never half of it."""
-    tmp = record.with_suffix(".tmp")
+def write(path: Path, data: dict[str, Any]) -> None:
+    """Replace a file atomically: readers see the old or the new content, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
-    os.replace(tmp, record)
+    os.replace(tmp, path)
+
+
+def exit_file(record: Path) -> Path:
+    return record.with_name(record.name + ".exit")
 
 
 def supervise(record: Path, log: Path, argv: list[str], spec: dict[str, Any]) -> None:
@@ -41,24 +48,32 @@ def supervise(record: Path, log: Path, argv: list[str], spec: dict[str, Any]) ->
             )
         except OSError as error:
             out.write(f"setpoint: cannot start {argv[0]!r}: {error}\n".encode())
-            write(record, {**spec, "pid": None, "exit_code": 127, "ended_at": time.time()})
+            write(record, {**spec, "pid": None})
+            write(exit_file(record), {"exit_code": 127, "ran_s": 0.0, "ended_at": time.time()})
             return
-    data = {
-        **spec,
-        "pid": proc.pid,
-        "create_time": psutil.Process(proc.pid).create_time(),
-        "shim_pid": os.getpid(),
-        "shim_create_time": psutil.Process().create_time(),
-    }
-    write(record, data)
+    started = time.monotonic()
+    write(
+        record,
+        {
+            **spec,
+            "pid": proc.pid,
+            "start_ticks": start_ticks(proc.pid),
+            "shim_pid": os.getpid(),
+            "shim_start_ticks": start_ticks(os.getpid()),
+        },
+    )
     code = proc.wait()
-    if record.exists():  # a stop that already removed the record wants no report
-        write(record, {**data, "exit_code": code, "ended_at": time.time()})
+    # The group outlives its leader (a shell's children): nothing of this replica may run on unrecorded.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    write(exit_file(record), {"exit_code": code, "ran_s": time.monotonic() - started, "ended_at": time.time()})
 
 
 def main(args: list[str]) -> int:
-    record, log, separator, *argv = args
-    assert separator == "--", "usage: python -m controllers.shim RECORD LOG -- ARGV…"
+    if len(args) < 4 or args[2] != "--":
+        print("usage: python -m controllers.shim RECORD LOG -- ARGV…", file=sys.stderr)
+        return 2
+    record, log, _, *argv = args
     spec = json.loads(os.environ.pop("SETPOINT_SHIM_SPEC"))
     if os.fork() > 0:  # the worker's child: done once the supervisor has written the record
         deadline = time.monotonic() + 10

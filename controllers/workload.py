@@ -1,8 +1,9 @@
 """The Workload kind's controller: `replicas` processes of `command`, healed, scaled and rolled out.
 
-Replicas fill slots 0…replicas-1. Observe reads the replica records and checks health; the pure plan
-stops what is extra, starts what is missing (after a crash-loop back-off), and rolls one outdated slot
-at a time, starting the new process before stopping the old, so a rollout never leaves none running.
+Replicas fill slots 0…replicas-1. Observe reads the replica records and runs the health checks; the
+pure plan stops what is extra, starts what is missing (after a crash-loop back-off), and rolls one
+outdated slot per reconcile, starting the new process before stopping the old one, and only once the
+previous new replica has run `rollout_min_ready_seconds` and passed its health check.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
-import urllib.request
 from typing import Any
 
-from controllers import processes
+from controllers import health, processes
+from controllers.health import Check
 from controllers.processes import Replica
 from models.workload import Workload
 from setpoint import settings as config
@@ -25,9 +25,12 @@ from worker.controller import Action, Controller, Health, InvalidSpec, Transient
 
 CRASH_WINDOW_S = 10.0
 """A replica that exits sooner than this after starting counts as crashing (as in Kubernetes)."""
-MIN_READY_S = 0.3
-"""A started replica must still be running this long after start before a rollout stops its predecessor."""
-BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "PYTHONPATH", "VIRTUAL_ENV")
+CONFIRM_S = 0.3
+"""A rollout's new replica must still run this long after its start before its predecessor is stopped."""
+PROGRESS_RECHECK_S = 0.5
+"""How soon to look again while replicas are starting or a rollout is under way."""
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER")
+"""What replicas inherit from the worker's environment; everything else comes from the row's `env`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +46,9 @@ class Waiting:
 
 
 @dataclasses.dataclass(frozen=True)
-class Check:
-    slot: int
-    healthy: bool
-    detail: str
-
-
-@dataclasses.dataclass(frozen=True)
 class WorkloadState:
+    """What observe found: the replicas on record, the slots backing off, the health checks, and when."""
+
     now: float
     replicas: tuple[Replica, ...]
     waiting: tuple[Waiting, ...] = ()
@@ -59,9 +57,6 @@ class WorkloadState:
     def alive(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]
 
-    def ended_in(self, slot: int) -> list[Replica]:
-        return [r for r in self.replicas if not r.alive and r.slot == slot]
-
 
 def version_of(desired: Workload) -> str:
     """What a replica runs: a change of command, environment or directory makes a new version."""
@@ -69,15 +64,21 @@ def version_of(desired: Workload) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def crashloop(last: Replica | None, *, base_s: float, max_s: float) -> tuple[int, float, float]:
-    """After `last` ended: (restarts so far, back-off delay, earliest next start) for its slot."""
-    if last is None or last.ended_at is None:
-        return 0, 0.0, 0.0
-    if last.ran_s is None or last.ran_s >= CRASH_WINDOW_S:
-        return 0, 0.0, last.ended_at
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    restarts: int
+    delay_s: float
+    start_at: float
+
+
+def crashloop(last: Replica, *, base_s: float, max_s: float) -> Backoff:
+    """When the slot of `last` (ended) may start again: at once, unless it exited soon after its start."""
+    ended_at = last.ended_at or 0.0
+    if last.ran_s is None or last.ran_s >= CRASH_WINDOW_S:  # ran a good while, or vanished: no crash loop
+        return Backoff(0, 0.0, ended_at)
     restarts = last.restarts + 1
     delay = min(base_s * 2 ** (restarts - 1), max_s)
-    return restarts, delay, last.ended_at + delay
+    return Backoff(restarts, delay, ended_at + delay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +91,8 @@ class StartReplica(Action):
     cwd: str | None
     restarts: int
     state_dir: str
-    forget: tuple[str, ...] = ()
-    """Records of ended replicas of this slot, dropped once the new one runs."""
     confirm: bool = False
-    """Fail unless the replica is still running shortly after start (a rollout's new replica, before the old
+    """Fail unless the replica still runs CONFIRM_S after its start (a rollout's new replica, before the old
     one is stopped). Other starts do not wait: a replica that exits at once is the crash-loop back-off's job."""
 
     def run(self) -> None:
@@ -107,17 +106,15 @@ class StartReplica(Action):
             self.cwd,
             self.restarts,
         )
-        for record in self.forget:
-            processes.forget(Replica(self.slot, "", record, "", 0, 0))
-        if not self.confirm:
-            return
-        deadline = time.monotonic() + MIN_READY_S
+        deadline = time.monotonic() + (CONFIRM_S if self.confirm else 0)
         while time.monotonic() < deadline:
-            time.sleep(0.05)  # the replica's own start-up, not synchronisation with Setpoint
-        ended = [r for r in processes.observe(self.state_dir, self.workload) if r.record == replica.record]
-        if ended and not ended[0].alive:
-            tail = processes.log_tail(replica.log, lines=5)
-            raise TransientError(f"replica {self.slot} exited at once with code {ended[0].exit_code}: {tail}")
+            now = [
+                r for r in processes.observe(self.state_dir, self.workload, time.time()) if r.record == replica.record
+            ]
+            if now and not now[0].alive:
+                tail = processes.log_tail(replica.log, lines=5)
+                raise TransientError(f"replica {self.slot} exited at once with code {now[0].exit_code}: {tail}")
+            time.sleep(0.05)
 
     def __str__(self) -> str:
         return f"start replica {self.slot} ({self.version})"
@@ -136,6 +133,18 @@ class StopReplica(Action):
 
 
 @dataclasses.dataclass(frozen=True)
+class ForgetEnded(Action):
+    records: tuple[str, ...]
+
+    def run(self) -> None:
+        for record in self.records:
+            processes.forget(record)
+
+    def __str__(self) -> str:
+        return f"forget {len(self.records)} ended replica(s)"
+
+
+@dataclasses.dataclass(frozen=True)
 class RemoveRecords(Action):
     directory: str
 
@@ -149,38 +158,50 @@ class RemoveRecords(Action):
 class WorkloadController(Controller[Workload, WorkloadState]):
     model = Workload
     interval_seconds = 10
+    host_local = True
 
     def __init__(self, settings: config.Settings | None = None) -> None:
         self.settings = settings or config.get()
+        self.base_env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
 
     def validate(self, desired: Workload) -> None:
-        if desired.working_dir and not os.path.isdir(desired.working_dir):
-            raise InvalidSpec("working_dir", f"{desired.working_dir} is not a directory on this host")
-        bad = [k for k, v in desired.env.items() if not isinstance(v, str | int | float) or "=" in k]
+        bad = [k for k, v in desired.env.items() if not isinstance(v, str | int | float) or "=" in k or not k]
         if bad:
-            raise InvalidSpec("env", f"values must be strings and names must not contain '=': {bad}")
+            raise InvalidSpec("env", f"values must be strings and names must not be empty or contain '=': {bad}")
+        if desired.working_dir and not os.path.isdir(desired.working_dir):  # may appear later: not permanent
+            raise TransientError(f"working_dir {desired.working_dir} is not a directory on this host")
 
     def observe(self, desired: Workload) -> WorkloadState:
         now = time.time()
-        replicas = tuple(processes.observe(self.settings.state_dir, desired.name))
-        waiting = []
+        replicas = tuple(processes.observe(self.settings.state_dir, desired.name, now))
         running_slots = {r.slot for r in replicas if r.alive}
+        waiting = []
         for slot in range(desired.replicas):
             ended = [r for r in replicas if not r.alive and r.slot == slot]
             if slot in running_slots or not ended:
                 continue
-            last = ended[-1]
-            restarts, delay, start_at = crashloop(
-                last, base_s=self.settings.crashloop_base_seconds, max_s=self.settings.crashloop_max_seconds
+            backoff = crashloop(
+                ended[-1], base_s=self.settings.crashloop_base_seconds, max_s=self.settings.crashloop_max_seconds
             )
-            if restarts:
-                waiting.append(Waiting(slot, restarts, delay, start_at, last.exit_code, processes.log_tail(last.log)))
+            if backoff.restarts:
+                waiting.append(
+                    Waiting(
+                        slot,
+                        backoff.restarts,
+                        backoff.delay_s,
+                        backoff.start_at,
+                        ended[-1].exit_code,
+                        processes.log_tail(ended[-1].log),
+                    )
+                )
         version = version_of(desired)
-        checks = tuple(self._check(desired, r) for r in replicas if r.alive and r.version == version)
-        return WorkloadState(now, replicas, tuple(waiting), tuple(c for c in checks if c is not None))
+        probe = health.Probe(desired.health_command, desired.health_url, desired.working_dir)
+        current = {r.slot: dict(self._env(desired, r.slot)) for r in replicas if r.alive and r.version == version}
+        return WorkloadState(now, replicas, tuple(waiting), health.check_all(probe, current))
 
     def plan(self, desired: Workload, actual: WorkloadState) -> list[Action]:
         version = version_of(desired)
+        grace = desired.stop_grace_seconds
         actions: list[Action] = []
         keep: dict[int, Replica] = {}
         alive = actual.alive()
@@ -188,21 +209,30 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             mine = [r for r in alive if r.slot == slot]  # oldest first
             if slot < desired.replicas:  # keep the newest of the current version, else the newest
                 keep[slot] = ([r for r in mine if r.version == version] or mine)[-1]
-            actions += [StopReplica(r, desired.stop_grace_seconds) for r in mine if r is not keep.get(slot)]
+            actions += [StopReplica(r, grace) for r in mine if r is not keep.get(slot)]
         waiting = {w.slot: w for w in actual.waiting}
         for slot in range(desired.replicas):
             if slot in keep or (slot in waiting and actual.now < waiting[slot].start_at):
                 continue
-            restarts = waiting[slot].restarts if slot in waiting else 0
-            actions.append(self._start(desired, slot, version, restarts, actual))
-        starting = any(isinstance(a, StartReplica) for a in actions)
-        if not starting:  # roll outdated slots one at a time: each new replica runs before its old one stops
-            for old in (r for _, r in sorted(keep.items()) if r.version != version):
-                actions += [
-                    self._start(desired, old.slot, version, 0, actual, confirm=True),
-                    StopReplica(old, desired.stop_grace_seconds),
-                ]
+            actions.append(self._start(desired, slot, version, waiting[slot].restarts if slot in waiting else 0))
+        stale = tuple(
+            r.record for r in actual.replicas if not r.alive and (r.slot in keep or r.slot >= desired.replicas)
+        )
+        if stale:
+            actions.append(ForgetEnded(stale))
+        outdated = [r for _, r in sorted(keep.items()) if r.version != version]
+        if outdated and not any(isinstance(a, StartReplica) for a in actions) and self._settled(desired, actual):
+            old = outdated[0]  # one slot per reconcile: the new replica first, then the old one goes
+            actions += [self._start(desired, old.slot, version, 0, confirm=True), StopReplica(old, grace)]
         return actions
+
+    def _settled(self, desired: Workload, actual: WorkloadState) -> bool:
+        """Whether every replica of the new version has run long enough, and passes its check, to roll on."""
+        version = version_of(desired)
+        fresh = [r for r in actual.alive() if r.version == version]
+        failing = {c.slot for c in actual.checks if not c.healthy}
+        min_ready = self.settings.rollout_min_ready_seconds
+        return all(actual.now - r.started_at >= min_ready and r.slot not in failing for r in fresh)
 
     def teardown(self, desired: Workload, actual: WorkloadState) -> list[Action]:
         stops: list[Action] = [StopReplica(r, desired.stop_grace_seconds) for r in actual.replicas]
@@ -225,15 +255,22 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         if sick:
             return Health(False, "Unhealthy", "; ".join(f"replica {c.slot}: {c.detail}" for c in sick))
         if len(running) < desired.replicas:
-            return Health(False, "Progressing", f"{len(running)}/{desired.replicas} replicas running")
+            return Health(
+                False, "Progressing", f"{len(running)}/{desired.replicas} replicas running the current version"
+            )
         checked = " and healthy" if actual.checks else ""
         return Health(True, "Running", f"{len(running)}/{desired.replicas} replicas running{checked}")
 
     def requeue_after(self, desired: Workload, actual: WorkloadState) -> float | None:
-        if self.plan(desired, actual) or not self.health(desired, actual).healthy:
-            pending = [w.start_at - actual.now for w in actual.waiting]
-            return max(min(pending, default=1.0), 0.2)
-        return None
+        """Look again soon while starting or rolling out, or when a back-off ends; an unhealthy but settled
+        workload waits for its interval (its checks are not hammered)."""
+        soon = [w.start_at - actual.now for w in actual.waiting]
+        version = version_of(desired)
+        current = [r for r in actual.alive() if r.version == version and r.slot < desired.replicas]
+        starting = len(current) + len(actual.waiting) < desired.replicas
+        if self.plan(desired, actual) or starting or len(actual.alive()) > len(current):
+            soon.append(PROGRESS_RECHECK_S)
+        return max(min(soon), PROGRESS_RECHECK_S / 2) if soon else None
 
     def describe(self, actual: WorkloadState) -> dict[str, Any]:
         return {
@@ -252,9 +289,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             "checks": [dataclasses.asdict(c) for c in actual.checks],
         }
 
-    def _start(
-        self, desired: Workload, slot: int, version: str, restarts: int, actual: WorkloadState, confirm: bool = False
-    ) -> StartReplica:
+    def _start(self, desired: Workload, slot: int, version: str, restarts: int, confirm: bool = False) -> StartReplica:
         return StartReplica(
             desired.name,
             slot,
@@ -264,38 +299,10 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             desired.working_dir,
             restarts,
             self.settings.state_dir,
-            tuple(r.record for r in actual.ended_in(slot)),
             confirm,
         )
 
-    @staticmethod
-    def _env(desired: Workload, slot: int) -> tuple[tuple[str, str], ...]:
-        env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
-        env.update({k: str(v) for k, v in desired.env.items()})
+    def _env(self, desired: Workload, slot: int) -> tuple[tuple[str, str], ...]:
+        env = {**self.base_env, **{k: str(v) for k, v in desired.env.items()}}
         env.update(SETPOINT_WORKLOAD=desired.name, SETPOINT_REPLICA=str(slot))
         return tuple(sorted(env.items()))
-
-    def _check(self, desired: Workload, replica: Replica) -> Check | None:
-        if desired.health_command:
-            env = dict(self._env(desired, replica.slot))
-            try:
-                done = subprocess.run(
-                    processes.argv_for(desired.health_command),
-                    env=env,
-                    cwd=desired.working_dir,
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                )
-            except (OSError, subprocess.TimeoutExpired) as error:
-                return Check(replica.slot, False, f"health command failed: {error}")
-            detail = (done.stdout + done.stderr).strip()[-200:]
-            return Check(replica.slot, done.returncode == 0, f"health command exited {done.returncode}: {detail}")
-        if desired.health_url:
-            url = desired.health_url.replace("{replica}", str(replica.slot))
-            try:
-                with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - the admin's own URL
-                    return Check(replica.slot, 200 <= answer.status < 300, f"GET {url}: {answer.status}")
-            except OSError as error:
-                return Check(replica.slot, False, f"GET {url}: {error}")
-        return None

@@ -68,7 +68,7 @@ BEGIN
     ON CONFLICT (kind, name) DO UPDATE SET
         generation = EXCLUDED.generation, next_reconcile_at = now(), consecutive_failures = 0,
         interval_seconds = COALESCE(EXCLUDED.interval_seconds, statuses.interval_seconds),
-        node = EXCLUDED.node;
+        node = COALESCE(EXCLUDED.node, statuses.node);  -- a host-local resource stays where it was pinned
     RETURN NULL;
 END $$;
 

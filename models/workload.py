@@ -19,7 +19,7 @@ class Workload(Resource, table=True):
         check("length(btrim(command)) > 0", "command_present", "a command"),
         check("replicas >= 0 AND replicas <= 1000", "replicas_range", "a number from 0 to 1000"),
         check("jsonb_typeof(env) = 'object'", "env_object", "an object of environment variables"),
-        check("stop_grace_seconds >= 0 AND stop_grace_seconds <= 600", "stop_grace_seconds_range", "0 to 600"),
+        check("stop_grace_seconds >= 0 AND stop_grace_seconds <= 60", "stop_grace_seconds_range", "0 to 60"),
         check("working_dir IS NULL OR working_dir LIKE '/%'", "working_dir_absolute", "an absolute path"),
         check("health_command IS NULL OR health_url IS NULL", "health_command_or_url", "at most one health check"),
         check("health_url IS NULL OR health_url ~ '^https?://'", "health_url_http", "an http:// or https:// URL"),

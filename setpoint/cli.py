@@ -46,7 +46,7 @@ def demo(
 ) -> None:
     """Tell the story Setpoint comes from: disorder grows without the reconciler, order returns with it.
 
-    Runs on embedded servers under SETPOINT_DATA_DIR/demo (or the configured ones), with real processes.
+    Runs on embedded servers of its own under SETPOINT_DATA_DIR/demo, with real processes.
     """
     from setpoint import demo as story
 

@@ -105,7 +105,9 @@ class Story:
             conn.execute(text(statement), params)
 
     def replicas(self, server: str) -> list[int]:
-        return [r.pid for r in processes.observe(self.settings.state_dir, PREFIX + server) if r.alive and r.pid]
+        return [
+            r.pid for r in processes.observe(self.settings.state_dir, PREFIX + server, time.time()) if r.alive and r.pid
+        ]
 
 
 def run(settings: Settings, chart: Path, say: Callable[[str], None]) -> None:
@@ -113,7 +115,9 @@ def run(settings: Settings, chart: Path, say: Callable[[str], None]) -> None:
     state_dir = data_dir / "state"
     # Quick restarts after a crash, so the story is not spent waiting out back-offs.
     settings = settings.model_copy(update={"state_dir": str(state_dir), "crashloop_base_seconds": 1.0})
-    with stack.servers(dict(os.environ), data_dir) as servers:
+    # Always on embedded servers of its own: the demo deletes its rows and stops its reconciler, which must
+    # never touch a real deployment's database or queue.
+    with stack.servers({}, data_dir) as servers:
         stack.migrate(servers.database_url)
         engine = make_engine(servers.database_url)
         _reset(engine)
@@ -170,7 +174,7 @@ def run(settings: Settings, chart: Path, say: Callable[[str], None]) -> None:
                 story.wait(lambda: not any(story.replicas(s) for s in SERVERS), 30, "the demo's replicas to stop")
             reconciler.stop()
             for server in SERVERS:  # whatever is left, if it did not
-                for replica in processes.observe(settings.state_dir, PREFIX + server):
+                for replica in processes.observe(settings.state_dir, PREFIX + server, time.time()):
                     processes.stop(replica, grace_s=5)
             engine.dispose()
         draw(story, chart)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 
 from pydantic import Field
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     """A reconcile running longer is killed with its worker process."""
 
     @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
+
+    @property
     def running_limit_seconds(self) -> float:
         """How long after a worker picked a message up the scheduler may presume it lost (its host gone):
         longer than any reconcile and its quick retries can last."""
@@ -72,9 +77,10 @@ class Settings(BaseSettings):
     """Runs older than this are pruned, except each resource's last history_noops_kept runs."""
 
     node: str | None = None
-    """The node this worker runs on: it then also takes the reconciles of resources bound to that node."""
+    """The node this worker runs on (default: its host name). Workers take their node's queue besides the
+    shared one: resources bound to the node, and host-local ones they reconciled first, come there."""
 
-    state_dir: str = ".setpoint/state"
+    state_dir: str = "~/.local/state/setpoint"
     """Where a worker keeps what it knows of the processes it started (workload replicas, their logs)."""
 
     crashloop_base_seconds: float = Field(10.0, gt=0)
@@ -85,6 +91,10 @@ class Settings(BaseSettings):
 
     api_token: str | None = None
     """When set, every request to the REST API needs `Authorization: Bearer <token>`."""
+
+    rollout_min_ready_seconds: float = Field(5.0, ge=0)
+    """A rollout replaces the next replica only once the last new one has run (and passed its health check)
+    this long."""
 
     controllers: str = ""
     """Comma-separated modules to import at worker start, for controllers that call registry.register()."""

@@ -134,6 +134,7 @@ def stack_env(database_url: str, broker_url: str, state_dir: Path, **overrides: 
             "SETPOINT_STATE_DIR": str(state_dir),
             "SETPOINT_CRASHLOOP_BASE_SECONDS": "0.5",
             "SETPOINT_CRASHLOOP_MAX_SECONDS": "4",
+            "SETPOINT_ROLLOUT_MIN_READY_SECONDS": "0.3",
             "PYTHONPATH": str(ROOT),
         }
     )
@@ -193,6 +194,7 @@ def stack(database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathF
     finally:
         scheduler.stop()
         worker.stop()
+        stop_replicas(Path(env["SETPOINT_STATE_DIR"]))
         for process in (scheduler, worker):
             if "Traceback" in process.output():
                 print(f"--- {process.log.name} ---\n{process.output()[-5000:]}")
@@ -204,6 +206,15 @@ def unique() -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     yield name
     kill_replicas(name)
+
+
+def stop_replicas(state_dir: Path) -> None:
+    """Stop every workload replica recorded under a stack's state folder (once its worker is gone)."""
+    from controllers import processes
+
+    for folder in (state_dir / "workloads").glob("*"):
+        for replica in processes.observe(str(state_dir), folder.name, time.time()):
+            processes.stop(replica, grace_s=0)
 
 
 def replicas_of(workload: str) -> list[psutil.Process]:
@@ -242,5 +253,6 @@ def fresh(servers: tuple[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         yield stack_env(url, broker_url, tmp_path / "state")
     finally:
+        stop_replicas(tmp_path / "state")
         with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

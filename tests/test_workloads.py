@@ -101,6 +101,11 @@ def test_a_crash_looping_command_shows_growing_delays(stack: dict, engine: Engin
 
     row = wait_for(third_restart, 40, "three back-offs")
     assert backoffs[:3] == [0.5, 1.0, 2.0], backoffs
+    starts = [
+        r["started_at"] for r in runs(engine, unique, "Workload") if any("start replica" in a for a in r["actions"])
+    ]
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    assert all(gap >= 0.5 * 2**k for k, gap in enumerate(gaps[:3])), f"restarts must wait out the back-off: {gaps}"
     healthy = next(c for c in row["conditions"] if c["type"] == "Healthy")
     assert healthy["reason"] == "CrashLoopBackOff" and healthy["status"] == "False"
     assert "code 3" in healthy["message"] and "boom" in healthy["message"]
@@ -156,8 +161,9 @@ def test_a_worker_restart_leaves_replicas_running_and_counted(fresh: dict, tmp_p
     try:
         insert_workload(engine, unique, "sleep 300", 2)
         before = slots(wait_for(lambda: running(unique, 2), 30, "two replicas"))
-        worker.stop()
-        assert slots(replicas_of(unique)) == before, "stopping the worker leaves the replicas running"
+        wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 30, "ready")
+        worker.kill()  # SIGKILL to the worker and its pool processes at once
+        assert slots(replicas_of(unique)) == before, "killing the worker leaves the replicas running"
         count = len(runs(engine, unique, "Workload"))
         replacement = start_worker(fresh, tmp_path / "replacement.log", name="w2")
         wait_for(lambda: len(runs(engine, unique, "Workload")) > count + 1, 30, "the new worker reconciling")
@@ -176,16 +182,32 @@ def test_a_worker_restart_leaves_replicas_running_and_counted(fresh: dict, tmp_p
 def test_a_workload_bound_to_a_node_runs_only_on_that_nodes_workers(fresh: dict, tmp_path: Path, unique: str) -> None:
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
     scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
-    anywhere = start_worker(fresh, tmp_path / "anywhere.log", name="anywhere")
-    node = start_worker({**fresh, "SETPOINT_NODE": "n1"}, tmp_path / "n1.log", name="n1")
+    anywhere = start_worker({**fresh, "SETPOINT_NODE": "n0"}, tmp_path / "anywhere.log", name="anywhere")
+    node = None
     try:
         insert_workload(engine, unique, "sleep 300", 1, node="n1")
         insert_workload(engine, f"{unique}-free", "sleep 300", 1)
-        wait_for(lambda: len(runs(engine, unique, "Workload")) >= 4, 30, "several reconciles")
-        assert {r["worker"].split("@")[0] for r in runs(engine, unique, "Workload")} == {"n1"}
         wait_for(lambda: ready_at(engine, f"{unique}-free", 1, "Workload"), 30, "unbound workload runs anywhere")
+        assert runs(engine, unique, "Workload") == [], "no worker of node n1 yet: never reconciled elsewhere"
+        node = start_worker({**fresh, "SETPOINT_NODE": "n1"}, tmp_path / "n1.log", name="n1")
+        wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 30, "reconciled once n1 has a worker")
+        assert {r["worker"].split("@")[0] for r in runs(engine, unique, "Workload")} == {"n1"}
+        # The unbound one stays with the worker that first started it (its replicas live there).
+        assert {r["worker"].split("@")[0] for r in runs(engine, f"{unique}-free", "Workload")} == {"anywhere"}
     finally:
-        node.stop()
-        anywhere.stop()
+        for worker in (node, anywhere):
+            if worker:
+                worker.stop()
         scheduler.stop()
         engine.dispose()
+
+
+def test_stopping_a_replica_ends_its_whole_process_group_after_the_grace(
+    stack: dict, engine: Engine, unique: str
+) -> None:
+    # A shell that ignores SIGTERM and has a child: both must be gone, SIGKILLed after the grace period.
+    insert_workload(engine, unique, "trap '' TERM; sleep 300 & sleep 301", 1, stop_grace_seconds=0.5)
+    wait_for(lambda: len(replicas_of(unique)) >= 3, 30, "shell and its two sleeps running")
+    sql(engine, "DELETE FROM workloads WHERE name = :n", n=unique)
+    wait_for(lambda: replicas_of(unique) == [], 30, "the whole group gone")
+    wait_for(lambda: status(engine, unique, "Workload") is None, 20, "deleted")

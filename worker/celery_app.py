@@ -20,9 +20,8 @@ def queue_for(node: str | None, settings: config.Settings | None = None) -> str:
 
 def make_app(settings: config.Settings) -> Celery:
     app = Celery("setpoint", broker=settings.broker_url, include=["worker.tasks"])
-    queues = [Queue(settings.queue)]
-    if settings.node:  # a worker started for a node also takes that node's queue
-        queues.append(Queue(queue_for(settings.node, settings)))
+    # Every worker takes the shared queue and its own node's (resources bound or pinned to its node).
+    queues = [Queue(settings.queue), Queue(queue_for(settings.node_name, settings))]
     app.conf.update(
         task_default_queue=settings.queue,
         task_queues=queues,

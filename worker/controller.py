@@ -59,6 +59,10 @@ class Controller(Generic[D, O]):
     interval_seconds: ClassVar[int | None] = None
     """This kind's default period (a row's own interval_seconds wins); None means the global default."""
 
+    host_local: ClassVar[bool] = False
+    """Whether its real things live on the worker's own host (files, processes): then the first worker to
+    reconcile a resource keeps it, through its node's queue, so no other host starts a second copy."""
+
     def validate(self, desired: D) -> None:
         """Raise InvalidSpec(field, message) for desired state the database constraints let through."""
 

@@ -149,7 +149,8 @@ def _run(
             now=finished_at,
             rng=rng,
         )
-    store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting)
+    pin = settings.node_name if controller.host_local else None
+    store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting, pin_node=pin)
     log.info(
         "reconciled",
         extra={

@@ -82,6 +82,7 @@ WITH status AS (
         consecutive_failures = :consecutive_failures, last_error = :last_error,
         last_reconcile_at = :finished_at, last_success_at = :last_success_at,
         interval_seconds = :interval_seconds,
+        node = COALESCE(node, :pin_node),
         -- a change or a delete that landed while we worked is reconciled at once, not next period;
         -- the due time is the database's clock plus an offset, so worker clocks never matter
         next_reconcile_at = CASE
@@ -113,9 +114,11 @@ def finish(
     run: RunRecord,
     *,
     deleting: bool,
+    pin_node: str | None = None,
 ) -> None:
-    """Record the run and the new status (with update None: forget the torn-down resource), then unlock."""
-    params: dict[str, Any] = {"kind": kind, "name": name, "claim": claim, "deleting": deleting}
+    """Record the run and the new status (with update None: forget the torn-down resource), then unlock.
+    `pin_node` keeps a host-local resource with this worker's node from now on."""
+    params: dict[str, Any] = {"kind": kind, "name": name, "claim": claim, "deleting": deleting, "pin_node": pin_node}
     params.update(dataclasses.asdict(run), duration_ms=run.duration_ms)
     sql = _FINISH_DELETE
     if update is not None:

@@ -51,7 +51,7 @@ def upgrade() -> None:
     sa.CheckConstraint('interval_seconds IS NULL OR interval_seconds > 0', name=op.f('ck_workloads_interval_seconds_positive')),
     sa.CheckConstraint('length(btrim(command)) > 0', name=op.f('ck_workloads_command_present')),
     sa.CheckConstraint('replicas >= 0 AND replicas <= 1000', name=op.f('ck_workloads_replicas_range')),
-    sa.CheckConstraint('stop_grace_seconds >= 0 AND stop_grace_seconds <= 600', name=op.f('ck_workloads_stop_grace_seconds_range')),
+    sa.CheckConstraint('stop_grace_seconds >= 0 AND stop_grace_seconds <= 60', name=op.f('ck_workloads_stop_grace_seconds_range')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_workloads')),
     sa.UniqueConstraint('name', name=op.f('uq_workloads_name'))
     )

@@ -1,0 +1,55 @@
+"""Property-based: schemathesis sends what the OpenAPI schema allows and much that it does not; no answer is a 5xx.
+
+It runs on a database of its own that no scheduler or worker watches: the files and workloads it makes up
+(any absolute path, any command) are stored and read back, and never acted on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from sqlalchemy.engine import make_url
+
+from api.app import create_app
+from models.database import libpq_url
+from setpoint.settings import Settings
+from tests.conftest import alembic, create_test_kinds
+
+# The schema depends on the registered kinds only, not on the database: read at import, so that pytest
+# collects one test per operation. (`schemathesis.pytest.from_fixture` fails under pytest 9.2: no `_nodeid`.)
+schema = schemathesis.openapi.from_dict(
+    create_app(Settings(database_url="postgresql://schema-only.invalid/none", api_token=None)).openapi()
+)
+
+
+@pytest.fixture(scope="module")
+def app(servers: tuple[str, str]) -> Iterator[FastAPI]:
+    """The API on a migrated database of this module's own, dropped afterwards."""
+    admin = servers[0]
+    name = f"setpoint_schema_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        alembic("upgrade", "head", database_url=url)
+        create_test_kinds(url)
+        app = create_app(Settings(database_url=url, api_token=None))
+        with TestClient(app):  # its lifespan disposes of the app's engine before the database is dropped
+            yield app
+    finally:
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_gets_a_server_error(app: FastAPI, case: schemathesis.Case) -> None:
+    case.call_and_validate(app=app, checks=[not_a_server_error])
