@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     crashloop_max_seconds: float = Field(300.0, gt=0)
     """The longest delay before restarting a crash-looping replica."""
 
+    worker_metrics_port: int | None = Field(9808, ge=0, le=65535)
+    """Where a worker serves Prometheus metrics (all its pool processes together); None turns them off."""
+
+    scheduler_metrics_port: int | None = Field(9809, ge=0, le=65535)
+    """Where the scheduler serves Prometheus metrics; None turns them off."""
+
     api_token: str | None = None
     """When set, every request to the REST API needs `Authorization: Bearer <token>`."""
 
