@@ -178,22 +178,26 @@ def test_invalid_input_is_422_naming_the_field_and_stores_nothing(
 
 def test_relative_path_message_says_what_is_wrong(client: TestClient, unique: str) -> None:
     answer = client.post("/v1/files", json={"name": unique, "spec": {"path": "etc/motd"}})
-    assert "path" in answer.json()["detail"][0]["msg"]
+    assert "absolute" in answer.json()["detail"][0]["msg"]
+
+
+def phase(client: TestClient, name: str) -> str:
+    return str(client.get(f"/v1/files/{name}").json()["status"]["phase"])
 
 
 @pytest.fixture
-def three(stack: dict, client: TestClient, engine: Engine, unique: str, tmp_path: Path) -> list[str]:
+def three(stack: dict, client: TestClient, unique: str, tmp_path: Path) -> list[str]:
     """Three files under one prefix, reconciled: two ready, and one refused by its controller (Invalid)."""
     names = [f"{unique}-a", f"{unique}-b", f"{unique}-c"]
     post_file(client, names[0], tmp_path / "a")
     post_file(client, names[1], tmp_path / "b")
     post_file(client, names[2], f"{tmp_path}/sub/../c")
-    for name, phase in zip(names, ["Ready", "Ready", "Invalid"], strict=True):
-        wait_for(lambda n=name, p=phase: client.get(f"/v1/files/{n}").json()["status"]["phase"] == p, 20, phase)
+    expected = ["Ready", "Ready", "Invalid"]
+    wait_for(lambda: [phase(client, name) for name in names] == expected, 20, "two ready and one invalid")
     return names
 
 
-def names(client: TestClient, **query: Any) -> tuple[list[str], int | None]:
+def listed(client: TestClient, **query: Any) -> tuple[list[str], int | None]:
     answer = client.get("/v1/files", params=query)
     assert answer.status_code == 200, answer.text
     return [item["name"] for item in answer.json()["items"]], answer.json()["next_offset"]
@@ -201,18 +205,18 @@ def names(client: TestClient, **query: Any) -> tuple[list[str], int | None]:
 
 def test_list_filters_by_prefix_phase_and_readiness(client: TestClient, unique: str, three: list[str]) -> None:
     a, b, c = three
-    assert names(client, prefix=unique) == ([a, b, c], None)
-    assert names(client, prefix=unique, ready=True) == ([a, b], None)
-    assert names(client, prefix=unique, ready=False) == ([c], None)
-    assert names(client, prefix=unique, phase="Invalid") == ([c], None)
-    assert names(client, prefix=f"{unique}-b") == ([b], None)
+    assert listed(client, prefix=unique) == ([a, b, c], None)
+    assert listed(client, prefix=unique, ready=True) == ([a, b], None)
+    assert listed(client, prefix=unique, ready=False) == ([c], None)
+    assert listed(client, prefix=unique, phase="Invalid") == ([c], None)
+    assert listed(client, prefix=f"{unique}-b") == ([b], None)
 
 
 def test_list_pages_by_limit_and_offset(client: TestClient, unique: str, three: list[str]) -> None:
     a, b, c = three
-    assert names(client, prefix=unique, limit=2) == ([a, b], 2)
-    assert names(client, prefix=unique, limit=2, offset=2) == ([c], None)
-    assert names(client, prefix=unique, offset=3) == ([], None)
+    assert listed(client, prefix=unique, limit=2) == ([a, b], 2)
+    assert listed(client, prefix=unique, limit=2, offset=2) == ([c], None)
+    assert listed(client, prefix=unique, offset=3) == ([], None)
 
 
 @pytest.mark.parametrize(
