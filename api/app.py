@@ -1,0 +1,80 @@
+"""The REST API's application: a set of routes per registered kind, the health check, errors and the token lock."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from importlib import metadata
+from typing import Any
+
+from fastapi import FastAPI, Security
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api import auth, failures, routes
+from api.bodies import Problem
+from models.database import make_engine
+from resources.kinds import all_kinds
+from setpoint.settings import Settings
+
+log = logging.getLogger("setpoint.api")
+
+DESCRIPTION = """\
+Desired state as documents `{kind, name, spec}`, read and written in the same PostgreSQL tables admins edit
+in SQL: a change made either way shows in the other at once. Workers reconcile each resource and report
+`status` (`ready`, `phase`, `observed_generation`, `conditions`, `last_error`); the API never writes it.
+
+Writes are asynchronous in effect: a POST, PUT or PATCH answers once the desired state is stored, and a
+DELETE once the row is gone; a worker then makes (or tears down) the real thing. Follow `status` to see it done.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API over the database at `settings.database_url`, with one engine of its own, disposed at shutdown."""
+    engine = make_engine(settings.database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="Setpoint", version=metadata.version("setpoint"), description=DESCRIPTION, lifespan=lifespan)
+    failures.install(app)
+    locked: dict[str, Any] = {}
+    if settings.api_token:
+        app.add_middleware(auth.BearerToken, token=settings.api_token)
+        # Enforced by the middleware above; this only tells the OpenAPI schema (and Swagger's Authorize button).
+        locked = {
+            "dependencies": [Security(HTTPBearer(auto_error=False))],
+            "responses": {401: {"model": Problem, "description": "No bearer token, or not the right one."}},
+        }
+    for kind in all_kinds().values():
+        app.include_router(routes.router(kind, engine), **locked)
+    app.add_api_route(
+        "/healthz",
+        health(engine),
+        methods=["GET"],
+        tags=["health"],
+        summary="Whether the API can reach its database",
+        responses={503: {"description": "The database cannot be reached."}},
+    )
+    return app
+
+
+def health(engine: Engine) -> Callable[[], Any]:
+    """The health check's endpoint, reaching the database through the app's own engine."""
+
+    def healthz() -> Any:
+        """200 `{"status": "ok"}` once `SELECT 1` answers; 503 otherwise. Needs no token."""
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as error:
+            log.warning("health check failed", extra={"error": str(error).splitlines()[0]})
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return {"status": "ok"}
+
+    return healthz

@@ -1,0 +1,70 @@
+"""How Setpoint's errors, and the database's, become HTTP answers: the client's mistakes are 4xx, never 5xx."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException
+
+from setpoint.errors import AlreadyExists, InvalidDocument, NotFound
+
+log = logging.getLogger("setpoint.api")
+
+
+def invalid(loc: list[str | int], message: str) -> JSONResponse:
+    """A 422 shaped as FastAPI's own, so clients read every validation error the same way."""
+    return JSONResponse({"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=422)
+
+
+def location(field: str | None) -> list[str | int]:
+    """Where in the request `field` ("spec.path", "name") was: the name and spec are in the body."""
+    return ["body", *field.split(".")] if field else ["body"]
+
+
+async def invalid_document(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, InvalidDocument)
+    return invalid(location(error.field), str(error))
+
+
+async def not_found(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=404)
+
+
+async def already_exists(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=409)
+
+
+async def refused_by_database(request: Request, error: Exception) -> JSONResponse:
+    """PostgreSQL refused a value the models let through (a NUL byte, a number out of range)."""
+    assert isinstance(error, DataError)
+    detail = getattr(getattr(error.orig, "diag", None), "message_primary", None) or str(error.orig).splitlines()[0]
+    return invalid(["body"], f"the database refused a value: {detail}")
+
+
+async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """The database cannot be reached: the client may retry; the details go to the log, not to the client."""
+    log.warning("database unavailable", extra={"path": request.url.path, "error": str(error).splitlines()[0]})
+    return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+
+
+async def method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    """Starlette's 405 lists only the methods of the first route on the path; HTTP wants all of them in `Allow`."""
+    assert isinstance(error, HTTPException)
+    headers = dict(error.headers or {})
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path):
+            headers["Allow"] = ", ".join(sorted(method.upper() for method in operations))
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(InvalidDocument, invalid_document)
+    app.add_exception_handler(NotFound, not_found)
+    app.add_exception_handler(AlreadyExists, already_exists)
+    app.add_exception_handler(DataError, refused_by_database)
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(405, method_not_allowed)

@@ -1,0 +1,126 @@
+"""One kind's routes, `/v1/{plural}` and `/v1/{plural}/{name}`, over the same rows an admin edits in SQL."""
+
+# No `from __future__ import annotations`: FastAPI reads the run-time models from the endpoints' annotations.
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel
+from sqlalchemy import Engine
+
+from api import bodies
+from api.bodies import NAME_RULES, PREFIX_PATTERN, Phase, Problem
+from models.base import NAME_PATTERN
+from resources import documents
+from resources.kinds import Kind
+
+MAX_OFFSET = 2**63 - 1
+"""PostgreSQL's OFFSET is a bigint."""
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+Responses = dict[int | str, dict[str, Any]]
+UNREADABLE: Responses = {400: {"model": Problem, "description": "The body is not JSON."}}
+
+Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description=NAME_RULES)]
+
+
+def typed(**models: type[BaseModel]) -> Callable[[Endpoint], Endpoint]:
+    """Annotate an endpoint's parameters with a kind's own models, which exist only at run time.
+
+    Each is a subclass of the model the endpoint declares (so type checkers follow the code); FastAPI reads
+    the annotations to validate requests and to write each kind's typed spec into the OpenAPI schema.
+    """
+
+    def annotate(endpoint: Endpoint) -> Endpoint:
+        endpoint.__annotations__.update(models)
+        return endpoint
+
+    return annotate
+
+
+def router(kind: Kind, engine: Engine) -> APIRouter:
+    """The routes of `kind`, their bodies typed by models generated from its spec."""
+    shapes = bodies.bodies(kind)
+    missing: Responses = {404: {"model": Problem, "description": f"No {kind.name} has that name."}}
+    api = APIRouter(prefix=f"/v1/{kind.plural}", tags=[kind.plural])
+
+    @api.get("", response_model=shapes.page, operation_id=f"list{kind.name}s", summary=f"List {kind.plural}")
+    def list_(
+        phase: Annotated[Phase | None, Query(description="Only resources in this phase.")] = None,
+        ready: Annotated[bool | None, Query(description="Only ready (or only not ready) resources.")] = None,
+        prefix: Annotated[
+            str | None, Query(pattern=PREFIX_PATTERN, max_length=253, description="Only names starting so.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, by name.")] = 100,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many first.")] = 0,
+    ) -> dict[str, Any]:
+        # One more than asked for tells whether there is a next page.
+        found = documents.listing(engine, kind, limit=limit + 1, offset=offset, phase=phase, ready=ready, prefix=prefix)
+        more = len(found) > limit
+        return {"items": found[:limit], "next_offset": offset + limit if more else None}
+
+    @api.post(
+        "",
+        status_code=status.HTTP_201_CREATED,
+        response_model=shapes.document,
+        operation_id=f"create{kind.name}",
+        summary=f"Create a {kind.name}",
+        responses={**UNREADABLE, 409: {"model": Problem, "description": f"A {kind.name} already has that name."}},
+    )
+    @typed(body=shapes.create)
+    def create(body: bodies.Create, response: Response) -> dict[str, Any]:
+        """The new resource is reconciled by a worker shortly after; watch `status.ready`."""
+        created = documents.create(engine, kind, body.name, body.spec.model_dump())
+        response.headers["Location"] = f"{api.prefix}/{body.name}"
+        return created
+
+    @api.get(
+        "/{name}",
+        response_model=shapes.document,
+        operation_id=f"get{kind.name}",
+        summary=f"Read a {kind.name}",
+        responses=missing,
+    )
+    def get(name: Name) -> dict[str, Any]:
+        return documents.get(engine, kind, name)
+
+    @api.put(
+        "/{name}",
+        response_model=shapes.document,
+        operation_id=f"replace{kind.name}",
+        summary=f"Replace a {kind.name}'s spec",
+        responses={**UNREADABLE, **missing},
+    )
+    @typed(body=shapes.replace)
+    def replace(name: Name, body: bodies.Replace) -> dict[str, Any]:
+        """Fields left out take their defaults. An unchanged spec leaves `generation` alone."""
+        return documents.replace(engine, kind, name, body.spec.model_dump())
+
+    @api.patch(
+        "/{name}",
+        response_model=shapes.document,
+        operation_id=f"patch{kind.name}",
+        summary=f"Change some of a {kind.name}'s spec",
+        responses={**UNREADABLE, **missing},
+    )
+    @typed(body=shapes.patch)
+    def patch(name: Name, body: bodies.Patch) -> dict[str, Any]:
+        """The fields given replace the current ones (a whole object such as `labels` at once); the rest are kept."""
+        return documents.replace(engine, kind, name, body.spec.model_dump(exclude_unset=True), partial=True)
+
+    @api.delete(
+        "/{name}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        response_class=Response,
+        operation_id=f"delete{kind.name}",
+        summary=f"Delete a {kind.name}",
+        responses=missing,
+    )
+    def delete(name: Name) -> None:
+        """Deletion is asynchronous: the resource is gone from the API at once, and a worker then tears the
+        real thing down (unless its `deletion_policy` is `orphan`)."""
+        documents.delete(engine, kind, name)
+
+    return api
