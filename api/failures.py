@@ -6,11 +6,14 @@ import logging
 import re
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException
 
-from setpoint.errors import AlreadyExists, InvalidDocument, NotFound
+from resources import documents, kinds
+from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, UnknownKind
 
 log = logging.getLogger("setpoint.api")
 
@@ -28,6 +31,25 @@ def location(field: str | None) -> list[str | int]:
 async def invalid_document(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, InvalidDocument)
     return invalid(location(error.field), str(error))
+
+
+async def invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422, with what the database's constraint on a spec field expects said in words."""
+    assert isinstance(error, RequestValidationError)
+    details = []
+    plural = request.url.path.split("/")[2] if request.url.path.startswith("/v1/") else ""
+    for item in error.errors():
+        item = {k: v for k, v in item.items() if k in ("loc", "msg", "type")}
+        loc = list(item.get("loc", ()))
+        if plural and loc[:2] == ["body", "spec"] and len(loc) == 3:
+            try:
+                expected = documents.expected(kinds.resolve(plural), str(loc[2]))
+            except UnknownKind:
+                expected = None
+            if expected:
+                item["msg"] = f"expected {expected} ({item['msg']})"
+        details.append(item)
+    return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
 
 
 async def not_found(request: Request, error: Exception) -> JSONResponse:
@@ -63,6 +85,7 @@ async def method_not_allowed(request: Request, error: Exception) -> JSONResponse
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(InvalidDocument, invalid_document)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(AlreadyExists, already_exists)
     app.add_exception_handler(DataError, refused_by_database)

@@ -50,14 +50,26 @@ class Resource(SQLModel):
     """The kind's name as users say it (`File`); set by each table class."""
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=253, unique=True, nullable=False)
+    name: str = Field(max_length=253, unique=True, nullable=False, schema_extra={"pattern": NAME_PATTERN})
     generation: int = Field(
         default=1,
         sa_column_kwargs={"server_default": text("1"), "server_onupdate": FetchedValue()},
     )
-    interval_seconds: int | None = Field(default=None)
-    paused: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
-    deletion_policy: str = Field(default="delete", max_length=16, sa_column_kwargs={"server_default": text("'delete'")})
+    interval_seconds: int | None = Field(
+        default=None, gt=0, description="This resource's reconcile period; NULL means its kind's default."
+    )
+    paused: bool = Field(
+        default=False,
+        description="Observe and report drift, but take no action.",
+        sa_column_kwargs={"server_default": text("false")},
+    )
+    deletion_policy: str = Field(
+        default="delete",
+        max_length=16,
+        schema_extra={"pattern": "^(delete|orphan)$"},
+        description="On DELETE, tear the real thing down ('delete') or leave it ('orphan').",
+        sa_column_kwargs={"server_default": text("'delete'")},
+    )
     # JSON columns track edits of their top-level keys only: reassign a nested value to change it.
     labels: dict[str, Any] = Field(
         default_factory=dict,

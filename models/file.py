@@ -19,9 +19,20 @@ class File(Resource, table=True):
     )
     kind: ClassVar[str] = "File"
 
-    path: str = Field(max_length=4096, nullable=False)
-    """Absolute path of the file on the worker's host."""
+    path: str = Field(
+        max_length=4096,
+        nullable=False,
+        schema_extra={"pattern": "^/"},
+        description="Absolute path of the file on the worker's host.",
+    )
 
-    content: str = Field(default="", sa_column_kwargs={"server_default": text("''")})
-    mode: str = Field(default="0644", max_length=4, sa_column_kwargs={"server_default": text("'0644'")})
-    """Permission bits in octal, as chmod takes them: '0644', '600'."""
+    content: str = Field(
+        default="", description="What the file holds.", sa_column_kwargs={"server_default": text("''")}
+    )
+    mode: str = Field(
+        default="0644",
+        max_length=4,
+        schema_extra={"pattern": "^0?[0-7]{3}$"},
+        description="Permission bits in octal, as chmod takes them: '0644', '600'.",
+        sa_column_kwargs={"server_default": text("'0644'")},
+    )

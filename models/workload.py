@@ -26,21 +26,37 @@ class Workload(Resource, table=True):
     )
     kind: ClassVar[str] = "Workload"
 
-    command: str = Field(max_length=8192)
-    """What each replica runs, as in a shell: run directly unless it needs a shell's features."""
-    replicas: int = Field(default=1, sa_column_kwargs={"server_default": text("1")})
+    command: str = Field(
+        max_length=8192,
+        schema_extra={"pattern": r"\S"},
+        description="What each replica runs, as in a shell: run directly unless it needs a shell's features.",
+    )
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="How many copies run.", sa_column_kwargs={"server_default": text("1")}
+    )
     env: dict[str, Any] = Field(
         default_factory=dict,
         sa_type=MutableDict.as_mutable(JSONB),  # type: ignore[call-overload]
         sa_column_kwargs={"server_default": text("'{}'::jsonb")},
     )
     """Extra environment variables; every replica also gets SETPOINT_WORKLOAD and SETPOINT_REPLICA."""
-    working_dir: str | None = Field(default=None, max_length=4096)
-    stop_grace_seconds: float = Field(default=10, sa_column_kwargs={"server_default": text("10")})
-    """How long a replica has to exit after SIGTERM before it gets SIGKILL."""
+    working_dir: str | None = Field(
+        default=None, max_length=4096, schema_extra={"pattern": "^/"}, description="Absolute; default /."
+    )
+    stop_grace_seconds: float = Field(
+        default=10,
+        ge=0,
+        le=60,
+        description="How long a replica has to exit after SIGTERM before it gets SIGKILL.",
+        sa_column_kwargs={"server_default": text("10")},
+    )
     health_command: str | None = Field(default=None, max_length=8192)
     """Run per replica (with its environment); exit code 0 means healthy."""
-    health_url: str | None = Field(default=None, max_length=2048)
-    """GET per replica, `{replica}` replaced by its index; a 2xx answer means healthy."""
+    health_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        schema_extra={"pattern": "^https?://"},
+        description="GET per replica, `{replica}` replaced by its index; a 2xx answer means healthy.",
+    )
     node: str | None = Field(default=None, max_length=253)
     """Only workers started with SETPOINT_NODE set to this reconcile it; NULL means any worker."""

@@ -50,9 +50,9 @@ def check(document: Document) -> tuple[Kind, dict[str, Any]]:
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "spec"
-        raise InvalidDocument(
-            f"{document.label}: field 'spec.{field}': {first['msg']}", field=f"spec.{field}"
-        ) from None
+        wanted = expected(kind, field)
+        said = f"expected {wanted} ({first['msg']})" if wanted else first["msg"]
+        raise InvalidDocument(f"{document.label}: field 'spec.{field}': {said}", field=f"spec.{field}") from None
     return kind, spec
 
 
@@ -86,6 +86,15 @@ def _upsert(conn: Connection, document: Document, kind: Kind, spec: dict[str, An
     return Applied(kind.name, document.name, action, generation)
 
 
+def expected(kind: Kind, field: str) -> str | None:
+    """What the database's CHECK constraint on `field` expects, in words (models.base.check)."""
+    prefix = f"ck_{kind.plural}_{field}_"
+    for constraint in kind.model.__table__.constraints:  # type: ignore[attr-defined]
+        if str(constraint.name).startswith(prefix) and constraint.info.get("expected"):
+            return str(constraint.info["expected"])
+    return None
+
+
 def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocument:
     """The database refused the row: name the field its constraint guards, and say what it said."""
     diag = getattr(error.orig, "diag", None)
@@ -105,11 +114,19 @@ def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocume
 def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Create a resource; AlreadyExists if the name is taken."""
     document = Document(kind.name, name, spec, "request body")
-    with engine.begin() as conn:
-        exists = conn.execute(text(f"SELECT 1 FROM {kind.plural} WHERE name = :n"), {"n": name}).first()
-        if exists:
-            raise AlreadyExists(f"{kind.name} {name!r} already exists")
-        _upsert(conn, document, *check(document))
+    checked_kind, checked = check(document)
+    table = kind.model.__table__  # type: ignore[attr-defined]
+    try:  # a plain INSERT: of two requests for one name, the database lets exactly one through
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(name=name, **checked))
+    except IntegrityError as error:
+        if getattr(error.orig, "sqlstate", None) == "23505":  # unique_violation, or still being deleted
+            raise AlreadyExists(
+                f"{kind.name} {name!r} already exists{' (still being deleted)' if 'deleted' in str(error.orig) else ''}"
+            ) from None
+        raise _invalid(document, checked_kind, error) from None
+    except DBAPIError as error:
+        raise _invalid(document, checked_kind, error) from None
     return get(engine, kind, name)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class EventFormatter(logging.Formatter):
