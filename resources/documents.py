@@ -103,6 +103,8 @@ def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocume
     prefix = f"ck_{kind.plural}_"
     fields = sorted(["name", *kind.spec_fields], key=len, reverse=True)
     field = next((f for f in fields if constraint.removeprefix(prefix).startswith(f)), None)
+    if getattr(error.orig, "sqlstate", None) == "23505":  # the name is taken (or its old self still deleting)
+        field = "name"
     where = f"field 'spec.{field}'" if field and field != "name" else f"field '{field or 'spec'}'"
     located = f"spec.{field}" if field and field != "name" else (field or "spec")
     rule = next((c for c in kind.model.__table__.constraints if c.name == constraint), None)  # type: ignore[attr-defined]
