@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from scheduler import metrics
 from scheduler.service import Scheduler
 from setpoint import logs
 from setpoint import settings as config
@@ -13,7 +14,9 @@ from worker.celery_app import app
 
 def main() -> int:
     logs.configure()
-    scheduler = Scheduler(config.get(), app)
+    settings = config.get()
+    scheduler = Scheduler(settings, app)
+    metrics.serve(settings, scheduler.engine, lambda: scheduler.leading)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: scheduler.stop.set())
     scheduler.run()

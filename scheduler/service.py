@@ -16,7 +16,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from models.database import make_engine
-from scheduler import claim, retention
+from scheduler import claim, metrics, retention
 from scheduler.leader import Leadership
 from scheduler.wake import Listener
 from setpoint.settings import Settings
@@ -31,6 +31,8 @@ class Scheduler:
         self.app = app
         self.engine = engine or make_engine(settings.database_url, pool_size=2, max_overflow=1)
         self.stop = threading.Event()
+        self.leading = False
+        """True while this is the active scheduler (its metrics then report the fleet's state)."""
         self._woken = threading.Event()
 
     def wake(self, tick: Job) -> None:
@@ -51,6 +53,8 @@ class Scheduler:
                 running_limit_s=self.settings.running_limit_seconds,
             )
             self._send(claims)
+            for c in claims:
+                metrics.ENQUEUE_LAG.observe(c.lateness_s)
             sent += len(claims)
             if claims:
                 log.info(
@@ -104,6 +108,7 @@ class Scheduler:
         )
         clock.start()
         listener = Listener(self.settings.database_url)
+        self.leading = True
         try:
             while not self.stop.is_set():
                 try:
@@ -114,6 +119,7 @@ class Scheduler:
                     log.warning("lost leadership")
                     return
         finally:
+            self.leading = False
             clock.shutdown(wait=True)
             listener.close()
 

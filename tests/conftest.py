@@ -92,12 +92,13 @@ def create_test_kinds(url: str) -> None:
     """The tests' own kinds get their tables and triggers the way a user's migration would make them."""
     from sqlalchemy.schema import CreateTable
 
-    from tests.kinds import Flaky
+    from tests.kinds import Flaky, Noop
 
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(CreateTable(Flaky.__table__))  # type: ignore[attr-defined]
-        conn.execute(text(triggers.attach("flakies", "Flaky")))
+        for model in (Flaky, Noop):
+            conn.execute(CreateTable(model.__table__))  # type: ignore[attr-defined]
+            conn.execute(text(triggers.attach(model.__tablename__, model.kind)))
     engine.dispose()
 
 
@@ -132,6 +133,8 @@ def stack_env(database_url: str, broker_url: str, state_dir: Path, **overrides: 
             "SETPOINT_SOFT_TIME_LIMIT_SECONDS": "3",
             "SETPOINT_TIME_LIMIT_SECONDS": "5",
             "SETPOINT_STATE_DIR": str(state_dir),
+            "SETPOINT_WORKER_METRICS_PORT": "0",
+            "SETPOINT_SCHEDULER_METRICS_PORT": "0",
             "SETPOINT_CRASHLOOP_BASE_SECONDS": "0.5",
             "SETPOINT_CRASHLOOP_MAX_SECONDS": "4",
             "SETPOINT_ROLLOUT_MIN_READY_SECONDS": "0.3",

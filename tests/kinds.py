@@ -83,3 +83,26 @@ class FailingTeardown(Action):
 
 
 registry.register(FlakyController())
+
+
+class Noop(Resource, table=True):
+    """A kind whose real state always matches: every reconcile is a no-op (for load and fault tests)."""
+
+    __tablename__: ClassVar[str] = "noops"  # type: ignore[misc]
+    __table_args__ = common_constraints("noops")
+    kind: ClassVar[str] = "Noop"
+
+    note: str = Field(default="", sa_column_kwargs={"server_default": "''"})
+
+
+class NoopController(Controller[Noop, None]):
+    model = Noop
+
+    def observe(self, desired: Noop) -> None:
+        return None
+
+    def plan(self, desired: Noop, actual: None) -> list[Action]:
+        return []
+
+
+registry.register(NoopController())

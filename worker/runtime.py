@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from setpoint.errors import InvalidSpec, PermanentError, UnknownKind
 from setpoint.settings import Settings
-from worker import registry, store
+from worker import metrics, registry, store
 from worker.controller import Controller
 from worker.outcome import Result, Retry, status_update
 
@@ -151,6 +151,7 @@ def _run(
         )
     pin = settings.node_name if controller.host_local else None
     store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting, pin_node=pin)
+    metrics.RECONCILE_DURATION.labels(kind=request.kind).observe(run.duration_ms / 1000)
     log.info(
         "reconciled",
         extra={

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy import Engine
 
 from models.database import make_engine
 from setpoint import settings as config
-from worker import registry
+from worker import metrics, registry
 from worker.celery_app import TASK, app
 from worker.runtime import Request, reconcile
 
@@ -39,11 +39,33 @@ def _load_controllers(**_: Any) -> None:
     registry.controllers()
 
 
+@worker_init.connect
+def _metrics_to_files(**_: Any) -> None:
+    """Before the pool forks, so that every pool process records where the main process reads."""
+    metrics.write_to_files(config.get().worker_metrics_port)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    metrics.serve_worker(config.get().worker_metrics_port)
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    """A forked pool process must never share its parent's database connections."""
+    """A forked pool process must never share its parent's database connections, nor its metrics port."""
     if _engine is not None:
         _engine.dispose(close=False)
+    metrics.forget_server()
+
+
+@worker_process_shutdown.connect
+def _metrics_of_exited_process(pid: int, **_: Any) -> None:
+    metrics.process_gone(pid)
+
+
+@worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    metrics.stop_worker()
 
 
 def _now() -> datetime:
@@ -61,7 +83,12 @@ def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -
         task_id=self.request.id,
         worker=settings.worker_name or self.request.hostname or socket.gethostname(),
     )
-    done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
+    try:
+        done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
+    except Exception:
+        metrics.RECONCILES.labels(kind=kind, outcome="error").inc()
+        raise
+    metrics.RECONCILES.labels(kind=kind, outcome=done.outcome).inc()
     if done.outcome == "busy":
         # Dropping it could strand this message's claim; the other reconcile ends within the time limit.
         raise self.retry(countdown=BUSY_RETRY_S)

@@ -1,0 +1,87 @@
+"""Load the way admins make it: one UPDATE touching every row wakes the scheduler once, queues one message
+per resource at most, and everything converges."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+from models import triggers
+from models.database import libpq_url, make_engine
+from tests.conftest import start_scheduler, start_worker, wait_for
+
+NOTIFIED_ROWS = 100_000
+CONVERGED_ROWS = 10_000
+"""Reconciling all 100,000 takes minutes on this machine: the benchmark does that; the suite converges 10,000."""
+
+
+def insert_noops(engine: Engine, rows: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO noops (name, interval_seconds) SELECT 'n' || i, 3600 FROM generate_series(1, :rows) i"),
+            {"rows": rows},
+        )
+
+
+def test_an_update_of_100000_rows_wakes_the_scheduler_once(fresh: dict) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    insert_noops(engine, NOTIFIED_ROWS)
+    heard: list[str] = []
+    listening = threading.Event()
+
+    def listen() -> None:
+        with psycopg.connect(libpq_url(fresh["SETPOINT_DATABASE_URL"]), autocommit=True) as conn:
+            conn.execute(f"LISTEN {triggers.CHANNEL}")
+            listening.set()
+            for note in conn.notifies(timeout=10):
+                heard.append(note.payload)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    assert listening.wait(10)
+    with engine.begin() as conn:  # the admin's UPDATE: 100,000 rows, one statement
+        conn.execute(text("UPDATE noops SET note = 'touched'"))
+    listener.join()
+    assert len(heard) == 1, f"one wake-up for one statement, not one per row: {len(heard)}"
+    with engine.connect() as conn:
+        due = conn.execute(text("SELECT count(*) FROM statuses WHERE generation = 2 AND next_reconcile_at <= now()"))
+        assert due.scalar_one() == NOTIFIED_ROWS, "and every changed row is due"
+    engine.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_an_update_of_every_row_is_reconciled_once_each_and_converges(fresh: dict, tmp_path: Path) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
+    insert_noops(engine, CONVERGED_ROWS)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE noops SET note = 'touched'"))
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    try:
+        queue = fresh["SETPOINT_QUEUE"]
+        peak = 0
+
+        def converged() -> bool:
+            nonlocal peak
+            peak = max(peak, int(broker.llen(queue)))
+            with engine.connect() as conn:
+                behind = conn.execute(
+                    text("SELECT count(*) FROM statuses WHERE observed_generation IS DISTINCT FROM generation")
+                ).scalar_one()
+            return behind == 0
+
+        wait_for(converged, 500, "every resource reconciled at generation 2")
+        assert peak <= CONVERGED_ROWS, f"never more than one message per resource (peak queue {peak})"
+        with engine.connect() as conn:
+            claims = conn.execute(text("SELECT max(claim) FROM statuses")).scalar_one()
+        assert claims == 1, "each resource enqueued exactly once"
+    finally:
+        worker.stop()
+        scheduler.stop()
+        engine.dispose()

@@ -1,0 +1,113 @@
+"""Prometheus metrics of reconciles, gathered from every pool process and served by the worker's main process.
+
+Under prefork each pool process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
+multiprocess mode) and the main process serves their sum. The main process sets the folder up before the
+pool forks, so every pool process, including one started later to replace another, writes there.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import tempfile
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("setpoint.metrics")
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+# Not registered anywhere: in multiprocess mode their samples are read back from the files.
+RECONCILES = Counter(
+    "setpoint_reconciles",
+    "Reconcile messages handled, by kind and outcome: a run's outcome (noop, changed, failed, invalid, paused, "
+    "deleted), a skip (busy, superseded, gone, unknown-kind), or error when the task itself raised.",
+    ["kind", "outcome"],
+    registry=None,
+)
+RECONCILE_DURATION = Histogram(
+    "setpoint_reconcile_duration_seconds",
+    "How long a controller took to observe, plan and act on one resource.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=None,
+)
+
+_server: WSGIServer | None = None
+_made_dir: str | None = None
+
+
+def serve(registry: Collector, port: int | None, role: str) -> WSGIServer | None:
+    """Serve `registry` on `port` (0 picks a free one, logged), or nothing when the port is None or taken:
+    metrics that cannot be served must not stop reconciles."""
+    if port is None:
+        return None
+    try:
+        server, _ = start_http_server(port, registry=registry)
+    except OSError as error:
+        log.error("metrics not served", extra={"role": role, "port": port, "error": str(error)})
+        return None
+    log.info("serving metrics", extra={"role": role, "port": server.server_port})
+    return server
+
+
+def write_to_files(port: int | None) -> None:
+    """In the worker's main process before the pool forks: make every process record into a clean folder.
+
+    The folder is PROMETHEUS_MULTIPROC_DIR when the operator sets it (one per worker: it is emptied here), else a
+    new temporary one."""
+    global _made_dir
+    if port is None:
+        return
+    path = os.environ.get(MULTIPROC_DIR)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):  # a previous run's counts would be added to ours
+            os.remove(stale)
+    else:
+        path = _made_dir = tempfile.mkdtemp(prefix="setpoint-metrics-")
+        os.environ[MULTIPROC_DIR] = path
+    # prometheus_client picks in-memory or file-backed values when first imported, which in a worker is before
+    # Celery says it is one. No value exists yet (every metric here has labels), so switching now is safe.
+    values.ValueClass = values.MultiProcessValue()
+
+
+def serve_worker(port: int | None) -> None:
+    """In the worker's main process once the pool runs: serve what all pool processes recorded."""
+    global _server
+    path = os.environ.get(MULTIPROC_DIR)
+    if port is None or not path or _server is not None:
+        return
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path)
+    _server = serve(registry, port, "worker")
+
+
+def forget_server() -> None:
+    """In a new pool process: close the listening socket inherited from the main process, so that a pool
+    process outliving its parent does not keep the port."""
+    if _server is not None:
+        _server.socket.close()
+
+
+def process_gone(pid: int) -> None:
+    """A pool process exits: drop its live gauges (its counters and histograms still count)."""
+    path = os.environ.get(MULTIPROC_DIR)
+    if path:
+        multiprocess.mark_process_dead(pid, path)
+
+
+def stop_worker() -> None:
+    """The worker shuts down: stop serving, and remove the folder if it was made here."""
+    global _server, _made_dir
+    if _server is not None:
+        _server.shutdown()
+        _server.server_close()
+        _server = None
+    if _made_dir is not None:
+        shutil.rmtree(_made_dir, ignore_errors=True)
+        _made_dir = None
