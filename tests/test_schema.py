@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, select
 
 from models import File
@@ -126,3 +126,26 @@ def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: t
     finally:
         with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(
+    ("statement", "params"),
+    [
+        ("INSERT INTO files (name, path) VALUES (NULL, '/tmp/x')", {}),
+        ("INSERT INTO files (name, path) VALUES (:n, NULL)", {}),
+        ("INSERT INTO files (name, path, mode) VALUES (:n, '/tmp/x', NULL)", {}),
+        ("INSERT INTO files (name, path, interval_seconds) VALUES (:n, '/tmp/x', 'soon')", {}),
+        ("INSERT INTO files (name, path, interval_seconds) VALUES (:n, '/tmp/x', 99999999999)", {}),
+        ("INSERT INTO files (name, path, labels) VALUES (:n, '/tmp/x', '[1, 2]')", {}),
+        ("INSERT INTO files (name, path) VALUES (:n, :huge)", {"huge": "/" + "x" * 5000}),
+        ("INSERT INTO workloads (name, command, replicas) VALUES (:n, 'sleep 1', -1)", {}),
+        ("INSERT INTO workloads (name, command, replicas) VALUES (:n, '   ', 1)", {}),
+        ("INSERT INTO workloads (name, command, env) VALUES (:n, 'sleep 1', '\"text\"')", {}),
+    ],
+)
+def test_bad_sql_is_refused_and_leaves_nothing_behind(
+    engine: Engine, unique: str, statement: str, params: dict
+) -> None:
+    with pytest.raises((IntegrityError, DataError, ProgrammingError)):
+        sql(engine, statement, n=unique, **params)
+    assert status(engine, unique) is None and status(engine, unique, "Workload") is None
