@@ -71,3 +71,30 @@ def test_whole_worker_host_gone_is_made_up_for_by_the_scheduler(fresh: dict, tmp
             replacement.stop()
         scheduler.stop()
         engine.dispose()
+
+
+def test_killed_mid_action_three_times_in_a_row_still_converges(fresh: dict, tmp_path: Path) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    counter = tmp_path / "count"
+    try:
+        wait_for(lambda: "ready." in worker.output(), 60, "worker ready")
+        # Each attempt counts itself, then works for 2 s; the first three would fail, but are killed first.
+        sql(
+            engine,
+            "INSERT INTO flakies (name, counter_path, fail_times, hang_seconds, interval_seconds) "
+            "VALUES ('victim', :c, 3, 2, 3600)",
+            c=str(counter),
+        )
+        for attempt in (1, 2, 3):
+            wait_for(lambda n=attempt: attempts(str(counter)) == n, 30, f"attempt {attempt} under way")
+            for child in pool_children(worker.popen.pid):
+                os.kill(child, signal.SIGKILL)
+        wait_for(lambda: ready_at(engine, "victim", 1, kind="Flaky"), 60, "converged after three kills")
+        assert attempts(str(counter)) == 4
+        assert [r["outcome"] for r in runs(engine, "victim", kind="Flaky")] == ["changed"], "killed runs left no row"
+    finally:
+        worker.stop()
+        scheduler.stop()
+        engine.dispose()
