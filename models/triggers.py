@@ -1,7 +1,9 @@
 """The SQL that makes a table a kind: generation bumps, status rows, tombstones and the scheduler's wake-up.
 
-Autogenerate cannot see functions and triggers, so migrations call these by hand:
-`op.execute(triggers.attach("files", "File"))` for a new kind, `triggers.detach(...)` to drop it.
+Autogenerate cannot see functions, triggers and grants, so migrations call these by hand. A new kind's
+migration runs `op.execute(triggers.attach("files", "File"))` and then `op.execute(triggers.grant("files"))`,
+so the database roles of migration 0003 may use the table; its downgrade runs `triggers.detach(...)` (dropping
+the table drops its grants).
 """
 
 from __future__ import annotations
@@ -104,6 +106,48 @@ def detach(table: str) -> str:
         f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
         for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
     )
+
+
+def grant(table: str) -> str:
+    """The roles' rights on a kind's table (run after attach()): the API changes desired state; workers and
+    the scheduler only read it. The status rows follow through setpoint_track, which runs as its owner."""
+    return f"""
+GRANT SELECT ON {table} TO setpoint_worker, setpoint_scheduler;
+GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO setpoint_api;
+DO $$ BEGIN
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO setpoint_api', pg_get_serial_sequence('{table}', 'id'));
+END $$;
+"""
+
+
+def revoke(table: str) -> str:
+    """Undo grant() on a table that stays."""
+    return f"""
+REVOKE ALL ON {table} FROM setpoint_worker, setpoint_scheduler, setpoint_api;
+DO $$ BEGIN
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM setpoint_api', pg_get_serial_sequence('{table}', 'id'));
+END $$;
+"""
+
+
+TRACK_AS_OWNER = """
+DO $$ BEGIN
+    EXECUTE format('ALTER FUNCTION setpoint_track() SECURITY DEFINER SET search_path = %I, pg_temp',
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                    WHERE c.oid = 'statuses'::regclass));
+END $$;
+REVOKE EXECUTE ON FUNCTION setpoint_track() FROM PUBLIC;
+"""
+"""setpoint_track writes statuses for whoever changed a desired row, so the API's role needs no right to
+write status itself. It runs as its owner with the search path fixed to the tables' schema (pg_temp last,
+so nobody's temporary table stands in for statuses), and nobody else may attach it to a table of theirs:
+firing a trigger needs no EXECUTE right, creating one does."""
+
+TRACK_AS_CALLER = """
+ALTER FUNCTION setpoint_track() SECURITY INVOKER RESET search_path;
+GRANT EXECUTE ON FUNCTION setpoint_track() TO PUBLIC;
+"""
+"""Undo TRACK_AS_OWNER."""
 
 
 STATUS_VIEW = """

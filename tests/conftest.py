@@ -99,6 +99,7 @@ def create_test_kinds(url: str) -> None:
         for model in (Flaky, Noop):
             conn.execute(CreateTable(model.__table__))  # type: ignore[attr-defined]
             conn.execute(text(triggers.attach(model.__tablename__, model.kind)))
+            conn.execute(text(triggers.grant(model.__tablename__)))
     engine.dispose()
 
 

@@ -113,6 +113,11 @@ def test_every_service_command_runs_against_the_test_servers(
         token = ours["api"]["environment"]["SETPOINT_API_TOKEN"]
         api = {"Authorization": f"Bearer {token}"}
         wait_for(lambda: http("http://127.0.0.1:8000/healthz")[0] == 200, 30, "api answering")
+        # Flower knows only the tasks whose events it saw: it must be listening before the reconcile.
+        wait_for(lambda: http("http://127.0.0.1:5555/api/tasks", {})[0] == 401, 30, "Flower asking for its basic auth")
+        user, password = ours["flower"]["environment"]["FLOWER_BASIC_AUTH"].split(":", 1)
+        auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        wait_for(lambda: http("http://127.0.0.1:5555/api/workers?refresh=1", auth)[0] == 200, 30, "Flower up")
         target = tmp_path / "motd"
         name = f"compose-{uuid.uuid4().hex[:6]}"
         code, _ = http(
@@ -122,9 +127,6 @@ def test_every_service_command_runs_against_the_test_servers(
         )
         assert code == 201
         wait_for(lambda: target.exists() and target.read_text() == "via compose", 30, "file written by the worker")
-        user, password = ours["flower"]["environment"]["FLOWER_BASIC_AUTH"].split(":", 1)
-        auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-        assert http("http://127.0.0.1:5555/api/tasks", {})[0] == 401, "Flower asks for its basic auth"
 
         def reconciled_in_flower() -> list[dict[str, Any]]:
             code, tasks = http("http://127.0.0.1:5555/api/tasks?limit=1000", auth)
