@@ -69,9 +69,9 @@ def test_the_compose_file_is_valid_with_every_service_the_stack_needs() -> None:
     assert all(isinstance(s.get("command", []), list) for s in services.values()), "exec form, so signals arrive"
 
 
-def test_every_service_command_runs_against_the_test_servers(
-    database_url: str, broker_url: str, tmp_path: Path
-) -> None:
+def test_every_service_command_runs_against_the_test_servers(fresh: dict, tmp_path: Path) -> None:
+    # A database of its own: its schedulers must not find the session stack's leader already in place.
+    database_url, broker_url = fresh["SETPOINT_DATABASE_URL"], fresh["SETPOINT_BROKER_URL"]
     services = compose_config()["services"]
     ours = {name: s for name, s in services.items() if s.get("image") == "setpoint:latest"}
     queue = f"setpoint-compose-{uuid.uuid4().hex[:8]}"
