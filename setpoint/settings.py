@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     jitter_ratio: float = Field(0.1, ge=0, lt=1)
     """Each next due time is spread by up to this fraction of the interval, so resources do not march in step."""
 
-    tick_seconds: float = Field(1.0, gt=0)
+    tick_seconds: float = Field(0.5, gt=0)
     """How often the scheduler claims due resources (a NOTIFY wakes it sooner)."""
 
     claim_batch_size: int = Field(500, ge=1)
