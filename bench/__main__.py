@@ -1,0 +1,216 @@
+"""`python -m bench [--quick]`: measure Setpoint and its naive peers side by side on real servers and processes,
+write bench/results/ (results.md, results.png, results.json) and print the headline ratios last.
+
+Every process it starts is stopped, and every database and queue it makes is removed, however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import psycopg
+from sqlalchemy.engine import make_url
+
+from bench import bare, processes, reaction, report, resources, roundtrips, scale, servers, throughput
+from bench.results_model import Results
+from bench.stats import Latency
+from bench.wire import CountingProxy
+from models.database import libpq_url
+from setpoint.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    mode: str
+    resources: int
+    """No-op resources in the stack's database, all reconciled at once for throughput."""
+    reaction_samples: int
+    naive_period_s: float
+    """The period of the real naive loop (short, so that it is measured in seconds, not minutes)."""
+    naive_samples: int
+    roundtrip_samples: int
+    scale: tuple[int, ...]
+    """Resources held by the scheduler in each scale scenario."""
+    scale_measure_s: float
+    throughput_rounds: int
+    """Setpoint and the bare task are measured this many times, alternately; the best of each counts."""
+    scale_interval_s: float = 300.0
+
+
+QUICK = Plan("quick", 600, 40, 0.3, 20, 100, (10_000,), 8.0, 2)
+FULL = Plan("full", 5_000, 300, 0.5, 40, 500, (10_000, 100_000), 30.0, 3)
+ROUNDTRIP_WARMUP = 20
+NAIVE_RESOURCES = 10
+STACK_INTERVAL_S = 3600
+"""The stack's resources are due only when the benchmark says so: the stack is idle between measurements."""
+
+_started = time.monotonic()
+
+
+def say(what: str) -> None:
+    print(f"[{time.monotonic() - _started:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def machine(load_at_start: float) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "?")
+    memory = psutil.virtual_memory().total / 2**30
+    system = f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GB, {platform.system()} {platform.release()}"
+    return f"{system}; load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+
+
+def _cpuinfo() -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    return []
+
+
+def family(pid: int) -> list[int]:
+    """A process and its children (a Celery worker and its pool)."""
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+
+
+def wait_converged(database_url: str, timeout_s: float) -> None:
+    query = """SELECT count(*) FROM statuses
+               WHERE kind = %s AND (observed_generation IS DISTINCT FROM generation OR NOT ready)"""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        while (row := conn.execute(query, (resources.KIND,)).fetchone()) and row[0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{row[0]} resources still not converged after {timeout_s}s")
+            time.sleep(0.2)
+
+
+def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
+    load_at_start = os.getloadavg()[0]
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    logs = RESULTS / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    (logs / "state").mkdir(parents=True)
+    found = stack.enter_context(servers.running())
+    stack.callback(servers.delete_queues, found.broker_url, tag)
+    dbs = servers.Databases(found.admin_url, tag)
+    stack.callback(dbs.drop_all)
+    dbs.prepare()
+    url = dbs.clone("stack")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(resources.INSERT, {"interval_s": STACK_INTERVAL_S, "count": plan.resources})  # type: ignore[arg-type]
+    say(f"databases ready on {'embedded' if found.embedded else 'local'} servers ({tag})")
+
+    admin = make_url(found.admin_url)
+    proxy = stack.enter_context(CountingProxy(admin.host or "127.0.0.1", admin.port or 5432))
+    queues = {role: f"{tag}-{role}" for role in ("main", "bare", "roundtrips")}
+
+    def start(child: processes.Child) -> processes.Child:
+        stack.callback(child.stop)
+        return child
+
+    def env(role: str, database_url: str = url, **extra: str) -> dict[str, str]:
+        return processes.environment(database_url, found.broker_url, queues[role], logs / "state", **extra)
+
+    workers = [
+        start(processes.worker(env("main"), logs, "worker")),
+        start(processes.worker(env("bare"), logs, "bare-worker", app="bench.bare_worker")),
+        start(
+            processes.worker(
+                env("roundtrips", roundtrips.proxied(url, proxy), SETPOINT_WORKER_NAME=roundtrips.WORKER_NAME),
+                logs,
+                "roundtrips-worker",
+            )
+        ),
+    ]
+    scale_urls = {count: scale.prepare(dbs, count, plan.scale_interval_s) for count in plan.scale}
+    for child in workers:
+        child.wait_for(processes.WORKER_READY)
+    say("workers ready, scale databases filled")
+    sender = bare.make_app(Settings(broker_url=found.broker_url, queue=queues["main"], database_url=url))
+    names = [resources.name(i) for i in range(1, plan.resources + 1)]
+
+    # The naive peer first, while Setpoint's scheduler is not running: nothing but the loop sends reconciles.
+    naive_names = names[:NAIVE_RESOURCES]
+    with reaction.PeriodicLoop(sender, queues["main"], naive_names, plan.naive_period_s) as loop:
+        time.sleep(plan.naive_period_s)
+        naive = reaction.measure(url, naive_names, plan.naive_samples, loop.phases(plan.naive_samples))
+    say(f"naive loop reaction measured at a {plan.naive_period_s:g} s period")
+
+    scheduler = start(processes.scheduler(env("main"), logs))
+    scheduler.wait_for(processes.SCHEDULER_LEADING)
+    wait_converged(url, 60 + plan.resources / 50)
+    say(f"{plan.resources:,} resources converged")
+    reacted = reaction.measure(url, names, plan.reaction_samples, reaction.random_pause(0.01, 0.05))
+    say("reaction measured")
+    main_worker, bare_worker = workers[0], workers[1]
+    ours_watched = {"worker": family(main_worker.pid), "scheduler": [scheduler.pid], "benchmark": [os.getpid()]}
+    bare_watched = {"worker": family(bare_worker.pid), "benchmark": [os.getpid()]}
+    timeout_s = 60 + plan.resources / 20
+    ours, ceiling = [], []
+    for _ in range(plan.throughput_rounds):  # alternating, so that a busy spell of the machine hits both
+        ours.append(throughput.setpoint(url, ours_watched, timeout_s))
+        ceiling.append(throughput.ceiling(url, sender, queues["bare"], names, bare_watched, timeout_s))
+    say(f"throughput and the bare-task ceiling measured ({plan.throughput_rounds} rounds each)")
+    counted = names[: ROUNDTRIP_WARMUP + plan.roundtrip_samples]
+    trips = roundtrips.measure(url, proxy, sender, queues["roundtrips"], counted, ROUNDTRIP_WARMUP)
+    say("round trips counted")
+    processes.stop_all([scheduler, *workers])  # the scale scenarios run on an otherwise quiet machine
+    dbs.drop(url)
+
+    setup = scale.Setup(found.broker_url, tag, plan.scale_interval_s, plan.scale_measure_s, logs)
+    loads = []
+    for count in plan.scale:
+        loads.append(scale.setpoint(scale_urls[count], count, setup))
+        say(f"Setpoint's scheduler measured at {count:,} resources")
+        loads.append(scale.apscheduler(count, setup))
+        say(f"APScheduler measured at {count:,} jobs")
+    return Results(
+        mode=plan.mode,
+        machine=machine(load_at_start),
+        servers="embedded PostgreSQL and Redis" if found.embedded else "local PostgreSQL and Redis",
+        stack_resources=plan.resources,
+        reaction=Latency.of(reacted),
+        naive_loop=Latency.of(naive),
+        naive_loop_period_s=plan.naive_period_s,
+        throughput=throughput.best(ours),
+        ceiling=throughput.best(ceiling),
+        throughput_rounds=ours,
+        ceiling_rounds=ceiling,
+        round_trips=trips,
+        scale=loads,
+        duration_s=time.monotonic() - _started,
+    )
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a scaled-down run, under a minute")
+    plan = QUICK if parser.parse_args().quick else FULL
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
+    try:
+        with contextlib.ExitStack() as stack:
+            results = run(plan, stack)
+    except KeyboardInterrupt:
+        say("interrupted: every process it started is stopped, its databases and queues removed")
+        return 130
+    paths = report.write(results, RESULTS)
+    print("\n".join(f"wrote {path}" for path in paths))
+    print("\n".join(report.headlines(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

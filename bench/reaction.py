@@ -1,0 +1,103 @@
+"""Reaction: from an SQL UPDATE of a desired row to its status showing that generation observed and ready.
+
+Setpoint reacts through the desired table's NOTIFY. The naive peer (a Celery beat entry, a cron job, one
+APScheduler job per resource) does not know that anything changed: it sends a reconcile of every resource once
+per period, so a change waits for the next pass. `PeriodicLoop` is that peer, run for real at a short period.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+from celery import Celery
+
+from bench import resources
+from models.database import libpq_url
+from worker.celery_app import TASK
+
+POLL_S = 0.002
+"""How often the status is read while waiting: the measurement's resolution."""
+
+_CHANGE = f"UPDATE {resources.TABLE} SET payload = payload + 1 WHERE name = %s RETURNING generation"
+_SHOWN = "SELECT observed_generation = %s AND ready FROM statuses WHERE kind = %s AND name = %s"
+
+
+def measure(
+    database_url: str, names: Sequence[str], samples: int, pause: Callable[[int], None], timeout_s: float = 30.0
+) -> list[float]:
+    """Change one resource at a time, after `pause(i)`, and time each change until its status shows it."""
+    latencies = []
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        for i in range(samples):
+            pause(i)
+            latencies.append(_react(conn, names[i % len(names)], timeout_s))
+    return latencies
+
+
+def random_pause(low_s: float, high_s: float) -> Callable[[int], None]:
+    """Pause for a random while: changes come at no particular moment."""
+    rng = random.Random()
+    return lambda _: time.sleep(rng.uniform(low_s, high_s))
+
+
+def _react(conn: psycopg.Connection, name: str, timeout_s: float) -> float:
+    started = time.perf_counter()
+    row = conn.execute(_CHANGE, (name,)).fetchone()
+    assert row is not None, f"no resource named {name}"
+    deadline = started + timeout_s
+    while True:
+        shown = conn.execute(_SHOWN, (row[0], resources.KIND, name)).fetchone()
+        if shown and shown[0]:
+            return time.perf_counter() - started
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{name} generation {row[0]} not observed and ready within {timeout_s}s")
+        time.sleep(POLL_S)
+
+
+class PeriodicLoop:
+    """The naive peer: every period, send a reconcile of every resource, whether or not it changed."""
+
+    def __init__(self, app: Celery, queue: str, names: Sequence[str], period_s: float) -> None:
+        self.app = app
+        self.queue = queue
+        self.names = list(names)
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._first_pass = time.monotonic()
+
+    def __enter__(self) -> PeriodicLoop:
+        self._first_pass = time.monotonic()
+        self._thread.start()
+        return self
+
+    def phases(self, samples: int) -> Callable[[int], None]:
+        """A pause that makes change i come at its own point of a period, evenly spread over the period (in
+        shuffled order), so that a few samples already show the whole range a change may have to wait."""
+        order = list(range(samples))
+        random.Random(6).shuffle(order)
+
+        def pause(i: int) -> None:
+            phase = (order[i] + 0.5) / samples * self.period_s
+            elapsed = time.monotonic() - self._first_pass - phase
+            time.sleep(self._first_pass + phase + math.ceil(elapsed / self.period_s) * self.period_s - time.monotonic())
+
+        return pause
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        next_pass = time.monotonic()
+        while not self._stop.is_set():
+            with self.app.producer_or_acquire() as producer:
+                for name in self.names:
+                    self.app.send_task(TASK, args=[resources.KIND, name], queue=self.queue, producer=producer)
+            next_pass += self.period_s
+            self._stop.wait(max(0.0, next_pass - time.monotonic()))

@@ -1,0 +1,167 @@
+"""Scheduler scale: CPU, memory and lateness (due time → message in Redis) of one scheduler holding N resources.
+
+The resources' first due times are spread evenly over one interval, and the first `measure_s` seconds of it are
+measured, with no worker running (bench/drain.py takes the messages and stands in for the workers). Setpoint's
+scheduler (`python -m scheduler`, its production settings) and the naive peer (bench/apsched_peer.py) are
+measured the same way; for Setpoint, the CPU of the PostgreSQL sessions serving it is measured too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+
+from bench import processes, resources, servers
+from bench.drain import Drain
+from bench.stats import Latency
+from bench.usage import Sampler, Usage
+from models.database import libpq_url
+
+GRACE_S = 2.0
+"""A resource due later than this before the end of the measured span is not expected yet; one due earlier
+whose message has not come by the end is counted as missed."""
+
+_SPREAD = f"""UPDATE statuses
+SET next_reconcile_at = to_timestamp(%(start_at)s) + make_interval(secs => ({resources.INDEX_SQL} - 1) * %(step)s)
+WHERE kind = %(kind)s"""
+_DONE = """UPDATE statuses SET enqueued_at = NULL, next_reconcile_at = next_reconcile_at + make_interval(secs => %s)
+WHERE kind = %s AND name = ANY(%s)"""
+_SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)"
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerLoad:
+    peer: str
+    resources: int
+    interval_s: float
+    measured_s: float
+    usage: Usage
+    database_cpu_share: float | None
+    """CPU of the PostgreSQL sessions serving the scheduler, per wall second (None: not measurable here)."""
+    lateness: Latency
+    expected: int
+    """Resources due within the measured span (less GRACE_S)."""
+    missed: int
+    """Of those, how many had no message by the end of the span."""
+
+
+class _Completion:
+    """What a worker's finish does to the claim: frees it and makes the resource due one interval later."""
+
+    def __init__(self, database_url: str, interval_s: float) -> None:
+        self.conn = psycopg.connect(libpq_url(database_url), autocommit=True)
+        self.interval_s = interval_s
+
+    def __call__(self, names: list[str]) -> None:
+        self.conn.execute(_DONE, (self.interval_s, resources.KIND, names))
+
+
+def prepare(dbs: servers.Databases, count: int, interval_s: float) -> str:
+    """A database holding `count` resources, none due until `setpoint` spreads their due times."""
+    url = dbs.clone(f"scale_{count}")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(resources.INSERT, {"interval_s": round(interval_s), "count": count})  # type: ignore[arg-type]
+        conn.execute("UPDATE statuses SET next_reconcile_at = NULL")
+        conn.execute("VACUUM ANALYZE statuses")  # as autovacuum would have, long before
+    return url
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every scale scenario of a run shares."""
+
+    broker_url: str
+    tag: str
+    """This run's tag, in the name of every queue."""
+    interval_s: float
+    measure_s: float
+    logs: Path
+
+
+def setpoint(url: str, count: int, setup: Setup) -> SchedulerLoad:
+    """Measure `python -m scheduler` on a database made by `prepare`."""
+    broker_url, tag, interval_s, measure_s, logs = (
+        setup.broker_url, setup.tag, setup.interval_s, setup.measure_s, setup.logs
+    )  # fmt: skip
+    queue = f"{tag}-scale-setpoint-{count}"
+    env = processes.environment(url, broker_url, queue, logs / "state")
+    child = processes.scheduler(env, logs, f"scale-setpoint-{count}")
+    try:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            child.wait_for(processes.SCHEDULER_LEADING)
+            start_at = time.time() + 1 + count / 20_000
+            conn.execute(_SPREAD, {"start_at": start_at, "step": interval_s / count, "kind": resources.KIND})
+            completion = _Completion(url, interval_s)
+            try:
+                with Drain(broker_url, queue, completion) as drain:
+                    _sleep_until(start_at)
+                    ours = [conn.info.backend_pid, completion.conn.info.backend_pid]
+                    sessions = [row[0] for row in conn.execute(_SESSIONS, (ours,))]
+                    usage, database = _watch([child.pid], sessions, measure_s)
+            finally:
+                completion.conn.close()
+    finally:
+        child.stop()
+        servers.delete_queues(broker_url, queue)
+    return _summary("Setpoint", count, interval_s, measure_s, usage, database, drain, start_at)
+
+
+def apscheduler(count: int, setup: Setup) -> SchedulerLoad:
+    """Measure the naive peer, bench/apsched_peer.py, holding `count` jobs."""
+    broker_url, tag, interval_s, measure_s, logs = (
+        setup.broker_url, setup.tag, setup.interval_s, setup.measure_s, setup.logs
+    )  # fmt: skip
+    queue = f"{tag}-scale-aps-{count}"
+    start_at = time.time() + 2 + count * 100e-6  # time to build its jobs: about 60 µs each, measured
+    argv = [sys.executable, "-m", "bench.apsched_peer", str(count), str(interval_s), repr(start_at), queue, broker_url]
+    env = processes.environment("postgresql://unused", broker_url, queue, logs / "state")
+    child = processes.Child(f"scale-apscheduler-{count}", argv, env, logs)
+    try:
+        child.wait_for("ready", timeout_s=start_at - time.time() + 120)
+        found = re.search(r"late_jobs=(\d+)", child.output())
+        if found is None or int(found.group(1)):
+            raise RuntimeError(f"APScheduler took longer to build its jobs than allowed: {child.output()[-500:]}")
+        with Drain(broker_url, queue) as drain:
+            _sleep_until(start_at)
+            usage, _ = _watch([child.pid], [], measure_s)
+    finally:
+        child.stop()
+        servers.delete_queues(broker_url, queue)
+    return _summary("APScheduler", count, interval_s, measure_s, usage, None, drain, start_at)
+
+
+def _watch(pids: list[int], sessions: list[int], measure_s: float) -> tuple[Usage, float | None]:
+    visible = [pid for pid in sessions if psutil.pid_exists(pid)]
+    process, database = Sampler(pids), Sampler(visible) if visible else None
+    process.start()
+    if database:
+        database.start()
+    time.sleep(measure_s)
+    return process.stop(), database.stop().cpu_share if database else None
+
+
+def _summary(
+    peer: str, count: int, interval_s: float, measure_s: float, usage: Usage, database: float | None, drain: Drain,
+    start_at: float,
+) -> SchedulerLoad:  # fmt: skip
+    step, end = interval_s / count, start_at + measure_s - GRACE_S
+    lateness, expected = [], 0
+    for i in range(1, count + 1):
+        due = start_at + (i - 1) * step
+        if due > end:
+            break
+        expected += 1
+        if (arrived := drain.arrivals.get(resources.name(i))) is not None:
+            lateness.append(arrived - due)
+    missed = expected - len(lateness)
+    return SchedulerLoad(peer, count, interval_s, measure_s, usage, database, Latency.of(lateness), expected, missed)
+
+
+def _sleep_until(epoch: float) -> None:
+    time.sleep(max(0.0, epoch - time.time()))
