@@ -4,6 +4,7 @@ per resource at most, and everything converges."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -81,6 +82,50 @@ def test_an_update_of_every_row_is_reconciled_once_each_and_converges(fresh: dic
         with engine.connect() as conn:
             claims = conn.execute(text("SELECT max(claim) FROM statuses")).scalar_one()
         assert claims == 1, "each resource enqueued exactly once"
+    finally:
+        worker.stop()
+        scheduler.stop()
+        engine.dispose()
+
+
+@pytest.mark.timeout(300)
+def test_a_steady_load_keeps_pace_without_queue_growth_and_bounded_history(fresh: dict, tmp_path: Path) -> None:
+    """The benchmark's 10,000 resources at 60 s, scaled down: 500 resources at 5 s, held for 30 s."""
+    resources, interval_s, window_s, kept = 500, 5, 30.0, 3
+    env = {**fresh, "SETPOINT_HISTORY_NOOPS_KEPT": str(kept), "SETPOINT_HOUSEKEEPING_SECONDS": "5"}
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO noops (name, interval_seconds) SELECT 'n' || i, :s FROM generate_series(1, :n) i"),
+            {"s": interval_s, "n": resources},
+        )
+    scheduler = start_scheduler(env, tmp_path / "scheduler.log")
+    worker = start_worker(env, tmp_path / "worker.log")
+
+    def claims() -> dict[str, int]:
+        with engine.connect() as conn:
+            return dict(conn.execute(text("SELECT name, claim FROM statuses")).all())  # type: ignore[arg-type]
+
+    try:
+        wait_for(lambda: min(claims().values()) >= 2, 60, "every resource past its first period")
+        before, queue_sizes, started = claims(), [], time.monotonic()
+        wait_for(
+            lambda: (
+                queue_sizes.append(int(broker.llen(fresh["SETPOINT_QUEUE"]))) or time.monotonic() - started >= window_s
+            ),
+            window_s + 5,
+            "the load held",
+        )
+        after = claims()
+        rounds = sorted(after[name] - before[name] for name in before)
+        expected = window_s / interval_s  # 6, give or take the ±10% jitter and the window's edges
+        assert rounds[0] >= expected - 2 and rounds[-1] <= expected + 2, f"reconciled once per interval: {rounds}"
+        assert max(queue_sizes) <= resources, f"one message per resource at most: {max(queue_sizes)}"
+        assert queue_sizes[-1] < resources / 2, f"the queue does not grow: {queue_sizes[-10:]}"
+        with engine.connect() as conn:
+            history = conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
+        assert history <= resources * (kept + 3), f"run history bounded by retention: {history} rows"
     finally:
         worker.stop()
         scheduler.stop()
