@@ -9,10 +9,11 @@ in flight for that row, so a reconcile always starts from the last one's committ
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from worker.outcome import StatusUpdate
@@ -46,10 +47,8 @@ class RunRecord:
         return (self.finished_at - self.started_at).total_seconds() * 1000
 
 
-def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
-    row = conn.execute(
-        text(f"""
-WITH lock AS (SELECT pg_try_advisory_lock({LOCK_KEY}) AS locked),
+_BEGIN = """
+WITH lock AS (SELECT pg_try_advisory_lock({lock_key}) AS locked),
 picked AS (
     UPDATE statuses SET picked_at = now()
     WHERE kind = :kind AND name = :name AND (SELECT locked FROM lock)
@@ -58,9 +57,17 @@ picked AS (
 SELECT (SELECT locked FROM lock) AS locked,
        (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
        (SELECT status FROM picked) AS status
-"""),
-        {"kind": kind, "name": name},
-    ).one()
+"""
+
+
+@functools.cache
+def _begin_statement(table: str) -> TextClause:
+    """Built once per kind: a reconcile's hot path compiles nothing."""
+    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table))
+
+
+def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
+    row = conn.execute(_begin_statement(table), {"kind": kind, "name": name}).one()
     return Snapshot(bool(row.locked), row.desired, row.status)
 
 
@@ -103,6 +110,13 @@ SELECT pg_advisory_unlock({LOCK_KEY})
 """
 
 _JSON = ("conditions", "observed", "drift", "actions")
+_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON))
+_FINISH_DELETE_STATEMENT = text(_FINISH_DELETE).bindparams(bindparam("actions", type_=JSONB))
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A dataclass's fields, without dataclasses.asdict's deep copy of every list and dict."""
+    return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
 
 
 def finish(
@@ -119,12 +133,11 @@ def finish(
     """Record the run and the new status (with update None: forget the torn-down resource), then unlock.
     `pin_node` keeps a host-local resource with this worker's node from now on."""
     params: dict[str, Any] = {"kind": kind, "name": name, "claim": claim, "deleting": deleting, "pin_node": pin_node}
-    params.update(dataclasses.asdict(run), duration_ms=run.duration_ms)
-    sql = _FINISH_DELETE
+    params.update(_fields(run), duration_ms=run.duration_ms)
+    statement = _FINISH_DELETE_STATEMENT
     if update is not None:
-        params.update(dataclasses.asdict(update))
-        sql = _FINISH
-    statement = text(sql).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON if k in params))
+        params.update(_fields(update))
+        statement = _FINISH_STATEMENT
     conn.execute(statement, params)
 
 
