@@ -8,6 +8,7 @@ Celery queue of its own there, so test runs sharing a server do not take each ot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -58,19 +59,29 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         yield services.database_url, services.broker_url
 
 
-@pytest.fixture(scope="session")
-def database_url(servers: tuple[str, str]) -> Iterator[str]:
-    """A fresh database for this session, migrated to head by Alembic, dropped afterwards."""
-    admin = servers[0]
-    name = f"setpoint_test_{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def scratch_database(admin: str, purpose: str, migrate: bool = True) -> Iterator[str]:
+    """A database of its own on the admin's server (by default migrated to head by Alembic, with the tests'
+    kinds), dropped afterwards."""
+    name = f"setpoint_{purpose}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    alembic("upgrade", "head", database_url=url)
-    create_test_kinds(url)
-    yield url
-    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        if migrate:
+            alembic("upgrade", "head", database_url=url)
+            create_test_kinds(url)
+        yield url
+    finally:
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: tuple[str, str]) -> Iterator[str]:
+    """A fresh database for this session, migrated to head by Alembic, dropped afterwards."""
+    with scratch_database(servers[0], "test") as url:
+        yield url
 
 
 def alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
@@ -248,15 +259,8 @@ def fresh(servers: tuple[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     """A migrated database and a Celery queue of this test's own, for tests that start, stop and kill their
     own schedulers and workers. Yields the processes' environment."""
     admin, broker_url = servers
-    name = f"setpoint_fresh_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    alembic("upgrade", "head", database_url=url)
-    create_test_kinds(url)
-    try:
-        yield stack_env(url, broker_url, tmp_path / "state")
-    finally:
-        stop_replicas(tmp_path / "state")
-        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(admin, "fresh") as url:
+        try:
+            yield stack_env(url, broker_url, tmp_path / "state")
+        finally:
+            stop_replicas(tmp_path / "state")

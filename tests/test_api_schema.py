@@ -6,10 +6,8 @@ It runs on a database of its own that no scheduler or worker watches: the files 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -23,12 +21,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
     unsupported_method,
 )
-from sqlalchemy.engine import make_url
 
 from api.app import create_app
-from models.database import libpq_url
 from setpoint.settings import Settings
-from tests.conftest import alembic, create_test_kinds
+from tests.conftest import scratch_database
 
 # The schema depends on the registered kinds only, not on the database: read at import, so that pytest
 # collects one test per operation. (`schemathesis.pytest.from_fixture` fails under pytest 9.2: no `_nodeid`.)
@@ -40,20 +36,10 @@ schema = schemathesis.openapi.from_dict(
 @pytest.fixture(scope="module")
 def app(servers: tuple[str, str]) -> Iterator[FastAPI]:
     """The API on a migrated database of this module's own, dropped afterwards."""
-    admin = servers[0]
-    name = f"setpoint_schema_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    try:
-        alembic("upgrade", "head", database_url=url)
-        create_test_kinds(url)
+    with scratch_database(servers[0], "schema") as url:
         app = create_app(Settings(database_url=url, api_token=None))
         with TestClient(app):  # its lifespan disposes of the app's engine before the database is dropped
             yield app
-    finally:
-        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # Not the checks of which data is accepted: some limits (an absolute path, a known deletion policy) are the

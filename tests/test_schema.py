@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, select
 
 from models import File
 from models.database import libpq_url
-from tests.conftest import alembic
+from tests.conftest import alembic, scratch_database
 from tests.helpers import sql, status
 
 
@@ -105,12 +102,7 @@ def test_resource_status_view_shows_every_resource(engine: Engine, unique: str) 
 
 
 def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: tuple[str, str]) -> None:
-    admin = servers[0]
-    name = f"setpoint_migrations_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database(servers[0], "migrations", migrate=False) as url:
         alembic("upgrade", "head", database_url=url)
         alembic("check", database_url=url)  # autogenerate finds no difference between models and migrations
         alembic("downgrade", "base", database_url=url)
@@ -123,9 +115,6 @@ def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: t
             functions = conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'setpoint_%'").fetchall()
         assert left == [] and functions == []
         alembic("upgrade", "head", database_url=url)
-    finally:
-        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize(
