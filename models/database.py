@@ -36,5 +36,8 @@ CONNECT_ARGS: dict[str, Any] = {
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """A pooled engine that checks a connection before lending it, so a restarted server costs no failure."""
-    return create_engine(driver_url(url), pool_pre_ping=True, connect_args=CONNECT_ARGS, **kwargs)
+    """A pooled engine that checks a connection before lending it, so a restarted server costs no failure.
+
+    A hot path that handles a dead connection itself passes `pool_pre_ping=False` and saves a round trip."""
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(driver_url(url), connect_args=CONNECT_ARGS, **kwargs)

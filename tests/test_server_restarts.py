@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from models.database import make_engine
 from setpoint import embedded
 from tests.conftest import alembic, create_test_kinds, stack_env, start_scheduler, start_worker, wait_for
-from tests.helpers import ready_at, sql
+from tests.helpers import ready_at, runs, sql
 
 
 def free_port() -> int:
@@ -67,3 +68,31 @@ def _try(check):  # type: ignore[no-untyped-def]
         return True if result is None else result
     except Exception:
         return False
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_whose_database_sessions_were_ended_reconciles_at_once(fresh: dict, tmp_path: Path) -> None:
+    """Workers lend pooled connections without checking them first (a round trip saved per reconcile), so a
+    connection the server closed is found dead by the reconcile itself, which must try again on a new one at
+    once: with an hour's interval, nothing else would bring the change back before then."""
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    try:
+        sql(engine, "INSERT INTO noops (name, interval_seconds) VALUES ('steady', 3600)")
+        wait_for(lambda: ready_at(engine, "steady", 1, kind="Noop"), 60, "reconciled before the sessions end")
+        with engine.connect() as conn:  # what a restart does to every session but ours
+            ended = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert ended >= 2, "the scheduler's and the worker's sessions"
+        sql(engine, "UPDATE noops SET labels = '{\"touched\": \"yes\"}' WHERE name = 'steady'")
+        wait_for(lambda: ready_at(engine, "steady", 2, kind="Noop"), 15, "the change reconciled at once")
+        assert [r["outcome"] for r in runs(engine, "steady", kind="Noop")] == ["noop", "noop"]
+    finally:
+        worker.stop()
+        scheduler.stop()
+        engine.dispose()

@@ -152,7 +152,9 @@ def _run(
     pin = settings.node_name if controller.host_local else None
     store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting, pin_node=pin)
     metrics.RECONCILE_DURATION.labels(kind=request.kind).observe(run.duration_ms / 1000)
-    log.info(
+    # A no-op every interval for every resource is noise at INFO (Kubernetes controllers log them verbosely only).
+    log.log(
+        logging.DEBUG if result.outcome == "noop" else logging.INFO,
         "reconciled",
         extra={
             "kind": request.kind,

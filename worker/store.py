@@ -48,7 +48,11 @@ class RunRecord:
 
 
 _BEGIN = """
-WITH lock AS (SELECT pg_try_advisory_lock({lock_key}) AS locked),
+WITH lock AS (
+    SELECT pg_try_advisory_lock({lock_key}) AS locked,
+           -- picked_at is a hint for finding lost messages: its commit need not wait for the disk
+           set_config('synchronous_commit', 'off', true) AS relaxed
+),
 picked AS (
     UPDATE statuses SET picked_at = now()
     WHERE kind = :kind AND name = :name AND (SELECT locked FROM lock)

@@ -10,12 +10,13 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from models.database import make_engine
 from setpoint import settings as config
 from worker import metrics, registry
 from worker.celery_app import TASK, app
-from worker.runtime import Request, reconcile
+from worker.runtime import Done, Request, reconcile
 
 BUSY_RETRY_S = 2.0
 """How soon a message whose resource is being reconciled elsewhere tries again."""
@@ -29,8 +30,22 @@ _rng = random.Random()
 def engine() -> Engine:
     global _engine
     if _engine is None:
-        _engine = make_engine(config.get().database_url, pool_size=2, max_overflow=2)
+        # No check of each connection before use (a round trip per reconcile): `_reconcile` retries instead.
+        _engine = make_engine(config.get().database_url, pool_size=2, max_overflow=2, pool_pre_ping=False)
     return _engine
+
+
+def _reconcile(request: Request, settings: config.Settings) -> Done:
+    """Reconcile, once more on a new connection if the pooled one turns out dead (the server restarted).
+
+    SQLAlchemy then drops every pooled connection older than the failure. Running it again is safe: the dead
+    session took its resource lock with it, and every action is idempotent."""
+    try:
+        return reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        return reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
 
 
 @worker_init.connect
@@ -84,7 +99,7 @@ def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -
         worker=settings.worker_name or self.request.hostname or socket.gethostname(),
     )
     try:
-        done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
+        done = _reconcile(request, settings)
     except Exception:
         metrics.RECONCILES.labels(kind=kind, outcome="error").inc()
         raise
