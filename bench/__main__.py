@@ -22,7 +22,7 @@ import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench import bare, processes, reaction, report, resources, roundtrips, scale, servers, throughput
+from bench import bare, hold, processes, reaction, report, resources, roundtrips, scale, servers, throughput
 from bench.results_model import Results
 from bench.stats import Latency
 from bench.wire import CountingProxy
@@ -48,9 +48,13 @@ class Plan:
     throughput_rounds: int
     """Setpoint and the bare task are measured this many times, alternately; the best of each counts."""
     scale_interval_s: float = 300.0
+    hold_resources: int = 10_000
+    hold_interval_s: float = 60.0
+    hold_s: float = 600.0
+    """How long the load is held (0: not at all)."""
 
 
-QUICK = Plan("quick", 600, 40, 0.3, 20, 100, (10_000,), 8.0, 2)
+QUICK = Plan("quick", 600, 40, 0.3, 20, 100, (10_000,), 8.0, 2, hold_s=0)
 FULL = Plan("full", 5_000, 300, 0.5, 40, 500, (10_000, 100_000), 30.0, 3)
 ROUNDTRIP_WARMUP = 20
 NAIVE_RESOURCES = 10
@@ -75,11 +79,6 @@ def _cpuinfo() -> list[str]:
     with contextlib.suppress(OSError):
         return Path("/proc/cpuinfo").read_text().splitlines()
     return []
-
-
-def family(pid: int) -> list[int]:
-    """A process and its children (a Celery worker and its pool)."""
-    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
 
 
 def wait_converged(database_url: str, timeout_s: float) -> None:
@@ -152,8 +151,12 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     reacted = reaction.measure(url, names, plan.reaction_samples, reaction.random_pause(0.01, 0.05))
     say("reaction measured")
     main_worker, bare_worker = workers[0], workers[1]
-    ours_watched = {"worker": family(main_worker.pid), "scheduler": [scheduler.pid], "benchmark": [os.getpid()]}
-    bare_watched = {"worker": family(bare_worker.pid), "benchmark": [os.getpid()]}
+    ours_watched = {
+        "worker": processes.family(main_worker.pid),
+        "scheduler": [scheduler.pid],
+        "benchmark": [os.getpid()],
+    }
+    bare_watched = {"worker": processes.family(bare_worker.pid), "benchmark": [os.getpid()]}
     timeout_s = 60 + plan.resources / 20
     ours, ceiling = [], []
     for _ in range(plan.throughput_rounds):  # alternating, so that a busy spell of the machine hits both
@@ -163,8 +166,14 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     counted = names[: ROUNDTRIP_WARMUP + plan.roundtrip_samples]
     trips = roundtrips.measure(url, proxy, sender, queues["roundtrips"], counted, ROUNDTRIP_WARMUP)
     say("round trips counted")
-    processes.stop_all([scheduler, *workers])  # the scale scenarios run on an otherwise quiet machine
+    processes.stop_all([scheduler, *workers])  # the hold and the scale scenarios run on an otherwise quiet machine
     dbs.drop(url)
+
+    held = None
+    if plan.hold_s > 0:
+        say(f"holding {plan.hold_resources:,} resources at {plan.hold_interval_s:g} s for {plan.hold_s:g} s")
+        held = hold.run(dbs, found.broker_url, tag, plan.hold_resources, plan.hold_interval_s, plan.hold_s, logs)
+        say("load held")
 
     setup = scale.Setup(found.broker_url, tag, plan.scale_interval_s, plan.scale_measure_s, logs)
     loads = []
@@ -187,6 +196,7 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
         ceiling_rounds=ceiling,
         round_trips=trips,
         scale=loads,
+        hold=held,
         duration_s=time.monotonic() - _started,
     )
 
@@ -198,7 +208,13 @@ def _interrupt(*_: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a scaled-down run, under a minute")
-    plan = QUICK if parser.parse_args().quick else FULL
+    parser.add_argument(
+        "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
+    )
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    if args.hold is not None:
+        plan = dataclasses.replace(plan, hold_s=args.hold)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     try:
         with contextlib.ExitStack() as stack:

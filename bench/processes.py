@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from setpoint.stack import ROOT, worker_argv
 
 STOP_TIMEOUT_S = 15.0
@@ -88,6 +90,11 @@ def worker(env: dict[str, str], logs: Path, label: str, app: str = "worker") -> 
     argv = worker_argv(2, f"{label}-{env['SETPOINT_QUEUE']}")
     argv[argv.index("-A") + 1] = app
     return Child(label, argv, env, logs)
+
+
+def family(pid: int) -> list[int]:
+    """A process and its children (a Celery worker and its pool)."""
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
 
 
 def stop_all(children: list[Child]) -> None:

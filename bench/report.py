@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench import hold  # noqa: E402
+from bench.hold import Hold  # noqa: E402
 from bench.results_model import NAIVE_PERIOD_S, Results  # noqa: E402
 from bench.scale import SchedulerLoad  # noqa: E402
 from bench.throughput import Rate  # noqa: E402
@@ -65,6 +67,36 @@ def _scale_rows(setpoint: SchedulerLoad, peer: SchedulerLoad | None) -> list[str
     ]
 
 
+def _hold_rows(h: Hold) -> list[str]:
+    where = f"load held: {h.resources:,} resources at {h.interval_s:g} s for {h.held_s / 60:.1f} min"
+    cpu = ", ".join(f"{label} {usage.cpu_share:.0%}" for label, usage in h.usage.items())
+    fewest, most = h.pace
+    first, second = h.queue_halves
+    return [
+        f"| {where}: reconciles per resource, min / max (mean {h.expected_rounds:.1f}) | "
+        f"{h.rounds_min} / {h.rounds_max}, {h.off_pace:,} outside {fewest}-{most} | – | "
+        f"once per interval ± jitter: {fewest}-{most} | {_met(h.off_pace == 0)} |",
+        f"| {where}: reconciles per second | {h.reconciles_per_s:.1f}/s | – | "
+        f"{h.expected_per_s:.1f}/s ± 2% | {_met(abs(h.reconciles_per_s / h.expected_per_s - 1) <= 0.02)} |",
+        f"| {where}: most resources at once overdue by > {hold.SLACK_S:g} s / gone an interval (± jitter) "
+        f"+ {hold.SLACK_S:g} s without a reconcile | {h.overdue_max:,} / {h.starved_max:,} | – | 0 / 0 | "
+        f"{_met(h.overdue_max == 0 and h.starved_max == 0)} |",
+        f"| {where}: queue length, max / mean of first half / mean of second half | {h.queue_max:,} / "
+        f"{first:.1f} / {second:.1f} | – | no growth | {_met(_no_growth(h))} |",
+        f"| {where}: run history rows, most / at the end (keeping {h.history_kept} no-ops each) | "
+        f"{h.history_max:,} / {h.samples[-1].history:,} | – | ≤ {h.history_bound:,} | "
+        f"{_met(h.history_max <= h.history_bound)} |",
+        f"| {where}: CPU (share of one core) | {cpu} | – | – | – |",
+    ]
+
+
+def _no_growth(h: Hold) -> bool:
+    """The second half's queue no longer than the first's, give or take what one tick sends at this load."""
+    per_tick = h.resources / h.interval_s * TICK_S
+    first, second = h.queue_halves
+    return second <= first + per_tick
+
+
 def _rounds(rates: list[Rate]) -> str:
     return ", ".join(f"{rate.steady_per_s:.0f}/s" for rate in rates)
 
@@ -109,6 +141,8 @@ def markdown(r: Results) -> str:
     for ours in (s for s in r.scale if s.peer == "Setpoint"):
         peer = next((s for s in r.scale if s.peer != "Setpoint" and s.resources == ours.resources), None)
         lines += _scale_rows(ours, peer)
+    if r.hold:
+        lines += _hold_rows(r.hold)
     needed = 10_000 / 60
     lines += [
         "",
@@ -163,6 +197,12 @@ METHOD = """## How each figure was measured
   scheduler is shown apart. The naive peer is one APScheduler 3.x in-memory interval job per resource, each
   run sending the same Celery message, with APScheduler's defaults (1 s misfire grace: a late run is skipped,
   counted as "not sent").
+- **Load held**: N resources at an interval, first due times spread evenly over it, run by the real scheduler
+  and a `-c 2` worker with production settings (but SETPOINT_HISTORY_NOOPS_KEPT=5 and housekeeping every 30 s,
+  so that retention prunes during the span). After one interval to settle, sampled every 2 s: the queue's
+  length in Redis, how many resources are overdue, how many went longer than an interval plus 10% jitter
+  without a reconcile, and the run history's size. Reconciles per resource come from each one's claim counter
+  (one per message sent), the span's first against its last.
 - **CPU per task**: CPU seconds (psutil) of each group of processes over a throughput run, divided by the tasks
   done: the worker (main process and pool), the scheduler, the PostgreSQL sessions on the benchmark's
   database, and the benchmark itself (polling; for the ceiling, also sending the tasks).
@@ -179,6 +219,14 @@ def headlines(r: Results) -> list[str]:
         f"bare-task ceiling ({r.ceiling.steady_per_s:.0f}/s)",
         f"round trips per no-op reconcile: {r.round_trips.per_reconcile:.2f}",
     ]
+    if r.hold:
+        h = r.hold
+        lines.append(
+            f"load held: {h.resources:,} resources at {h.interval_s:g} s for {h.held_s:.0f} s: "
+            f"{h.reconciles_per_s:.1f} reconciles/s (expected {h.expected_per_s:.1f}), each resource "
+            f"{h.rounds_min}-{h.rounds_max} times (allowed {h.pace[0]}-{h.pace[1]}), queue max {h.queue_max}, "
+            f"starved {h.starved_max}, history max {h.history_max:,} (bound {h.history_bound:,})"
+        )
     for load in r.scale:
         database = f" (+{load.database_cpu_share:.1%} PostgreSQL)" if load.database_cpu_share is not None else ""
         lines.append(
@@ -190,7 +238,8 @@ def headlines(r: Results) -> list[str]:
 
 
 def chart(r: Results, path: Path) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    rows = 3 if r.hold else 2
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 4.25 * rows))
     fig.suptitle(f"Setpoint benchmark ({r.mode}) — {r.machine}", fontsize=11)
     _bars(axes[0][0], "reaction: UPDATE → status ready (s, log)",
           {"Setpoint\np50": r.reaction.p50_s, "Setpoint\np99": r.reaction.p99_s,
@@ -208,9 +257,41 @@ def chart(r: Results, path: Path) -> None:
           targets=[(SCHEDULER_RSS_MB, "target at 100k")])  # fmt: skip
     _bars(axes[1][2], "due → enqueued lateness p99 (s, log)", {k: s.lateness.p99_s for k, s in loads.items()},
           log=True, targets=[(SCHEDULER_LATENESS_P99_S, "target at 100k")])  # fmt: skip
+    if r.hold:
+        _hold_chart(axes[2], r.hold)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _hold_chart(axes: list[plt.Axes], h: Hold) -> None:
+    minutes = [s.at_s / 60 for s in h.samples]
+    where = f"{h.resources:,} resources at {h.interval_s:g} s"
+    series = [
+        ("messages queued", [s.queue for s in h.samples], None),
+        ("resources overdue / starved", [s.overdue for s in h.samples], [s.starved for s in h.samples]),
+        ("run history rows", [s.history for s in h.samples], None),
+    ]
+    for ax, (title, values, others) in zip(axes, series, strict=True):
+        ax.plot(minutes, values, color="tab:blue", linewidth=1, label=f"overdue > {hold.SLACK_S:g} s")
+        if others is not None:
+            ax.plot(
+                minutes,
+                others,
+                color="tab:orange",
+                linewidth=1,
+                linestyle="--",
+                label=f"no reconcile for {h.starved_after_s:g} s",
+            )
+            ax.legend(fontsize=8, loc="upper right")
+        top = max(1, *values, *(others or []))
+        if title == "run history rows":
+            ax.axhline(h.history_bound, color="tab:red", linestyle="--", linewidth=1)
+            top = max(top, h.history_bound)
+        ax.set_ylim(bottom=0, top=top * 1.15)
+        ax.set_title(f"load held, {where}: {title}", fontsize=10)
+        ax.set_xlabel("minutes", fontsize=8)
+        ax.tick_params(labelsize=8)
 
 
 def _bars(ax: plt.Axes, title: str, values: dict[str, float], log: bool = False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bench.hold import Hold
 from bench.roundtrips import RoundTrips
 from bench.scale import SchedulerLoad
 from bench.stats import Latency
@@ -33,6 +34,8 @@ class Results:
     ceiling_rounds: list[Rate]
     round_trips: RoundTrips
     scale: list[SchedulerLoad]
+    hold: Hold | None
+    """The load held, or None where the run did not hold one (quick)."""
     duration_s: float
 
     @property

@@ -27,12 +27,12 @@ GRACE_S = 2.0
 """A resource due later than this before the end of the measured span is not expected yet; one due earlier
 whose message has not come by the end is counted as missed."""
 
-_SPREAD = f"""UPDATE statuses
+SPREAD = f"""UPDATE statuses
 SET next_reconcile_at = to_timestamp(%(start_at)s) + make_interval(secs => ({resources.INDEX_SQL} - 1) * %(step)s)
 WHERE kind = %(kind)s"""
 _DONE = """UPDATE statuses SET enqueued_at = NULL, next_reconcile_at = next_reconcile_at + make_interval(secs => %s)
 WHERE kind = %s AND name = ANY(%s)"""
-_SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)"
+SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +96,13 @@ def setpoint(url: str, count: int, setup: Setup) -> SchedulerLoad:
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             child.wait_for(processes.SCHEDULER_LEADING)
             start_at = time.time() + 1 + count / 20_000
-            conn.execute(_SPREAD, {"start_at": start_at, "step": interval_s / count, "kind": resources.KIND})
+            conn.execute(SPREAD, {"start_at": start_at, "step": interval_s / count, "kind": resources.KIND})
             completion = _Completion(url, interval_s)
             try:
                 with Drain(broker_url, queue, completion) as drain:
                     _sleep_until(start_at)
                     ours = [conn.info.backend_pid, completion.conn.info.backend_pid]
-                    sessions = [row[0] for row in conn.execute(_SESSIONS, (ours,))]
+                    sessions = [row[0] for row in conn.execute(SESSIONS, (ours,))]
                     usage, database = _watch([child.pid], sessions, measure_s)
             finally:
                 completion.conn.close()
