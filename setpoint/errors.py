@@ -35,6 +35,11 @@ class InvalidSpec(PermanentError):
         return "InvalidSpec"
 
 
+class StaleConnection(SetpointError):
+    """The pooled database connection was closed by the server (a restart) before the reconcile did anything:
+    running it again at once, on a new connection, is safe."""
+
+
 class UnknownKind(SetpointError):
     """No controller is registered for this kind; register one, or check the kind's spelling."""
 

@@ -92,6 +92,7 @@ def test_a_worker_whose_database_sessions_were_ended_reconciles_at_once(fresh: d
         sql(engine, "UPDATE noops SET labels = '{\"touched\": \"yes\"}' WHERE name = 'steady'")
         wait_for(lambda: ready_at(engine, "steady", 2, kind="Noop"), 15, "the change reconciled at once")
         assert [r["outcome"] for r in runs(engine, "steady", kind="Noop")] == ["noop", "noop"]
+        assert "stale database connection, reconciling again" in worker.output()
     finally:
         worker.stop()
         scheduler.stop()

@@ -7,16 +7,18 @@ to do; a tombstone (the delete trigger's copy of the last desired row) means tea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
-from setpoint.errors import InvalidSpec, PermanentError, UnknownKind
+from setpoint.errors import InvalidSpec, PermanentError, StaleConnection, UnknownKind
 from setpoint.settings import Settings
 from worker import metrics, registry, store
 from worker.controller import Controller
@@ -82,14 +84,15 @@ def reconcile(
     try:
         controller = registry.get(request.kind)
     except UnknownKind as error:
-        with engine.begin() as conn:
+        with engine.begin() as conn, _first_statement():
             store.record_unknown_kind(conn, request.kind, request.name, str(error), settings.default_interval_seconds)
         return Done("unknown-kind")
     table: str = controller.model.__tablename__  # type: ignore[assignment]
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         locked = finished = False
         try:
-            snapshot = store.begin(conn, table, request.kind, request.name)
+            with _first_statement():
+                snapshot = store.begin(conn, table, request.kind, request.name)
             locked = snapshot.locked
             if not locked:
                 return Done("busy")  # another worker is reconciling it right now
@@ -108,6 +111,18 @@ def reconcile(
         finally:
             if locked and not finished:
                 _release(conn, request)
+
+
+@contextlib.contextmanager
+def _first_statement() -> Iterator[None]:
+    """A pooled connection is not checked before use (a round trip per reconcile saved): one the server closed
+    fails on the first statement, before anything has run, and says so."""
+    try:
+        yield
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise StaleConnection(f"{type(error.orig).__name__}: {error.orig}") from error
+        raise
 
 
 def _run(
@@ -152,7 +167,8 @@ def _run(
     pin = settings.node_name if controller.host_local else None
     store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting, pin_node=pin)
     metrics.RECONCILE_DURATION.labels(kind=request.kind).observe(run.duration_ms / 1000)
-    # A no-op every interval for every resource is noise at INFO (Kubernetes controllers log them verbosely only).
+    # Our own line for a no-op, every interval for every resource, is noise at INFO (Kubernetes controllers log
+    # them verbosely only); Celery's own "received" and "succeeded" lines stay at INFO, as operators know them.
     log.log(
         logging.DEBUG if result.outcome == "noop" else logging.INFO,
         "reconciled",

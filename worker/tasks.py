@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 from datetime import UTC, datetime
@@ -10,10 +11,10 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
 from models.database import make_engine
 from setpoint import settings as config
+from setpoint.errors import StaleConnection
 from worker import metrics, registry
 from worker.celery_app import TASK, app
 from worker.runtime import Done, Request, reconcile
@@ -23,6 +24,7 @@ BUSY_RETRY_S = 2.0
 MAX_RETRIES = 100
 """Enough busy retries to outlast any reconcile (time limit / BUSY_RETRY_S), and more than the quick retries."""
 
+log = logging.getLogger("setpoint.reconcile")
 _engine: Engine | None = None
 _rng = random.Random()
 
@@ -36,15 +38,14 @@ def engine() -> Engine:
 
 
 def _reconcile(request: Request, settings: config.Settings) -> Done:
-    """Reconcile, once more on a new connection if the pooled one turns out dead (the server restarted).
-
-    SQLAlchemy then drops every pooled connection older than the failure. Running it again is safe: the dead
-    session took its resource lock with it, and every action is idempotent."""
+    """Reconcile, once more on a new connection if the pooled one was dead before anything ran (the server
+    restarted); SQLAlchemy has then dropped every pooled connection older than the failure."""
     try:
         return reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
+    except StaleConnection as error:
+        log.warning(
+            "stale database connection, reconciling again", extra={"resource": request.name, "error": str(error)}
+        )
         return reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
 
 
