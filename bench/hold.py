@@ -18,7 +18,7 @@ import psycopg
 import redis
 
 from bench import processes, resources, scale, servers
-from bench.usage import Sampler, Usage
+from bench.usage import Sampler, Usage, database_sessions
 from models.database import libpq_url
 
 SAMPLE_S = 2.0
@@ -58,6 +58,9 @@ class Hold:
     interval_s: float
     held_s: float
     rounds_min: int
+    """Reconciles of one resource in the span, counted as messages sent for it (its claim counter: a new claim
+    needs the last one's reconcile to have finished)."""
+    rounds_mean: float
     rounds_max: int
     off_pace: int
     """Resources whose count is outside `pace`: reconciled too seldom or too often for their interval ± jitter."""
@@ -109,6 +112,7 @@ class Hold:
 
     @property
     def expected_per_s(self) -> float:
+        """Resources over interval: the pace is a little slower, since each period starts when a reconcile ends."""
         return self.resources / self.interval_s
 
     @property
@@ -133,15 +137,16 @@ def run(dbs: servers.Databases, broker_url: str, tag: str, count: int, interval_
         conn.execute("VACUUM ANALYZE statuses")
         start_at = time.time() + 5
         conn.execute(scale.SPREAD, {"start_at": start_at, "step": interval_s / count, "kind": resources.KIND})
-        worker = processes.worker(env, logs, "hold-worker")
-        scheduler = processes.scheduler(env, logs, "hold-scheduler")
+        children: list[processes.Child] = []
         try:
-            worker.wait_for(processes.WORKER_READY)
-            scheduler.wait_for(processes.SCHEDULER_LEADING)
+            children.append(processes.worker(env, logs, "hold-worker"))
+            children.append(processes.scheduler(env, logs, "hold-scheduler"))
+            children[0].wait_for(processes.WORKER_READY)
+            children[1].wait_for(processes.SCHEDULER_LEADING)
             time.sleep(max(0.0, start_at + interval_s - time.time()))  # one interval to settle
-            return _watch(conn, broker, queue, count, interval_s, held_s, [worker, scheduler])
+            return _watch(conn, broker, queue, count, interval_s, held_s, children)
         finally:
-            processes.stop_all([scheduler, worker])
+            processes.stop_all(children)
             servers.delete_queues(broker_url, queue)
             dbs.drop(url)
 
@@ -149,7 +154,7 @@ def run(dbs: servers.Databases, broker_url: str, tag: str, count: int, interval_
 def _watch(conn: psycopg.Connection, broker: redis.Redis, queue_name: str, count: int, interval_s: float,
            held_s: float, children: list[processes.Child]) -> Hold:  # fmt: skip
     worker, scheduler = children
-    sessions = [row[0] for row in conn.execute(scale.SESSIONS, ([conn.info.backend_pid],))]
+    sessions = database_sessions(conn, [conn.info.backend_pid])
     samplers = {
         "worker": Sampler(processes.family(worker.pid)),
         "scheduler": Sampler([scheduler.pid]),
@@ -179,6 +184,7 @@ def _watch(conn: psycopg.Connection, broker: redis.Redis, queue_name: str, count
         interval_s=interval_s,
         held_s=elapsed,
         rounds_min=min(rounds),
+        rounds_mean=sum(rounds) / len(rounds),
         rounds_max=max(rounds),
         off_pace=0,
         reconciles_per_s=sum(rounds) / elapsed,

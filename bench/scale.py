@@ -14,13 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import psycopg
 
 from bench import processes, resources, servers
 from bench.drain import Drain
 from bench.stats import Latency
-from bench.usage import Sampler, Usage
+from bench.usage import Sampler, Usage, database_sessions
 from models.database import libpq_url
 
 GRACE_S = 2.0
@@ -32,7 +31,6 @@ SET next_reconcile_at = to_timestamp(%(start_at)s) + make_interval(secs => ({res
 WHERE kind = %(kind)s"""
 _DONE = """UPDATE statuses SET enqueued_at = NULL, next_reconcile_at = next_reconcile_at + make_interval(secs => %s)
 WHERE kind = %s AND name = ANY(%s)"""
-SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +100,7 @@ def setpoint(url: str, count: int, setup: Setup) -> SchedulerLoad:
                 with Drain(broker_url, queue, completion) as drain:
                     _sleep_until(start_at)
                     ours = [conn.info.backend_pid, completion.conn.info.backend_pid]
-                    sessions = [row[0] for row in conn.execute(SESSIONS, (ours,))]
-                    usage, database = _watch([child.pid], sessions, measure_s)
+                    usage, database = _watch([child.pid], database_sessions(conn, ours), measure_s)
             finally:
                 completion.conn.close()
     finally:
@@ -137,8 +134,7 @@ def apscheduler(count: int, setup: Setup) -> SchedulerLoad:
 
 
 def _watch(pids: list[int], sessions: list[int], measure_s: float) -> tuple[Usage, float | None]:
-    visible = [pid for pid in sessions if psutil.pid_exists(pid)]
-    process, database = Sampler(pids), Sampler(visible) if visible else None
+    process, database = Sampler(pids), Sampler(sessions) if sessions else None
     process.start()
     if database:
         database.start()

@@ -12,12 +12,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-import psutil
 import psycopg
 from celery import Celery
 
 from bench import bare, resources
-from bench.usage import Sampler
+from bench.usage import Sampler, database_sessions
 from models.database import libpq_url
 
 POLL_S = 0.25
@@ -53,7 +52,6 @@ FROM statuses WHERE kind = %(kind)s AND last_reconcile_at >= %(start)s"""
 _BARE_DONE = """SELECT count(*), extract(epoch FROM min(finished_at) - %(start)s),
        extract(epoch FROM max(finished_at) - %(start)s)
 FROM runs WHERE worker = %(worker)s AND started_at >= %(start)s"""
-_SESSIONS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
 
 
 def best(rates: Sequence[Rate]) -> Rate:
@@ -92,8 +90,7 @@ def ceiling(
 
 def _watch(conn: psycopg.Connection, watched: dict[str, list[int]]) -> dict[str, Sampler]:
     """Start watching the given processes, and the PostgreSQL sessions on this database but our own."""
-    sessions = [row[0] for row in conn.execute(_SESSIONS)]
-    groups = {**watched, "PostgreSQL": [pid for pid in sessions if psutil.pid_exists(pid)]}
+    groups = {**watched, "PostgreSQL": database_sessions(conn, [conn.info.backend_pid])}
     samplers = {label: Sampler(pids) for label, pids in groups.items() if pids}
     for sampler in samplers.values():
         sampler.start()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 
 import psutil
+import psycopg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,11 +21,27 @@ class Usage:
     """CPU seconds spent in the span."""
 
 
+_SESSIONS = """SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> ALL(%s)"""
+
+
+def database_sessions(conn: psycopg.Connection, ours: list[int]) -> list[int]:
+    """The server processes of the clients of `conn`'s database but `ours` (backend pids), where this machine can
+    see them; autovacuum and other background workers are not clients."""
+    pids = [row[0] for row in conn.execute(_SESSIONS, (ours,))]
+    return [pid for pid in pids if psutil.pid_exists(pid)]
+
+
 class Sampler:
-    """Watches processes from `start()` to `stop()`; processes that cannot be read count as zero."""
+    """Watches processes from `start()` to `stop()`; one that exits counts with the CPU it had at the last sample,
+    one that cannot be found at all counts as zero."""
 
     def __init__(self, pids: list[int], every_s: float = 0.5) -> None:
-        self.processes = [psutil.Process(pid) for pid in pids]
+        self.processes = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                self.processes.append(psutil.Process(pid))
+        self._last_cpu: dict[int, float] = {}
         self.every_s = every_s
         self.peak_rss = 0
         self._stop = threading.Event()
@@ -43,16 +61,14 @@ class Sampler:
         return Usage((cpu - self._cpu0) / (wall - self._wall0), self.peak_rss / 2**20, cpu - self._cpu0)
 
     def _cpu(self) -> float:
-        total = 0.0
         for process in self.processes:
-            try:
+            with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                continue
-        return total
+                self._last_cpu[process.pid] = times.user + times.system
+        return sum(self._last_cpu.values())
 
     def _sample(self) -> None:
+        self._cpu()
         rss = 0
         for process in self.processes:
             try:
