@@ -24,6 +24,9 @@ from worker.celery_app import TASK, queue_for
 
 log = logging.getLogger("setpoint.scheduler")
 
+SEND_BATCH_OPERATIONS = 2000
+"""Redis commands buffered before a flush: two per message, so a whole claim batch (500 by default) goes at once."""
+
 
 class Scheduler:
     def __init__(self, settings: Settings, app: Celery, engine: Engine | None = None) -> None:
@@ -66,10 +69,15 @@ class Scheduler:
             self._woken.clear()
 
     def _send(self, claims: list[claim.Claim]) -> None:
-        """Send one message per claim; if the broker fails midway, the unsent claims are released."""
-        sent = 0
+        """Send one message per claim, all in one Redis pipeline (kombu's publish batch: a round trip per batch
+        instead of two per message, the task and Flower's task-sent event).
+
+        If the broker fails, every claim of the batch is released, so the next tick claims them again: a message
+        that did get through before the failure then carries an older claim, and the worker drops it."""
+        if not claims:
+            return
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH_OPERATIONS):
                 for c in claims:
                     self.app.send_task(
                         TASK,
@@ -78,9 +86,8 @@ class Scheduler:
                         queue=queue_for(c.node, self.settings),
                         producer=producer,
                     )
-                    sent += 1
         except Exception:
-            claim.release(self.engine, claims[sent:])
+            claim.release(self.engine, claims)
             raise
 
     def keep_house(self) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import redis
+from celery import Celery
 from sqlalchemy import Engine, text
 
 from models.database import make_engine
@@ -110,3 +112,39 @@ def max_claim(engine: Engine, name: str) -> int:
 def _ready_count(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(text("SELECT count(*) FROM statuses WHERE ready")).scalar_one()
+
+
+def test_a_claim_batch_reaches_the_queue_and_flower_whole(fresh: dict, tmp_path: Path) -> None:
+    """The scheduler sends a claim batch as one Redis pipeline: every message is queued, and every task-sent
+    event (by which Flower shows queued tasks, with their kind and name) is published."""
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
+    app = Celery(broker=fresh["SETPOINT_BROKER_URL"])
+    ours: list[dict] = []
+    subscribed_before = broker.pubsub_numpat()
+
+    def heard(event: dict) -> None:
+        if event.get("queue") == fresh["SETPOINT_QUEUE"]:
+            ours.append(event)
+
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"task-sent": heard})
+        listener = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        listener.start()
+        wait_for(lambda: broker.pubsub_numpat() > subscribed_before, 10, "listening for events, as Flower does")
+        sql(engine, "INSERT INTO noops (name) SELECT 'b' || i FROM generate_series(1, :n) i", n=BATCH)
+        scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+        try:
+            wait_for(lambda: queued(fresh) == BATCH, 20, "every message queued")
+            wait_for(lambda: len(ours) >= BATCH, 10, "a task-sent event for every message")
+            assert len(ours) == BATCH
+            names = {str(event["args"]) for event in ours}
+            assert len(names) == BATCH and all("Noop" in n for n in names) and any("'b1'" in n for n in names)
+        finally:
+            receiver.should_stop = True
+            listener.join(10)
+            scheduler.stop()
+            engine.dispose()
+
+
+BATCH = 120
