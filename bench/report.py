@@ -185,9 +185,9 @@ METHOD = """## How each figure was measured
   sends them while the worker drains them. Rate = completions between the first and the last commit (database
   clock, `last_reconcile_at`). **Ceiling**: a bare Celery task (bench/bare.py) that reads the status row, writes
   the same status columns and inserts a run row in one transaction, sent by the benchmark for the same
-  resources to a worker with Setpoint's Celery settings (`-c 2` prefork, acks late, prefetch 1, events on).
-  The two are run alternately, several rounds each, and the best round of each is compared (other load on the
-  machine only ever slows a round down).
+  resources (in Redis pipelines of 500, as the scheduler sends) to a worker with Setpoint's Celery settings
+  (`-c 2` prefork, acks late, prefetch 1, events on). The two are run alternately, several rounds each, and
+  the best round of each is compared (other load on the machine only ever slows a round down).
 - **Round trips**: a worker of its own connects through a counting TCP proxy (bench/wire.py); after a warm-up,
   its client→server turns are divided by the reconciles done. Statements are read from the protocol messages.
 - **Scheduler scale**: N resources at a 5-minute interval, first due times spread evenly over it; the first

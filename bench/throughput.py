@@ -18,8 +18,10 @@ from celery import Celery
 from bench import bare, resources
 from bench.usage import Sampler, database_sessions
 from models.database import libpq_url
+from setpoint.settings import Settings
 
 POLL_S = 0.25
+CLAIM_BATCH: int = Settings.model_fields["claim_batch_size"].default
 WARMUP = 10
 
 
@@ -80,7 +82,9 @@ def ceiling(
             assert row is not None
             start: datetime = row[0]
             samplers = _watch(conn, watched)
-            with app.producer_or_acquire() as producer:
+            # Sent as Setpoint's scheduler sends a claim batch: in one Redis pipeline per 500 messages (two commands
+            # each, the task and its task-sent event).
+            with app.producer_or_acquire() as producer, producer.batch(max_size=2 * CLAIM_BATCH):
                 for name in batch:
                     app.send_task(bare.TASK, args=[resources.KIND, name], queue=queue, producer=producer)
             params = {"start": start, "worker": bare.WORKER_NAME}
