@@ -146,8 +146,8 @@ def markdown(r: Results) -> str:
     needed = 10_000 / 60
     lines += [
         "",
-        f"Derived, not measured: the issue's load (10,000 resources at a 60 s interval) needs {needed:.0f} no-op "
-        f"reconciles/s, {needed / r.throughput.steady_per_s:.0%} of the throughput measured here; Setpoint's "
+        f"Headroom: 10,000 resources at a 60 s interval (the load held) need {needed:.0f} no-op "
+        f"reconciles/s, {needed / r.throughput.steady_per_s:.0%} of the throughput measured here. Setpoint's "
         f"scheduler enqueues on a {TICK_S:g} s tick (a NOTIFY wakes it at once for changed rows, not for rows "
         "that merely fall due), so its due → enqueued lateness is spread over one tick.",
     ]
