@@ -24,9 +24,6 @@ from worker.celery_app import TASK, queue_for
 
 log = logging.getLogger("setpoint.scheduler")
 
-SEND_BATCH_OPERATIONS = 2000
-"""Redis commands buffered before a flush: two per message, so a whole claim batch (500 by default) goes at once."""
-
 
 class Scheduler:
     def __init__(self, settings: Settings, app: Celery, engine: Engine | None = None) -> None:
@@ -72,12 +69,14 @@ class Scheduler:
         """Send one message per claim, all in one Redis pipeline (kombu's publish batch: a round trip per batch
         instead of two per message, the task and Flower's task-sent event).
 
-        If the broker fails, every claim of the batch is released, so the next tick claims them again: a message
-        that did get through before the failure then carries an older claim, and the worker drops it."""
+        If the broker fails, every claim of the batch is released and the next tick claims them again (the
+        pipeline is not retried). A message that got through before the failure carries the older claim: the
+        worker drops it as superseded, or, if it was already running it, the newer one reconciles once more."""
         if not claims:
             return
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH_OPERATIONS):
+            # Two commands per message (the task, its event): the whole batch in one flush.
+            with self.app.producer_or_acquire() as producer, producer.batch(max_size=2 * len(claims)):
                 for c in claims:
                     self.app.send_task(
                         TASK,

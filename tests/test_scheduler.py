@@ -8,6 +8,7 @@ from pathlib import Path
 import redis
 from celery import Celery
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from models.database import make_engine
 from tests.conftest import Process, start_scheduler, start_worker, wait_for
@@ -118,27 +119,33 @@ def test_a_claim_batch_reaches_the_queue_and_flower_whole(fresh: dict, tmp_path:
     """The scheduler sends a claim batch as one Redis pipeline: every message is queued, and every task-sent
     event (by which Flower shows queued tasks, with their kind and name) is published."""
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
-    broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
     app = Celery(broker=fresh["SETPOINT_BROKER_URL"])
     ours: list[dict] = []
-    subscribed_before = broker.pubsub_numpat()
+    marker = f"marker-{fresh['SETPOINT_QUEUE']}"
 
     def heard(event: dict) -> None:
-        if event.get("queue") == fresh["SETPOINT_QUEUE"]:
+        if event.get("queue") in (fresh["SETPOINT_QUEUE"], marker):
             ours.append(event)
 
-    with app.connection_for_read() as conn:
+    with app.connection_for_read() as conn, app.connection_for_write() as out:
         receiver = app.events.Receiver(conn, handlers={"task-sent": heard})
         listener = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
         listener.start()
-        wait_for(lambda: broker.pubsub_numpat() > subscribed_before, 10, "listening for events, as Flower does")
+        dispatcher = app.events.Dispatcher(out)
+
+        def listening() -> bool:  # events are not kept for late subscribers: wait until one of ours is heard
+            dispatcher.send("task-sent", queue=marker)
+            return any(event["queue"] == marker for event in ours)
+
+        wait_for(listening, 10, "listening for events, as Flower does")
+        ours.clear()
         sql(engine, "INSERT INTO noops (name) SELECT 'b' || i FROM generate_series(1, :n) i", n=BATCH)
         scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
         try:
             wait_for(lambda: queued(fresh) == BATCH, 20, "every message queued")
-            wait_for(lambda: len(ours) >= BATCH, 10, "a task-sent event for every message")
-            assert len(ours) == BATCH
-            names = {str(event["args"]) for event in ours}
+            sent = wait_for(lambda: [e for e in ours if e["queue"] == fresh["SETPOINT_QUEUE"]][BATCH - 1 :], 10)
+            assert sent, "a task-sent event for every message"
+            names = {str(event["args"]) for event in ours if event["queue"] == fresh["SETPOINT_QUEUE"]}
             assert len(names) == BATCH and all("Noop" in n for n in names) and any("'b1'" in n for n in names)
         finally:
             receiver.should_stop = True
@@ -148,3 +155,37 @@ def test_a_claim_batch_reaches_the_queue_and_flower_whole(fresh: dict, tmp_path:
 
 
 BATCH = 120
+
+
+def test_a_batch_the_broker_refuses_is_released_and_sent_once_it_accepts(fresh: dict, tmp_path: Path) -> None:
+    """Redis refuses the pipeline's LPUSHes (a real refusal: an ACL user without LPUSH): every claim of the
+    batch is released and claimed again at the next tick, not left enqueued until the lost-message rule (an
+    hour here); once Redis accepts, each resource gets exactly one message."""
+    admin = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
+    user, password = f"setpoint-{fresh['SETPOINT_QUEUE']}", "refused"
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-lpush"])  # fmt: skip
+    url = make_url(fresh["SETPOINT_BROKER_URL"]).set(username=user, password=password)
+    env = {**fresh, "SETPOINT_BROKER_URL": url.render_as_string(hide_password=False)}
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    sql(engine, "INSERT INTO noops (name, interval_seconds) SELECT 'r' || i, 3600 FROM generate_series(1, 50) i")
+    scheduler = start_scheduler(env, tmp_path / "scheduler.log")
+
+    def released_and_claimed_again() -> bool:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT min(claim), count(enqueued_at) FROM statuses")).one()
+        return row[0] >= 2 and row[1] == 0
+
+    try:
+        wait_for(released_and_claimed_again, 20, "claims released and claimed again at each tick")
+        assert queued(fresh) == 0
+        admin.acl_setuser(user, enabled=True, commands=["+lpush"])
+        wait_for(lambda: queued(fresh) == 50, 20, "every resource sent once Redis accepts")
+        with engine.connect() as conn:
+            pending = conn.execute(text("SELECT count(enqueued_at) FROM statuses")).scalar_one()
+        assert pending == 50, "each one enqueued, so none is claimed again: one message per resource"
+        assert queued(fresh) == 50
+    finally:
+        scheduler.stop()
+        admin.acl_deluser(user)
+        engine.dispose()
