@@ -16,9 +16,8 @@ from models import triggers
 from models.database import libpq_url, make_engine
 from tests.conftest import start_scheduler, start_worker, wait_for
 
-NOTIFIED_ROWS = 100_000
-CONVERGED_ROWS = 5_000
-"""Reconciling all 100,000 takes minutes on this machine: the benchmark does that; the suite converges 5,000."""
+ROWS = 100_000
+"""An admin's UPDATE touching every row of a big installation; reconciling them all takes about 5 minutes here."""
 
 
 def insert_noops(engine: Engine, rows: int) -> None:
@@ -31,7 +30,7 @@ def insert_noops(engine: Engine, rows: int) -> None:
 
 def test_an_update_of_100000_rows_wakes_the_scheduler_once(fresh: dict) -> None:
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
-    insert_noops(engine, NOTIFIED_ROWS)
+    insert_noops(engine, ROWS)
     heard: list[str] = []
     listening = threading.Event()
 
@@ -51,34 +50,43 @@ def test_an_update_of_100000_rows_wakes_the_scheduler_once(fresh: dict) -> None:
     assert len(heard) == 1, f"one wake-up for one statement, not one per row: {len(heard)}"
     with engine.connect() as conn:
         due = conn.execute(text("SELECT count(*) FROM statuses WHERE generation = 2 AND next_reconcile_at <= now()"))
-        assert due.scalar_one() == NOTIFIED_ROWS, "and every changed row is due"
+        assert due.scalar_one() == ROWS, "and every changed row is due"
     engine.dispose()
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1000)
 def test_an_update_of_every_row_is_reconciled_once_each_and_converges(fresh: dict, tmp_path: Path) -> None:
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
     broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
-    insert_noops(engine, CONVERGED_ROWS)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE noops SET note = 'touched'"))
+    insert_noops(engine, ROWS)
+    with engine.begin() as conn:  # an installation in sync, as the running stack found it
+        conn.execute(
+            text("UPDATE statuses SET observed_generation = generation, ready = true, phase = 'Ready', "
+                 "next_reconcile_at = now() + interval '1 hour'")
+        )  # fmt: skip
     scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
     worker = start_worker(fresh, tmp_path / "worker.log")
     try:
+        wait_for(lambda: "leading" in scheduler.output() and "ready." in worker.output(), 60, "the stack running")
+        with engine.begin() as conn:  # the admin's UPDATE: every row, one statement, while the stack runs
+            conn.execute(text("UPDATE noops SET note = 'touched'"))
         queue = fresh["SETPOINT_QUEUE"]
         peak = 0
 
         def converged() -> bool:
             nonlocal peak
-            peak = max(peak, int(broker.llen(queue)))
+            waiting = int(broker.llen(queue))
+            peak = max(peak, waiting)
+            if waiting:  # not there yet, and counting in the database would take CPU from the stack
+                return False
             with engine.connect() as conn:
                 behind = conn.execute(
                     text("SELECT count(*) FROM statuses WHERE observed_generation IS DISTINCT FROM generation")
                 ).scalar_one()
             return behind == 0
 
-        wait_for(converged, 500, "every resource reconciled at generation 2")
-        assert peak <= CONVERGED_ROWS, f"never more than one message per resource (peak queue {peak})"
+        wait_for(converged, 900, "every resource reconciled at generation 2")
+        assert peak <= ROWS, f"never more than one message per resource (peak queue {peak})"
         with engine.connect() as conn:
             claims = conn.execute(text("SELECT max(claim) FROM statuses")).scalar_one()
         assert claims == 1, "each resource enqueued exactly once"
