@@ -12,6 +12,17 @@ def sql(engine: Engine, statement: str, **params: Any) -> None:
         conn.execute(text(statement), params)
 
 
+def unwatched(engine: Engine, statement: str, name: str, **params: Any) -> None:
+    """Run `statement` on resource `name` and, in the same transaction, put its next reconcile a day away: for
+    tests of the schema alone, which the session's running stack must not race (it reconciles due rows within
+    milliseconds of the commit)."""
+    with engine.begin() as conn:
+        conn.execute(text(statement), {"n": name, **params})
+        conn.execute(
+            text("UPDATE statuses SET next_reconcile_at = now() + interval '1 day' WHERE name = :n"), {"n": name}
+        )
+
+
 def _row(engine: Engine, relation: str, name: str, kind: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         query = text(f"SELECT * FROM {relation} WHERE kind = :kind AND name = :name")

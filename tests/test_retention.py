@@ -5,7 +5,10 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from scheduler import retention
-from tests.helpers import runs
+from tests.helpers import runs, unwatched
+
+LIVE = "INSERT INTO files (name, path) VALUES (:n, '/tmp/retained')"
+"""A live resource with no run but the test's own."""
 
 RUN = """INSERT INTO runs (kind, name, generation, started_at, finished_at, duration_ms, outcome)
          SELECT 'File', :name, 1, now() - make_interval(days => :age_days) - make_interval(secs => i),
@@ -13,18 +16,8 @@ RUN = """INSERT INTO runs (kind, name, generation, started_at, finished_at, dura
          FROM generate_series(1, :count) AS i"""
 
 
-def live_resource(engine: Engine, name: str) -> None:
-    """A file resource the session's running stack leaves alone during the test: its first reconcile is a day
-    away, set in the transaction that creates it, so no run but the test's own is recorded."""
-    with engine.begin() as conn:
-        conn.execute(text("INSERT INTO files (name, path) VALUES (:n, '/tmp/retained')"), {"n": name})
-        conn.execute(
-            text("UPDATE statuses SET next_reconcile_at = now() + interval '1 day' WHERE name = :n"), {"n": name}
-        )
-
-
 def test_prune_keeps_recent_noops_and_young_changes(engine: Engine, unique: str) -> None:
-    live_resource(engine, unique)
+    unwatched(engine, LIVE, unique)
     with engine.begin() as conn:
         for outcome, count, age_days in [("noop", 50, 0), ("changed", 5, 0), ("failed", 5, 30), ("changed", 3, 30)]:
             conn.execute(text(RUN), {"name": unique, "outcome": outcome, "count": count, "age_days": age_days})
@@ -38,7 +31,7 @@ def test_prune_keeps_recent_noops_and_young_changes(engine: Engine, unique: str)
 
 
 def test_prune_keeps_a_small_history_of_a_live_resource(engine: Engine, unique: str) -> None:
-    live_resource(engine, unique)
+    unwatched(engine, LIVE, unique)
     with engine.begin() as conn:
         conn.execute(text(RUN), {"name": unique, "outcome": "changed", "count": 3, "age_days": 100})
     retention.prune(engine, keep=10, days=14)

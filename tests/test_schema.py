@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from models import File
 from models.database import libpq_url
 from tests.conftest import alembic, scratch_database
-from tests.helpers import sql, status
+from tests.helpers import sql, status, unwatched
 
 
 def generation(engine: Engine, name: str) -> int:
@@ -81,15 +81,15 @@ def test_bad_values_are_refused_by_constraints(
 
 
 def test_delete_keeps_a_tombstone_with_the_last_desired_state(engine: Engine, unique: str) -> None:
-    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/tomb', 'last words')", n=unique)
-    sql(engine, "DELETE FROM files WHERE name = :n", n=unique)
+    unwatched(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/tomb', 'last words')", unique)
+    unwatched(engine, "DELETE FROM files WHERE name = :n", unique)
     row = status(engine, unique)
     assert row is not None and row["deleted_at"] is not None and row["phase"] == "Deleting"
     assert row["last_desired"]["content"] == "last words"
 
 
 def test_resource_status_view_shows_every_resource(engine: Engine, unique: str) -> None:
-    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/view')", n=unique)
+    unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/view')", unique)
     with engine.connect() as conn:
         row = conn.execute(
             text(
