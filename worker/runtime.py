@@ -81,6 +81,20 @@ def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: 
 def reconcile(
     request: Request, *, engine: Engine, settings: Settings, now: Callable[[], datetime], rng: random.Random
 ) -> Done:
+    """Reconcile, once more on a new connection if the pooled one was dead before anything ran (the server
+    restarted); SQLAlchemy has then dropped every pooled connection older than the failure."""
+    try:
+        return _reconcile(request, engine, settings, now, rng)
+    except StaleConnection as error:
+        log.warning(
+            "stale database connection, reconciling again", extra={"resource": request.name, "error": str(error)}
+        )
+        return _reconcile(request, engine, settings, now, rng)
+
+
+def _reconcile(
+    request: Request, engine: Engine, settings: Settings, now: Callable[[], datetime], rng: random.Random
+) -> Done:
     try:
         controller = registry.get(request.kind)
     except UnknownKind as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 import socket
 from datetime import UTC, datetime
@@ -14,17 +13,15 @@ from sqlalchemy import Engine
 
 from models.database import make_engine
 from setpoint import settings as config
-from setpoint.errors import StaleConnection
 from worker import metrics, registry
 from worker.celery_app import TASK, app
-from worker.runtime import Done, Request, reconcile
+from worker.runtime import Request, reconcile
 
 BUSY_RETRY_S = 2.0
 """How soon a message whose resource is being reconciled elsewhere tries again."""
 MAX_RETRIES = 100
 """Enough busy retries to outlast any reconcile (time limit / BUSY_RETRY_S), and more than the quick retries."""
 
-log = logging.getLogger("setpoint.reconcile")
 _engine: Engine | None = None
 _rng = random.Random()
 
@@ -32,21 +29,9 @@ _rng = random.Random()
 def engine() -> Engine:
     global _engine
     if _engine is None:
-        # No check of each connection before use (a round trip per reconcile): `_reconcile` retries instead.
+        # No check of each connection before use (a round trip per reconcile): `reconcile` retries instead.
         _engine = make_engine(config.get().database_url, pool_size=2, max_overflow=2, pool_pre_ping=False)
     return _engine
-
-
-def _reconcile(request: Request, settings: config.Settings) -> Done:
-    """Reconcile, once more on a new connection if the pooled one was dead before anything ran (the server
-    restarted); SQLAlchemy has then dropped every pooled connection older than the failure."""
-    try:
-        return reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
-    except StaleConnection as error:
-        log.warning(
-            "stale database connection, reconciling again", extra={"resource": request.name, "error": str(error)}
-        )
-        return reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
 
 
 @worker_init.connect
@@ -100,7 +85,7 @@ def reconcile_task(self: Task, kind: str, name: str, claim: int | None = None) -
         worker=settings.worker_name or self.request.hostname or socket.gethostname(),
     )
     try:
-        done = _reconcile(request, settings)
+        done = reconcile(request, engine=engine(), settings=settings, now=_now, rng=_rng)
     except Exception:
         metrics.RECONCILES.labels(kind=kind, outcome="error").inc()
         raise
