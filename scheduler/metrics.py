@@ -1,20 +1,25 @@
 """The scheduler's Prometheus metrics: how late it enqueues, and the fleet's state as the database and broker
-hold it, read once per scrape by the active scheduler rather than by every worker.
+hold it, read by the active scheduler rather than by every worker.
 
-Reading at scrape time keeps the numbers as fresh as the scrape and costs one grouped query over `statuses`
-and one LLEN per queue, whatever the number of workers. Standby schedulers report only that they stand by,
-so sums over every scheduler count each resource once.
+A thread reads the fleet's state every `metrics_refresh_seconds` (one grouped query over `statuses` and one
+LLEN per queue, whatever the number of workers) and scrapes are answered from the last reading: however many
+scrapers there are, they never take a database connection the scheduler needs. A reading that fails keeps
+the last one, whose age `setpoint_metrics_age_seconds` shows. Standby schedulers report only that they stand
+by, so sums over every scheduler count each resource once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from prometheus_client import REGISTRY, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
@@ -30,8 +35,12 @@ ENQUEUE_LAG = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
+LOCK_TIMEOUT_MS = 1000
 QUERY_TIMEOUT_MS = 5000
-"""A scrape gives up on a slow database rather than hold a connection the scheduler needs."""
+"""A reading gives up on a locked table or a slow database rather than hold a connection the scheduler needs."""
+
+LEADERSHIP_CHECK_S = 1.0
+"""How soon a scheduler that starts leading reads the fleet's state, whatever the refresh interval."""
 
 _STATE = text("""
 SELECT kind, node,
@@ -43,51 +52,110 @@ FROM statuses GROUP BY kind, node
 """)
 
 
-class FleetCollector(Collector):
-    """Gauges read at each scrape: resources by kind from `statuses`, and messages waiting in each queue."""
+@dataclass(frozen=True)
+class Reading:
+    """The fleet's state as one refresh read it: counts per kind, messages per queue, and when (monotonic)."""
 
-    def __init__(self, engine: Engine, broker: redis.Redis, settings: Settings, leading: Callable[[], bool]) -> None:
+    kinds: dict[str, dict[str, int]]
+    depths: dict[str, int]
+    at_s: float
+
+
+class FleetCollector(Collector):
+    """Gauges of the last reading: resources by kind from `statuses`, and messages waiting in each queue."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        broker: redis.Redis,
+        settings: Settings,
+        leading: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.broker = broker
         self.settings = settings
         self.leading = leading
+        self.clock = clock
+        self.refreshes = 0
+        self._reading: Reading | None = None
+        self._failing = False
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        return self._families({}, {}, False)
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None, False)
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
+        """Never reads the database or the broker: a scrape costs the scheduler nothing but the answer."""
+        leading = self.leading()
+        return self._families(self._reading if leading else None, leading)
+
+    def refresh(self) -> None:
+        """Read the fleet's state now, or forget it while standing by. A failed reading keeps the last one and is
+        logged once, until a reading succeeds again."""
         if not self.leading():
-            return self._families({}, {}, False)
-        rows = self._read_statuses()
-        nodes = {row["node"] for row in rows if row["node"]}
-        queues = [self.settings.queue, *sorted(queue_for(node, self.settings) for node in nodes)]
-        return self._families(_by_kind(rows), self._depths(queues), True)
+            self._reading = None
+            return
+        self.refreshes += 1
+        try:
+            rows = self._read_statuses()
+            nodes = {row["node"] for row in rows if row["node"]}
+            queues = [self.settings.queue, *sorted(queue_for(node, self.settings) for node in nodes)]
+            self._reading = Reading(_by_kind(rows), self._depths(queues), self.clock())
+        except Exception as error:
+            if not self._failing:
+                log.warning(
+                    "metrics could not read the fleet's state; serving the last reading",
+                    extra={"error": str(error).splitlines()[0] if str(error) else type(error).__name__},
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("metrics read the fleet's state again")
+        self._failing = False
+
+    def refresh_until(self, stop: threading.Event) -> None:
+        """Refresh every settings.metrics_refresh_seconds, and at once when this scheduler starts or stops leading."""
+        every_s = self.settings.metrics_refresh_seconds
+        last_s: float | None = None
+        was_leading = False
+        while True:
+            leading = self.leading()
+            now_s = self.clock()
+            if leading != was_leading or (leading and (last_s is None or now_s - last_s >= every_s)):
+                self.refresh()
+                last_s = now_s
+            was_leading = leading
+            if stop.wait(min(every_s, LEADERSHIP_CHECK_S)):
+                return
 
     def _read_statuses(self) -> list[dict[str, Any]]:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(text(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}"))
-                return [dict(row) for row in conn.execute(_STATE).mappings()]
-        except Exception as error:
-            log.warning("metrics could not read statuses", extra={"error": str(error)})
-            return []
+        with self.engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
+            conn.execute(text(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}"))
+            return [dict(row) for row in conn.execute(_STATE).mappings()]
 
     def _depths(self, queues: list[str]) -> dict[str, int]:
-        try:
-            with self.broker.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.llen(queue)
-                return dict(zip(queues, pipe.execute(), strict=True))
-        except Exception as error:
-            log.warning("metrics could not read queue lengths", extra={"error": str(error)})
-            return {}
+        with self.broker.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+            return dict(zip(queues, pipe.execute(), strict=True))
 
-    @staticmethod
-    def _families(kinds: dict[str, dict[str, int]], depths: dict[str, int], leading: bool) -> list[GaugeMetricFamily]:
+    def _families(self, reading: Reading | None, leading: bool) -> list[Metric]:
         leader = GaugeMetricFamily(
             "setpoint_scheduler_leader", "1 while this scheduler is the active one, 0 while it stands by."
         )
         leader.add_metric([], 1 if leading else 0)
+        refreshes = CounterMetricFamily(
+            "setpoint_metrics_refreshes",
+            "Times this scheduler read the fleet's state for these metrics: every metrics_refresh_seconds while "
+            "it leads, never per scrape.",
+        )
+        refreshes.add_metric([], self.refreshes)
+        age = GaugeMetricFamily(
+            "setpoint_metrics_age_seconds",
+            "How old the fleet's state in these metrics is: alert when it passes a few refresh intervals (the "
+            "database or broker cannot be read).",
+        )
         gauges = {
             "resources": GaugeMetricFamily(
                 "setpoint_resources", "Resources of each kind that have a status row.", labels=["kind"]
@@ -106,17 +174,19 @@ class FleetCollector(Collector):
                 labels=["kind"],
             ),
         }
-        for kind, counts in sorted(kinds.items()):
-            for field, gauge in gauges.items():
-                gauge.add_metric([kind], counts[field])
         queue = GaugeMetricFamily(
             "setpoint_queue_messages",
             "Queue depth: messages waiting in a Celery queue (Redis LLEN), not counting those workers hold.",
             labels=["queue"],
         )
-        for name, depth in depths.items():
-            queue.add_metric([name], depth)
-        return [leader, *gauges.values(), queue]
+        if reading is not None:
+            age.add_metric([], max(0.0, self.clock() - reading.at_s))
+            for kind, counts in sorted(reading.kinds.items()):
+                for field, gauge in gauges.items():
+                    gauge.add_metric([kind], counts[field])
+            for name, depth in reading.depths.items():
+                queue.add_metric([name], depth)
+        return [leader, refreshes, age, *gauges.values(), queue]
 
 
 def _by_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -130,10 +200,15 @@ def _by_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return kinds
 
 
-def serve(settings: Settings, engine: Engine, leading: Callable[[], bool]) -> None:
-    """Serve the scheduler's metrics (and its process's) on settings.scheduler_metrics_port, unless None."""
+def serve(settings: Settings, engine: Engine, leading: Callable[[], bool]) -> threading.Event | None:
+    """Serve the scheduler's metrics (and its process's) on settings.scheduler_metrics_port, unless None, and
+    refresh them on a thread of their own; returns the event that stops the refreshes."""
     if settings.scheduler_metrics_port is None:
-        return
+        return None
     broker = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
-    REGISTRY.register(FleetCollector(engine, broker, settings, leading))
-    metrics.serve(REGISTRY, settings.scheduler_metrics_port, "scheduler")
+    fleet = FleetCollector(engine, broker, settings, leading)
+    REGISTRY.register(fleet)
+    stop = threading.Event()
+    threading.Thread(target=fleet.refresh_until, args=(stop,), name="metrics-refresh", daemon=True).start()
+    metrics.serve(REGISTRY, settings.scheduler_metrics_port, str(settings.metrics_address), "scheduler")
+    return stop

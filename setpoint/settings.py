@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, IPvAnyAddress
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -94,6 +94,14 @@ class Settings(BaseSettings):
 
     scheduler_metrics_port: int | None = Field(9809, ge=0, le=65535)
     """Where the scheduler serves Prometheus metrics; None turns them off."""
+
+    metrics_address: IPvAnyAddress = Field(default="127.0.0.1", validate_default=True)
+    """The address workers and the scheduler serve metrics on. Metrics need no password, so by default only this
+    host reads them; `0.0.0.0` (or `::`) lets other hosts or containers scrape them: firewall those ports."""
+
+    metrics_refresh_seconds: float = Field(5.0, gt=0)
+    """How often the active scheduler reads the fleet's state from the database and broker for its metrics;
+    scrapes are answered from the last reading and never query either."""
 
     api_token: str | None = None
     """When set, every request to the REST API needs `Authorization: Bearer <token>`."""

@@ -47,7 +47,12 @@ def sample(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 def test_worker_and_scheduler_serve_metrics_after_a_reconcile(fresh: dict, tmp_path: Path) -> None:
-    env = {**fresh, "SETPOINT_WORKER_METRICS_PORT": "0", "SETPOINT_SCHEDULER_METRICS_PORT": "0"}
+    env = {
+        **fresh,
+        "SETPOINT_WORKER_METRICS_PORT": "0",
+        "SETPOINT_SCHEDULER_METRICS_PORT": "0",
+        "SETPOINT_METRICS_REFRESH_SECONDS": "0.2",
+    }
     queue = env["SETPOINT_QUEUE"]
     engine = make_engine(env["SETPOINT_DATABASE_URL"])
     scheduler = start_scheduler(env, tmp_path / "scheduler.log")
@@ -85,7 +90,12 @@ def test_worker_and_scheduler_serve_metrics_after_a_reconcile(fresh: dict, tmp_p
         assert (sample(counted, "setpoint_reconcile_duration_seconds_sum", kind="File") or 0) > 0
         assert (sample(counted, "setpoint_reconciles_total", kind="Flaky", outcome="failed") or 0) >= 1
 
-        after = scrape(scheduler_port)
+        # The scheduler reads the fleet's state on a timer: wait for a reading taken after the failures.
+        after = scrape_when(
+            scheduler_port,
+            lambda s: (sample(s, "setpoint_consecutive_failures_max", kind="Flaky") or 0) >= 2,
+            "the failures in the scheduler's reading",
+        )
         assert sample(after, "setpoint_resources_not_ready", kind="File") == 0
         assert sample(after, "setpoint_resources_failing", kind="File") == 0
         assert sample(after, "setpoint_resources_not_ready", kind="Flaky") == 1

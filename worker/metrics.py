@@ -3,6 +3,10 @@
 Under prefork each pool process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
 multiprocess mode) and the main process serves their sum. The main process sets the folder up before the
 pool forks, so every pool process, including one started later to replace another, writes there.
+
+Unless the operator names the folder, each worker makes its own under the temporary directory, named for its
+main process (pid and start time): a clean shutdown removes it, and a worker starting removes those of workers
+that died without one (SIGKILL, out of memory), so they do not pile up.
 """
 
 from __future__ import annotations
@@ -10,16 +14,22 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 from wsgiref.simple_server import WSGIServer
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("setpoint.metrics")
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+FOLDER_PREFIX = "setpoint-metrics-"
+_FOLDER = re.compile(re.escape(FOLDER_PREFIX) + r"(?P<pid>\d+)-(?P<started>\d+)-[^/]+")
+"""`setpoint-metrics-<pid>-<start time in centiseconds>-<random>`: whose folder it is, and whether it still runs."""
 
 # Not registered anywhere: in multiprocess mode their samples are read back from the files.
 RECONCILES = Counter(
@@ -41,17 +51,17 @@ _server: WSGIServer | None = None
 _made_dir: str | None = None
 
 
-def serve(registry: Collector, port: int | None, role: str) -> WSGIServer | None:
-    """Serve `registry` on `port` (0 picks a free one, logged), or nothing when the port is None or taken:
-    metrics that cannot be served must not stop reconciles."""
+def serve(registry: Collector, port: int | None, address: str, role: str) -> WSGIServer | None:
+    """Serve `registry` on `address`:`port` (0 picks a free one, logged), or nothing when the port is None or
+    taken: metrics that cannot be served must not stop reconciles."""
     if port is None:
         return None
     try:
-        server, _ = start_http_server(port, registry=registry)
+        server, _ = start_http_server(port, addr=address, registry=registry)
     except OSError as error:
-        log.error("metrics not served", extra={"role": role, "port": port, "error": str(error)})
+        log.error("metrics not served", extra={"role": role, "address": address, "port": port, "error": str(error)})
         return None
-    log.info("serving metrics", extra={"role": role, "port": server.server_port})
+    log.info("serving metrics", extra={"role": role, "address": address, "port": server.server_port})
     return server
 
 
@@ -69,14 +79,54 @@ def write_to_files(port: int | None) -> None:
         for stale in glob.glob(os.path.join(path, "*.db")):  # a previous run's counts would be added to ours
             os.remove(stale)
     else:
-        path = _made_dir = tempfile.mkdtemp(prefix="setpoint-metrics-")
+        remove_dead_folders(tempfile.gettempdir())
+        me = psutil.Process()
+        path = _made_dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{me.pid}-{_centiseconds(me.create_time())}-")
         os.environ[MULTIPROC_DIR] = path
     # prometheus_client picks in-memory or file-backed values when first imported, which in a worker is before
     # Celery says it is one. No value exists yet (every metric here has labels), so switching now is safe.
     values.ValueClass = values.MultiProcessValue()
 
 
-def serve_worker(port: int | None) -> None:
+def remove_dead_folders(parent: str) -> None:
+    """Remove the folders that workers which died without a clean shutdown made under `parent`.
+
+    Only folders named as this module names them, owned by this user and not symbolic links; a folder whose
+    process runs (the same pid started at the same time) stays."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        found = _FOLDER.fullmatch(name)
+        if found is None or _running(int(found["pid"]), int(found["started"])):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed a dead worker's metrics folder", extra={"path": path, "pid": int(found["pid"])})
+
+
+def _running(pid: int, started_cs: int) -> bool:
+    """Whether process `pid` runs and is the one that started at `started_cs` (not a later one given its pid)."""
+    try:
+        return abs(_centiseconds(psutil.Process(pid).create_time()) - started_cs) <= 1
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # not ours to inspect: leave its folder alone
+        return True
+
+
+def _centiseconds(seconds: float) -> int:
+    return round(seconds * 100)
+
+
+def serve_worker(port: int | None, address: str) -> None:
     """In the worker's main process once the pool runs: serve what all pool processes recorded."""
     global _server
     path = os.environ.get(MULTIPROC_DIR)
@@ -84,7 +134,7 @@ def serve_worker(port: int | None) -> None:
         return
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path)
-    _server = serve(registry, port, "worker")
+    _server = serve(registry, port, address, "worker")
 
 
 def forget_server() -> None:

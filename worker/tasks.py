@@ -48,7 +48,7 @@ def _metrics_to_files(**_: Any) -> None:
 
 @worker_ready.connect
 def _serve_metrics(**_: Any) -> None:
-    metrics.serve_worker(config.get().worker_metrics_port)
+    metrics.serve_worker(config.get().worker_metrics_port, str(config.get().metrics_address))
 
 
 @worker_process_init.connect
