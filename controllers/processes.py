@@ -4,7 +4,8 @@ Each replica has a record under `<state_dir>/workloads/<name>/`, written by its 
 its slot, version, pid and that pid's kernel start time; once it ended, `RECORD.exit` holds its exit code
 and how long it ran. A pid counts as the replica only while the process with that pid has that start
 time, so a reused pid is never taken for a replica. Records outlive the worker, so a restarted worker
-finds its replicas again.
+finds its replicas again. The folders are 0700 and every file 0600, whatever the umask: records hold no
+environment, but logs may hold what replicas print.
 """
 
 from __future__ import annotations
