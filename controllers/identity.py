@@ -1,12 +1,68 @@
-"""Which process a pid is: its start time in clock ticks since boot, as the kernel counts it (Linux).
+"""Who a replica is: which process a pid is (its kernel start time), and which user it runs as.
 
-A pid alone can be reused after its process ends; a pid with this start time cannot. Unlike a
-wall-clock start time, it does not move when NTP or a resumed VM steps the clock.
+A pid alone can be reused after its process ends; a pid with its start time in clock ticks since boot,
+as the kernel counts it (Linux), cannot. Unlike a wall-clock start time, it does not move when NTP or a
+resumed VM steps the clock. The user comes from SETPOINT_RUN_AS, resolved on this host.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pwd
 from pathlib import Path
+
+from setpoint.errors import PermanentError
+
+
+class RunAsUnknown(PermanentError):
+    """SETPOINT_RUN_AS names no user of this host: give an existing user name, or uid:gid."""
+
+
+class RunAsDenied(PermanentError):
+    """SETPOINT_RUN_AS names another user, and only a worker running as root can start processes as another
+    user: unset it, or run the worker as root."""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    """Whom replicas and health commands run as: passed to subprocess.Popen(user=, group=, extra_groups=)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str | None = None
+    name: str | None = None
+
+    def popen_args(self) -> dict[str, object]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+
+def user(run_as: str | None) -> User | None:
+    """The user SETPOINT_RUN_AS names, or None to run as the worker itself (unset, or the worker's own user)."""
+    if not run_as:
+        return None
+    name, _, group = run_as.strip().partition(":")
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if entry is None and not (name.isdigit() and group.isdigit()):
+        raise RunAsUnknown(f"SETPOINT_RUN_AS={run_as!r} names no user of this host: give a user name, or uid:gid")
+    if group and not group.isdigit():
+        raise RunAsUnknown(f"SETPOINT_RUN_AS={run_as!r}: the group after ':' must be a number (a gid)")
+    uid = entry.pw_uid if entry else int(name)
+    gid = int(group) if group else entry.pw_gid  # type: ignore[union-attr]
+    groups = tuple(os.getgrouplist(entry.pw_name, gid)) if entry else ()
+    if uid == os.geteuid() and gid == os.getegid():
+        return None
+    if os.geteuid() != 0:
+        raise RunAsDenied(
+            f"SETPOINT_RUN_AS={run_as!r} names another user (uid {uid}) than the worker's (uid {os.geteuid()}), "
+            "and only a worker running as root can start processes as another user: unset it, or run the "
+            "worker as root"
+        )
+    return User(uid, gid, groups, entry.pw_dir if entry else None, entry.pw_name if entry else None)
 
 
 def start_ticks(pid: int) -> int | None:

@@ -4,11 +4,13 @@ Each replica has a record under `<state_dir>/workloads/<name>/`, written by its 
 its slot, version, pid and that pid's kernel start time; once it ended, `RECORD.exit` holds its exit code
 and how long it ran. A pid counts as the replica only while the process with that pid has that start
 time, so a reused pid is never taken for a replica. Records outlive the worker, so a restarted worker
-finds its replicas again.
+finds its replicas again. The folders are 0700 and every file 0600, whatever the umask: records hold no
+environment, but logs may hold what replicas print.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from controllers import identity
-from controllers.shim import exit_file
+from controllers.logbook import previous
+from controllers.shim import PRIVATE_DIR, exit_file
 from setpoint.errors import TransientError
 
 SHIM_START_TIMEOUT_S = 30
 SHIM_EXIT_WAIT_S = 5.0
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +106,15 @@ def start(
     env: dict[str, str],
     cwd: str | None,
     restarts: int,
+    user: identity.User | None = None,
+    log_max_bytes: int = 10 * 1024 * 1024,
 ) -> Replica:
-    """Start one replica through its shim; returns once the replica's record exists."""
+    """Start one replica through its shim; returns once the replica's record exists.
+
+    The shim gets its spec on stdin and no environment of the worker's (whose database and broker URLs a
+    replica could otherwise read in /proc/<its parent>/environ); the replica gets exactly `env`."""
     directory = workload_dir(state_dir, workload)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private(directory)
     started_at = time.time()
     record = directory / f"{slot:04d}-{int(started_at * 1000)}-{uuid.uuid4().hex[:6]}.json"
     log = directory / f"replica-{slot}.log"
@@ -113,14 +122,18 @@ def start(
         "slot": slot,
         "version": version,
         "log": str(log),
+        "log_max_bytes": log_max_bytes,
         "started_at": started_at,
         "restarts": restarts,
         "cwd": cwd,
         "env": env,
+        "user": user.popen_args() if user else None,
     }
     done = subprocess.run(
         [sys.executable, "-m", "controllers.shim", str(record), str(log), "--", *argv_for(command)],
-        env={**os.environ, "SETPOINT_SHIM_SPEC": json.dumps(spec)},
+        input=json.dumps(spec),
+        env=shim_env(),
+        cwd="/",
         capture_output=True,
         text=True,
         timeout=SHIM_START_TIMEOUT_S,
@@ -128,6 +141,27 @@ def start(
     if done.returncode != 0:
         raise TransientError(f"the shim for {workload}/{slot} failed: {done.stderr.strip()[-500:]}")
     return next(r for r in observe(state_dir, workload, time.time()) if r.record == str(record))
+
+
+def shim_env() -> dict[str, str]:
+    """All the shim needs to import this very package: where it is, and PATH. Nothing else of the worker's."""
+    paths = [str(PACKAGE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+def make_private(directory: Path) -> None:
+    """Create `directory` and its missing parents as 0700 (whatever the umask), and make the folders this
+    module owns (the workload's own and `workloads/`) 0700 even if they existed before."""
+    missing = []
+    level = directory
+    while not level.exists():
+        missing.append(level)
+        level = level.parent
+    for level in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            level.mkdir(mode=PRIVATE_DIR)
+    for level in {directory, directory.parent, *missing}:
+        os.chmod(level, PRIVATE_DIR)
 
 
 def stop(replica: Replica, grace_s: float) -> None:
@@ -164,11 +198,16 @@ def forget(record: str) -> None:
 
 
 def log_tail(path: str, lines: int = 10, max_bytes: int = 4096) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - max_bytes, 0))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    """The last `lines` lines of a replica's log, reaching into its rotated part when the log was just begun."""
+    text = b""
+    for part in (Path(path), previous(Path(path))):
+        try:
+            with open(part, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(handle.tell() - (max_bytes - len(text)), 0))
+                text = handle.read() + text
+        except OSError:
+            continue
+        if len(text) >= max_bytes or text.count(b"\n") > lines:
+            break
+    return "\n".join(text.decode(errors="replace").splitlines()[-lines:])

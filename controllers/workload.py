@@ -8,6 +8,7 @@ previous new replica has run `rollout_min_ready_seconds` and passed its health c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,10 +17,11 @@ import shutil
 import time
 from typing import Any
 
-from controllers import health, processes
+from controllers import health, identity, processes
 from controllers.health import Check
 from controllers.processes import Replica
 from models.workload import Workload
+from setpoint import errors
 from setpoint import settings as config
 from worker.controller import Action, Controller, Health, InvalidSpec, TransientError
 
@@ -94,6 +96,8 @@ class StartReplica(Action):
     confirm: bool = False
     """Fail unless the replica still runs CONFIRM_S after its start (a rollout's new replica, before the old
     one is stopped). Other starts do not wait: a replica that exits at once is the crash-loop back-off's job."""
+    user: identity.User | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
 
     def run(self) -> None:
         replica = processes.start(
@@ -105,6 +109,8 @@ class StartReplica(Action):
             dict(self.env),
             self.cwd,
             self.restarts,
+            self.user,
+            self.log_max_bytes,
         )
         deadline = time.monotonic() + (CONFIRM_S if self.confirm else 0)
         while time.monotonic() < deadline:
@@ -165,6 +171,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         self.base_env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
 
     def validate(self, desired: Workload) -> None:
+        identity.user(self.settings.run_as)  # RunAsUnknown / RunAsDenied: the worker's setting, said in status
         bad = [k for k, v in desired.env.items() if not isinstance(v, str | int | float) or "=" in k or not k]
         if bad:
             raise InvalidSpec("env", f"values must be strings and names must not be empty or contain '=': {bad}")
@@ -195,7 +202,11 @@ class WorkloadController(Controller[Workload, WorkloadState]):
                     )
                 )
         version = version_of(desired)
-        probe = health.Probe(desired.health_command, desired.health_url, desired.working_dir)
+        try:
+            user = identity.user(self.settings.run_as)
+        except errors.PermanentError:  # being deleted (else validate said so): check nothing as root
+            return WorkloadState(now, replicas, tuple(waiting))
+        probe = health.Probe(desired.health_command, desired.health_url, desired.working_dir, user)
         current = {r.slot: dict(self._env(desired, r.slot)) for r in replicas if r.alive and r.version == version}
         return WorkloadState(now, replicas, tuple(waiting), health.check_all(probe, current))
 
@@ -215,8 +226,13 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             if slot in keep or (slot in waiting and actual.now < waiting[slot].start_at):
                 continue
             actions.append(self._start(desired, slot, version, waiting[slot].restarts if slot in waiting else 0))
+        # Of a slot that has no replica to keep, its last ended one holds its crash-loop count: only older
+        # ones go, so a slot that never stays up leaves one record behind, not one per restart.
+        latest = {r.slot: r for r in actual.replicas if not r.alive}  # oldest first: the last one wins
         stale = tuple(
-            r.record for r in actual.replicas if not r.alive and (r.slot in keep or r.slot >= desired.replicas)
+            r.record
+            for r in actual.replicas
+            if not r.alive and (r.slot in keep or r.slot >= desired.replicas or r is not latest[r.slot])
         )
         if stale:
             actions.append(ForgetEnded(stale))
@@ -300,9 +316,19 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             restarts,
             self.settings.state_dir,
             confirm,
+            identity.user(self.settings.run_as),
+            self.settings.replica_log_max_bytes,
         )
 
     def _env(self, desired: Workload, slot: int) -> tuple[tuple[str, str], ...]:
-        env = {**self.base_env, **{k: str(v) for k, v in desired.env.items()}}
+        """The worker's BASE_ENV (HOME and USER those of SETPOINT_RUN_AS's user), the row's env, and the two
+        SETPOINT_ variables: nothing else of the worker's, whose own SETPOINT_* hold its credentials."""
+        env = dict(self.base_env)
+        with contextlib.suppress(errors.PermanentError):
+            user = identity.user(self.settings.run_as)
+            if user:
+                env.pop("USER", None)
+                env.update(HOME=user.home or "/", **({"USER": user.name} if user.name else {}))
+        env.update({k: str(v) for k, v in desired.env.items()})
         env.update(SETPOINT_WORKLOAD=desired.name, SETPOINT_REPLICA=str(slot))
         return tuple(sorted(env.items()))

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     crashloop_max_seconds: float = Field(300.0, gt=0)
     """The longest delay before restarting a crash-looping replica."""
 
+    replica_log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
+    """A replica's log (`<state_dir>/workloads/<name>/replica-<slot>.log`) is rotated once it would grow past
+    this size: the previous part is kept as `replica-<slot>.log.1`, so a slot's logs take at most twice this."""
+
+    run_as: str | None = None
+    """The user replicas and health commands run as: a name, or uid[:gid]. Unset, they run as the worker's own
+    user (so as root under a root worker). A worker that is not root can only run them as itself."""
+
     worker_metrics_port: int | None = Field(9808, ge=0, le=65535)
     """Where a worker serves Prometheus metrics (all its pool processes together); None turns them off."""
 

@@ -98,3 +98,12 @@ def test_ended_records_of_running_or_removed_slots_are_forgotten() -> None:
     gone = replica(2, v, alive=False, exit_code=0, ran_s=100, ended_at=NOW - 1)
     actions = controller.plan(want(replicas=1), WorkloadState(NOW, (replica(0, v), gone)))
     assert actions == [ForgetEnded((gone.record,))]
+
+
+def test_a_crash_looping_slot_keeps_only_its_last_ended_record() -> None:
+    v = version_of(want(replicas=1))
+    first = replica(0, v, started_at=NOW - 30, alive=False, exit_code=1, ran_s=0.1, ended_at=NOW - 29)
+    last = replica(0, v, started_at=NOW - 20, alive=False, exit_code=1, ran_s=0.1, ended_at=NOW - 19)
+    waiting = Waiting(0, 2, 20.0, NOW + 1, 1, "")
+    actions = controller.plan(want(replicas=1), WorkloadState(NOW, (first, last), (waiting,)))
+    assert actions == [ForgetEnded((first.record,))], "the last one holds the slot's crash-loop count"
