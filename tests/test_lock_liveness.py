@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.schema import CreateTable
 
 from models import triggers
 from models.database import make_engine
+from setpoint.errors import LockLost
 from tests.conftest import start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, runs, sql
-from tests.kinds import Steps, step_lines
+from tests.kinds import Steps, StepsController, step_lines
+from worker.runtime import run_controller
 
 LOCK_HOLDER = """
 SELECT l.pid FROM pg_locks AS l
@@ -67,3 +70,12 @@ def test_a_worker_whose_lock_session_ended_stops_and_another_reconcile_finishes(
         worker.stop()
         scheduler.stop()
         engine.dispose()
+
+
+def test_no_action_runs_once_the_lock_is_known_lost(tmp_path: Path) -> None:
+    log = tmp_path / "steps.log"
+    desired = Steps(name="pure", log_path=str(log), steps=3, step_seconds=0)
+    checks = iter([True, False])
+    with pytest.raises(LockLost, match="after 2 of 3 actions"):
+        run_controller(StepsController(), desired, deleting=False, still_locked=lambda: next(checks))
+    assert [line.split()[0] for line in step_lines(str(log))] == ["0", "1"]

@@ -28,7 +28,7 @@ from scheduler import claim, nodes, retention
 from setpoint.settings import Settings
 from tests.conftest import alembic
 from tests.helpers import runs, sql, status
-from worker import runtime
+from worker import heartbeat, runtime
 
 ROLES = ("setpoint_worker", "setpoint_scheduler", "setpoint_api")
 
@@ -180,6 +180,23 @@ def test_a_worker_forgets_a_status_whose_row_vanished_without_a_tombstone(
         conn.execute(text("DELETE FROM files WHERE name = :n"), {"n": unique})
     assert reconcile_as(login["setpoint_worker"], unique, tmp_path) == "gone"
     assert status(engine, unique) is None
+
+
+def test_a_worker_heartbeats_its_node_with_its_role_alone(engine: Engine, login: dict[str, Engine]) -> None:
+    node = f"roles-{uuid.uuid4().hex[:8]}"
+    url = login["setpoint_worker"].url.set(drivername="postgresql").render_as_string(hide_password=False)
+    beating = heartbeat.Heartbeat(Settings(database_url=url, node=node), worker=f"w1@{node}")
+    try:
+        beating.beat(first=True)
+        beating.beat()
+    finally:
+        beating.stop()
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT worker, last_seen_at >= started_at FROM nodes WHERE name = :n"), {"n": node}
+        ).one()
+    assert tuple(row) == (f"w1@{node}", True)
+    refused(login["setpoint_api"], "UPDATE nodes SET last_seen_at = now() WHERE name = :n", n=node)
 
 
 def test_the_api_changes_desired_state_and_the_triggers_still_keep_status(
