@@ -2,8 +2,9 @@
 
 from models.base import Resource, metadata
 from models.file import File
+from models.node import Node
 from models.run import Run
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["File", "Resource", "Run", "Status", "Workload", "metadata"]
+__all__ = ["File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]

@@ -1,7 +1,8 @@
 """What the workers last saw and did for each resource of every kind, and when it is next due.
 
-One row per resource, created by the desired tables' triggers and written afterwards by workers only
-(the scheduler touches just the claim columns). Keyed by kind and name, so a deleted resource keeps its
+One row per resource, created by the desired tables' triggers and written afterwards by workers (the
+scheduler touches just the claim columns, and marks resources of a silent node NodeLost through
+setpoint_mark_nodes_lost). Keyed by kind and name, so a deleted resource keeps its
 row, with its last desired state, until its controller has torn the real thing down.
 """
 
@@ -14,7 +15,10 @@ from sqlalchemy import CheckConstraint, Index, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import DateTime, Field, SQLModel
 
-PHASES = ("Pending", "Ready", "Drifted", "Degraded", "Failed", "Invalid", "Deleting")
+from models.node import node_check
+
+PHASES = ("Pending", "Ready", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown")
+"""`Unknown`: the node the resource lives on has gone silent, so nobody can say how it is (reason NodeLost)."""
 
 
 def _timestamp() -> Any:
@@ -34,6 +38,7 @@ class Status(SQLModel, table=True):
     __tablename__: ClassVar[str] = "statuses"  # type: ignore[misc]
     __table_args__ = (
         CheckConstraint("phase IN ('" + "', '".join(PHASES) + "')", name="phase_known"),
+        node_check("node"),
         Index("ix_statuses_due", "next_reconcile_at", postgresql_where=text("next_reconcile_at IS NOT NULL")),
     )
 
@@ -60,7 +65,9 @@ class Status(SQLModel, table=True):
     """The effective period used for the last reconcile (the row's, else its kind's)."""
 
     node: str | None = Field(default=None, max_length=253)
-    """The node whose workers reconcile this resource (copied from the desired row's `node`, if it has one)."""
+    """The node whose workers reconcile this resource (copied from the desired row's `node`, if it has one, else
+    pinned by the first worker of a host-local kind). Workers may only pin it (NULL to a name, through
+    setpoint_pin_node); moving it is the admin's (`setpoint node drain`, `setpoint node forget`)."""
 
     # Scheduling bookkeeping: the claim that marks one pending message, so there is never a second.
     enqueued_at: datetime | None = _timestamp()

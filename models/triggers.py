@@ -162,3 +162,107 @@ FROM statuses AS s;
 """
 
 DROP_STATUS_VIEW = "DROP VIEW IF EXISTS resource_status;"
+
+
+WORKER_FUNCTIONS = """
+CREATE FUNCTION setpoint_teardown_done(p_kind text, p_name text) RETURNS boolean LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM statuses WHERE kind = p_kind AND name = p_name AND deleted_at IS NOT NULL RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM gone)
+$$;
+
+CREATE FUNCTION setpoint_forget_orphan(p_kind text, p_name text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    desired regclass;
+    found_row boolean;
+BEGIN
+    -- The kind's table is the one whose setpoint_track trigger names the kind.
+    FOR desired IN SELECT t.tgrelid::regclass FROM pg_trigger AS t
+            WHERE t.tgfoid = 'setpoint_track'::regproc AND t.tgnargs = 1
+              AND t.tgargs = convert_to(p_kind, 'UTF8') || '\\x00'::bytea LOOP
+        EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE name = $1)', desired) INTO found_row USING p_name;
+        IF found_row THEN
+            RETURN false;
+        END IF;
+    END LOOP;
+    DELETE FROM statuses WHERE kind = p_kind AND name = p_name AND deleted_at IS NULL;
+    RETURN FOUND;
+END $$;
+
+CREATE FUNCTION setpoint_pin_node(p_kind text, p_name text, p_node text) RETURNS boolean LANGUAGE sql AS $$
+    WITH pinned AS (
+        UPDATE statuses SET node = p_node WHERE kind = p_kind AND name = p_name AND node IS NULL RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM pinned)
+$$;
+"""
+"""What a worker may do to a status row beyond writing its own columns, each only where it is safe: forget a
+torn-down resource (a tombstone), forget a status whose desired row is gone without one (a TRUNCATE), and pin a
+host-local resource to its node once (NULL to a name). They run as their owner, so the worker's role needs no
+DELETE on statuses and no UPDATE of `node`."""
+
+WORKER_FUNCTION_SIGNATURES = (
+    "setpoint_teardown_done(text, text)",
+    "setpoint_forget_orphan(text, text)",
+    "setpoint_pin_node(text, text, text)",
+)
+
+
+SCHEDULER_FUNCTIONS = """
+CREATE FUNCTION setpoint_mark_nodes_lost(p_silent_seconds double precision) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    marked integer;
+BEGIN
+    WITH lost AS (
+        SELECT s.kind, s.name, s.node, n.last_seen_at
+        FROM statuses AS s LEFT JOIN nodes AS n ON n.name = s.node
+        WHERE s.node IS NOT NULL
+          AND (n.last_seen_at IS NULL OR n.last_seen_at < now() - make_interval(secs => p_silent_seconds))
+          AND NOT s.conditions @> '[{"type": "Ready", "reason": "NodeLost"}]'
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE statuses AS s SET
+        ready = false,
+        phase = CASE WHEN s.deleted_at IS NOT NULL THEN 'Deleting' ELSE 'Unknown' END,
+        conditions = jsonb_build_array(jsonb_build_object(
+            'type', 'Ready', 'status', 'False', 'reason', 'NodeLost', 'last_transition_time', now(),
+            'message', CASE WHEN lost.last_seen_at IS NULL
+                THEN format('node %s has never been seen: no worker runs there', lost.node)
+                ELSE format('node %s has been silent since %s', lost.node,
+                            date_trunc('second', lost.last_seen_at AT TIME ZONE 'UTC')::text || ' UTC') END
+                || '; start its worker again, or move its resources (setpoint node drain, setpoint node forget)'))
+            || COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.conditions) AS c WHERE c->>'type' <> 'Ready'),
+                        '[]'::jsonb)
+    FROM lost WHERE s.kind = lost.kind AND s.name = lost.name;
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
+END $$;
+"""
+"""The one status write the scheduler makes: resources whose node has gone silent (no heartbeat within
+SETPOINT_NODE_SILENT_SECONDS, or never one) are no longer ready, with reason NodeLost and a message naming
+the node and since when; the node's worker overwrites it at its next reconcile. It runs as its owner, so the
+scheduler's role needs no right to write status columns."""
+
+SCHEDULER_FUNCTION_SIGNATURES = ("setpoint_mark_nodes_lost(double precision)",)
+
+
+def as_owner(signatures: tuple[str, ...], role: str) -> str:
+    """Make functions SECURITY DEFINER, their search path fixed to the tables' schema (pg_temp last, so nobody's
+    temporary table stands in for statuses), callable by `role` alone."""
+    return "\n".join(
+        f"""
+DO $$ BEGIN
+    EXECUTE format('ALTER FUNCTION {signature} SECURITY DEFINER SET search_path = %I, pg_temp',
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                    WHERE c.oid = 'statuses'::regclass));
+END $$;
+REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION {signature} TO {role};
+"""
+        for signature in signatures
+    )
+
+
+def drop_functions(signatures: tuple[str, ...]) -> str:
+    return "".join(f"DROP FUNCTION IF EXISTS {signature};\n" for signature in signatures)

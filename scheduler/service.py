@@ -1,7 +1,8 @@
 """The scheduler process: elect a leader, then tick (claim due, enqueue), listen for changes, keep house.
 
 APScheduler is the clock: an interval job claims due resources every tick, a NOTIFY reschedules that
-job to run at once, and a slower job prunes run history. Only the leader runs them; a standby waits.
+job to run at once, a slower job prunes run history, and another marks resources of silent nodes lost.
+Only the leader runs them; a standby waits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from models.database import make_engine
-from scheduler import claim, metrics, retention
+from scheduler import claim, metrics, nodes, retention
 from scheduler.leader import Leadership
 from scheduler.wake import Listener
 from setpoint.settings import Settings
@@ -51,6 +52,7 @@ class Scheduler:
                 default_interval_seconds=self.settings.default_interval_seconds,
                 retry_window_s=self.settings.quick_retry_max_seconds + 5,
                 running_limit_s=self.settings.running_limit_seconds,
+                node_silent_s=self.settings.node_silent_seconds,
             )
             self._send(claims)
             for c in claims:
@@ -93,6 +95,11 @@ class Scheduler:
         pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept, days=self.settings.history_days)
         log.info("pruned run history", extra={"deleted": pruned})
 
+    def watch_nodes(self) -> None:
+        lost = nodes.mark_lost(self.engine, silent_s=self.settings.node_silent_seconds)
+        if lost:
+            log.warning("resources on silent nodes marked NodeLost", extra={"count": lost})
+
     def _lead(self, leadership: Leadership) -> None:
         """Serve as the active scheduler until stopped or until leadership is lost."""
         clock = BackgroundScheduler(
@@ -110,6 +117,13 @@ class Scheduler:
             "interval",
             seconds=self.settings.housekeeping_seconds,
             id="housekeeping",
+            next_run_time=datetime.now(UTC),
+        )
+        clock.add_job(
+            self._safely(self.watch_nodes),
+            "interval",
+            seconds=self.settings.node_heartbeat_seconds,
+            id="nodes",
             next_run_time=datetime.now(UTC),
         )
         clock.start()

@@ -1,4 +1,5 @@
-"""The kubectl-style commands over desired state: apply, get, describe, plan, delete, reconcile, pause, kinds.
+"""The kubectl-style commands over desired state (apply, get, describe, plan, delete, reconcile, pause, kinds)
+and over the worker nodes (node list, node drain, node forget).
 
 They read and write the same tables as SQL and the REST API (through resources/), so each shows the
 others' changes at once. Exit codes: 0 success, 1 failure, 2 invalid input or usage.
@@ -20,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from models.database import make_engine
-from resources import documents, kinds, manifest
+from resources import documents, kinds, manifest, nodes
 from setpoint import errors
 from setpoint import settings as config
 from worker.runtime import run_controller
@@ -260,7 +261,73 @@ def kinds_command(output: Output = "table") -> None:
         out.print(table)
 
 
+node_app = typer.Typer(
+    help="The worker nodes: which are alive, and moving resources off one that is gone.", no_args_is_help=True
+)
+NodeArg = Annotated[str, typer.Argument(help="The node's name, as `setpoint node list` shows it.")]
+Force = Annotated[bool, typer.Option("--force", help="Act even though the node's worker is still alive.")]
+
+
+@node_app.command("list")
+def node_list() -> None:
+    """Every node, whether its worker is alive (a heartbeat within SETPOINT_NODE_SILENT_SECONDS), its resources."""
+    with failures():
+        views = nodes.listing(_engine(), silent_s=config.get().node_silent_seconds)
+        table = Table("NODE", "STATE", "LAST SEEN", "STARTED", "WORKER", "VERSION", "RESOURCES", "DELETING", box=None)
+        for view in views:
+            state = "alive" if view.alive else ("silent" if view.last_seen_at else "never seen")
+            table.add_row(
+                view.name,
+                state,
+                nodes.ago(view.since_s),
+                str(view.started_at)[:19] if view.started_at else "-",
+                view.worker or "-",
+                view.version or "-",
+                str(view.resources),
+                str(view.deleting),
+            )
+        out.print(table)
+
+
+@node_app.command("drain")
+def node_drain(
+    name: NodeArg,
+    to: Annotated[str, typer.Option("--to", help="The live node to move the resources to.")],
+    force: Force = False,
+) -> None:
+    """Move the resources pinned to a gone node to another one, due at once (their real things are made there)."""
+    with failures():
+        moved = nodes.drain(_engine(), name, to, silent_s=config.get().node_silent_seconds, force=force)
+        for kind, resource in moved.moved:
+            out.print(f"{kind.lower()}/{resource} moved to {to}")
+        _print_bound(name, moved)
+        out.print(f"{len(moved.moved)} moved from {name} to {to}, due now")
+
+
+@node_app.command("forget")
+def node_forget(name: NodeArg, force: Force = False) -> None:
+    """Forget a gone node: unpin its resources (the next worker takes them) and drop the tombstones left there,
+    whose teardown can no longer run, so their names can be used again."""
+    with failures():
+        moved = nodes.forget(_engine(), name, silent_s=config.get().node_silent_seconds, force=force)
+        for kind, resource in moved.moved:
+            out.print(f"{kind.lower()}/{resource} unpinned")
+        for kind, resource in moved.forgotten:
+            out.print(f"{kind.lower()}/{resource} forgotten (was being deleted; its teardown on {name} never ran)")
+        _print_bound(name, moved)
+        out.print(f"node {name} forgotten: {len(moved.moved)} unpinned, {len(moved.forgotten)} tombstones forgotten")
+
+
+def _print_bound(node: str, moved: nodes.Moved) -> None:
+    for kind, resource in moved.bound:
+        err.print(
+            f"[yellow]note:[/] {kind.lower()}/{resource} names node {node} in its desired row and stays there: "
+            "delete it and insert it with another node to move it"
+        )
+
+
 def register(app: typer.Typer) -> None:
     for command in (apply, get, describe, plan, delete, reconcile, pause, resume):
         app.command()(command)
     app.command("kinds")(kinds_command)
+    app.add_typer(node_app, name="node")

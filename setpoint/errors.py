@@ -40,6 +40,11 @@ class StaleConnection(SetpointError):
     running it again at once, on a new connection, is safe."""
 
 
+class LockLost(SetpointError):
+    """The database ended the session holding the resource's lock in the middle of a reconcile (another worker
+    may be reconciling it now): the reconcile stops before its next action and records nothing."""
+
+
 class UnknownKind(SetpointError):
     """No controller is registered for this kind; register one, or check the kind's spelling."""
 

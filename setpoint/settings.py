@@ -70,13 +70,20 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(900, ge=60)
     """Redis redelivers a message not acknowledged within this time; every delay above stays well below it."""
 
+    node_heartbeat_seconds: float = Field(10.0, gt=0)
+    """How often each worker records in the `nodes` table that its node is alive."""
+
+    node_silent_seconds: float = Field(60.0, gt=0)
+    """A node with no heartbeat for this long is lost: its resources show Ready=False (NodeLost, phase Unknown),
+    and the scheduler stops sending more messages to its queue than the one already waiting there."""
+
     history_noops_kept: int = Field(20, ge=1)
     """No-op runs kept per resource; changes and failures are kept for history_days."""
 
     history_days: int = Field(14, ge=1)
     """Runs older than this are pruned, except each resource's last history_noops_kept runs."""
 
-    node: str | None = None
+    node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
     """The node this worker runs on (default: its host name). Workers take their node's queue besides the
     shared one: resources bound to the node, and host-local ones they reconciled first, come there."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -106,3 +107,56 @@ class NoopController(Controller[Noop, None]):
 
 
 registry.register(NoopController())
+
+
+class Steps(Resource, table=True):
+    """A kind whose plan is several slow actions, each writing a line before it works (for lock liveness tests).
+
+    Its table is created by the tests that use it (tests.test_lock_liveness), not by create_test_kinds."""
+
+    __tablename__: ClassVar[str] = "steps"  # type: ignore[misc]
+    __table_args__ = common_constraints("steps")
+    kind: ClassVar[str] = "Steps"
+
+    log_path: str
+    """A file each action appends `<step> <attempt>` to, where attempt names the reconcile that planned it."""
+    steps: int = Field(default=3, sa_column_kwargs={"server_default": "3"})
+    step_seconds: float = Field(default=1, sa_column_kwargs={"server_default": "1"})
+
+
+def step_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Step(Action):
+    log_path: str
+    index: int
+    seconds: float
+    attempt: str
+
+    def run(self) -> None:
+        with open(self.log_path, "a") as log:
+            log.write(f"{self.index} {self.attempt}\n")
+        time.sleep(self.seconds)  # the action under test is slow; this is not synchronisation
+
+    def __str__(self) -> str:
+        return f"step {self.index}"
+
+
+class StepsController(Controller[Steps, tuple[int, ...]]):
+    model = Steps
+
+    def observe(self, desired: Steps) -> tuple[int, ...]:
+        return tuple(int(line.split()[0]) for line in step_lines(desired.log_path))
+
+    def plan(self, desired: Steps, actual: tuple[int, ...]) -> list[Action]:
+        attempt = uuid.uuid4().hex[:8]  # not pure, on purpose: the lines tell which reconcile wrote them
+        missing = [i for i in range(desired.steps) if i not in actual]
+        return [Step(desired.log_path, i, desired.step_seconds, attempt) for i in missing]
+
+
+registry.register(StepsController())

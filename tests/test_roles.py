@@ -24,11 +24,11 @@ from sqlalchemy.exc import ProgrammingError
 from models.database import libpq_url, make_engine
 from resources import documents, kinds
 from resources.manifest import Document
-from scheduler import claim, retention
+from scheduler import claim, nodes, retention
 from setpoint.settings import Settings
 from tests.conftest import alembic
 from tests.helpers import runs, sql, status
-from worker import runtime
+from worker import heartbeat, runtime
 
 ROLES = ("setpoint_worker", "setpoint_scheduler", "setpoint_api")
 
@@ -118,6 +118,7 @@ def test_a_worker_reconciles_and_tears_down_with_its_role_alone(
     assert path.read_text() == "hello"
     row = status(engine, unique)
     assert row is not None and row["ready"] and row["observed_generation"] == 1
+    assert row["node"] == Settings().node_name, "a host-local resource is pinned to the worker's node"
 
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM files WHERE name = :n"), {"n": unique})
@@ -125,6 +126,77 @@ def test_a_worker_reconciles_and_tears_down_with_its_role_alone(
     assert reconcile_as(login["setpoint_worker"], unique, tmp_path) == "deleted"
     assert not path.exists() and status(engine, unique) is None
     assert [r["outcome"] for r in runs(engine, unique)] == ["changed", "deleted"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM statuses WHERE kind = 'File' AND name = :n",
+        "UPDATE statuses SET node = 'elsewhere' WHERE kind = 'File' AND name = :n",
+        "UPDATE statuses SET node = NULL WHERE kind = 'File' AND name = :n",
+    ],
+)
+def test_a_worker_cannot_delete_a_live_status_or_move_its_node(
+    engine: Engine, login: dict[str, Engine], unique: str, tmp_path: Path, statement: str
+) -> None:
+    with engine.begin() as conn:
+        insert_file(conn, unique, tmp_path / "live")
+        conn.execute(text("UPDATE statuses SET node = 'here' WHERE kind = 'File' AND name = :n"), {"n": unique})
+        not_due(conn, unique)
+    refused(login["setpoint_worker"], statement, n=unique)
+    row = status(engine, unique)
+    assert row is not None and row["node"] == "here"
+
+
+def test_the_workers_status_functions_leave_a_live_resource_alone(
+    engine: Engine, login: dict[str, Engine], unique: str, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:
+        insert_file(conn, unique, tmp_path / "live")
+        conn.execute(text("UPDATE statuses SET node = 'here' WHERE kind = 'File' AND name = :n"), {"n": unique})
+        not_due(conn, unique)
+    with login["setpoint_worker"].begin() as conn:
+        calls = (
+            "SELECT setpoint_teardown_done('File', :n)",  # no tombstone: not torn down
+            "SELECT setpoint_forget_orphan('File', :n)",  # its desired row exists
+            "SELECT setpoint_pin_node('File', :n, 'elsewhere')",  # already on a node
+        )
+        assert [conn.execute(text(call), {"n": unique}).scalar() for call in calls] == [False, False, False]
+    row = status(engine, unique)
+    assert row is not None and row["node"] == "here"
+    for role in ("setpoint_scheduler", "setpoint_api"):
+        refused(login[role], "SELECT setpoint_forget_orphan('File', :n)", n=unique)
+    refused(login["setpoint_api"], "SELECT setpoint_mark_nodes_lost(60)")
+
+
+def test_a_worker_forgets_a_status_whose_row_vanished_without_a_tombstone(
+    engine: Engine, login: dict[str, Engine], unique: str, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:
+        insert_file(conn, unique, tmp_path / "vanished")
+        not_due(conn, unique)
+        # As a TRUNCATE does: the desired row goes without its triggers, so no tombstone is left.
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text("DELETE FROM files WHERE name = :n"), {"n": unique})
+    assert reconcile_as(login["setpoint_worker"], unique, tmp_path) == "gone"
+    assert status(engine, unique) is None
+
+
+def test_a_worker_heartbeats_its_node_with_its_role_alone(engine: Engine, login: dict[str, Engine]) -> None:
+    node = f"roles-{uuid.uuid4().hex[:8]}"
+    url = login["setpoint_worker"].url.set(drivername="postgresql").render_as_string(hide_password=False)
+    beating = heartbeat.Heartbeat(Settings(database_url=url, node=node), worker=f"w1@{node}")
+    try:
+        beating.beat(first=True)
+        beating.beat()
+    finally:
+        beating.stop()
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT worker, last_seen_at >= started_at FROM nodes WHERE name = :n"), {"n": node}
+        ).one()
+    assert tuple(row) == (f"w1@{node}", True)
+    refused(login["setpoint_api"], "UPDATE nodes SET last_seen_at = now() WHERE name = :n", n=node)
 
 
 def test_the_api_changes_desired_state_and_the_triggers_still_keep_status(
@@ -186,6 +258,7 @@ def test_the_scheduler_claims_and_prunes_but_cannot_change_desired_state_or_stat
     assert claim.claim_due(scheduler, batch=0, default_interval_seconds=30, retry_window_s=5, running_limit_s=60) == []
     claim.release(scheduler, [claim.Claim("File", unique, 1, None, datetime.now(UTC), datetime.now(UTC))])
     assert retention.prune(scheduler, keep=1_000_000, days=36_500) == 0
+    nodes.mark_lost(scheduler, silent_s=3600)  # resources on silent nodes only: what the running scheduler does
     sql(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", n=unique, p=str(tmp_path / "sched"))
     refused(scheduler, "UPDATE files SET content = 'forged' WHERE name = :n", n=unique)
     refused(scheduler, "UPDATE statuses SET phase = 'Ready' WHERE kind = 'File' AND name = :n", n=unique)

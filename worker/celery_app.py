@@ -53,6 +53,12 @@ def make_app(settings: config.Settings) -> Celery:
             "SETPOINT_VISIBILITY_TIMEOUT_SECONDS must be at least twice SETPOINT_TIME_LIMIT_SECONDS and "
             f"SETPOINT_QUICK_RETRY_MAX_SECONDS, got {settings.visibility_timeout_seconds} for {max(limits)}"
         )
+    if settings.node_silent_seconds < 2 * settings.node_heartbeat_seconds:
+        # A node must miss at least one heartbeat before it counts as lost, or live nodes flap.
+        raise ValueError(
+            "SETPOINT_NODE_SILENT_SECONDS must be at least twice SETPOINT_NODE_HEARTBEAT_SECONDS, got "
+            f"{settings.node_silent_seconds:g} for {settings.node_heartbeat_seconds:g}"
+        )
     return app
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from setpoint.errors import InvalidSpec, PermanentError, StaleConnection, UnknownKind
+from setpoint.errors import InvalidSpec, LockLost, PermanentError, StaleConnection, UnknownKind
 from setpoint.settings import Settings
 from worker import metrics, registry, store
 from worker.controller import Controller
@@ -46,8 +46,11 @@ class Done:
     retry: Retry | None = None
 
 
-def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: bool) -> Result:
-    """Validate, observe, plan and act, turning every error into a Result: nothing escapes but interrupts."""
+def run_controller(
+    controller: Controller[Any, Any], desired: Any, *, deleting: bool, still_locked: Callable[[], bool] | None = None
+) -> Result:
+    """Validate, observe, plan and act, turning every error into a Result: nothing escapes but interrupts, and
+    LockLost when `still_locked` says, before an action after the first, that the resource is no longer ours."""
     done: list[str] = []
     drift: tuple[str, ...] = ()
     observed: dict[str, Any] = {}
@@ -63,8 +66,12 @@ def run_controller(controller: Controller[Any, Any], desired: Any, *, deleting: 
         if desired.paused and not deleting:
             return Result("paused", drift=drift, observed=observed, health=health)
         for action in actions:
+            if done and still_locked is not None and not still_locked():
+                raise LockLost(f"lock lost after {len(done)} of {len(actions)} actions")
             action.run()
             done.append(str(action))
+    except LockLost:
+        raise
     except InvalidSpec as error:
         return Result("invalid", tuple(done), drift, observed, str(error), error.reason)
     except PermanentError as error:
@@ -84,12 +91,21 @@ def reconcile(
     """Reconcile, once more on a new connection if the pooled one was dead before anything ran (the server
     restarted); SQLAlchemy has then dropped every pooled connection older than the failure."""
     try:
-        return _reconcile(request, engine, settings, now, rng)
-    except StaleConnection as error:
+        try:
+            return _reconcile(request, engine, settings, now, rng)
+        except StaleConnection as error:
+            log.warning(
+                "stale database connection, reconciling again", extra={"resource": request.name, "error": str(error)}
+            )
+            return _reconcile(request, engine, settings, now, rng)
+    except LockLost as error:
+        # Its claim stays marked; the scheduler sends it again once nobody holds the lock (or the other
+        # reconcile, if one started, finishes it).
         log.warning(
-            "stale database connection, reconciling again", extra={"resource": request.name, "error": str(error)}
+            "lock lost, reconcile abandoned",
+            extra={"kind": request.kind, "resource": request.name, "task_id": request.task_id, "error": str(error)},
         )
-        return _reconcile(request, engine, settings, now, rng)
+        return Done("lock-lost")
 
 
 def _reconcile(
@@ -153,7 +169,12 @@ def _run(
     """Drive the controller over one resource and record what came of it (which also unlocks)."""
     started = now()
     desired = controller.model.model_validate(snapshot.desired or status["last_desired"])
-    result = run_controller(controller, desired, deleting=deleting)
+    result = run_controller(
+        controller,
+        desired,
+        deleting=deleting,
+        still_locked=lambda: store.holds_lock(conn, request.kind, request.name),
+    )
     finished_at = now()
     run = store.RunRecord(
         generation=desired.generation,
@@ -178,8 +199,9 @@ def _run(
             now=finished_at,
             rng=rng,
         )
-    pin = settings.node_name if controller.host_local else None
-    store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting, pin_node=pin)
+    if controller.host_local and status.get("node") is None:
+        store.pin(conn, request.kind, request.name, settings.node_name)
+    store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting)
     metrics.RECONCILE_DURATION.labels(kind=request.kind).observe(run.duration_ms / 1000)
     # Our own line for a no-op, every interval for every resource, is noise at INFO (Kubernetes controllers log
     # them verbosely only); Celery's own "received" and "succeeded" lines stay at INFO, as operators know them.

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError
 
 from worker.outcome import StatusUpdate
 
@@ -93,7 +94,6 @@ WITH status AS (
         consecutive_failures = :consecutive_failures, last_error = :last_error,
         last_reconcile_at = :finished_at, last_success_at = :last_success_at,
         interval_seconds = :interval_seconds,
-        node = COALESCE(node, :pin_node),
         -- a change or a delete that landed while we worked is reconciled at once, not next period;
         -- the due time is the database's clock plus an offset, so worker clocks never matter
         next_reconcile_at = CASE
@@ -107,10 +107,10 @@ WITH status AS (
 SELECT pg_advisory_unlock({LOCK_KEY})
 """
 
+# The worker's role may not delete status rows: setpoint_teardown_done deletes only a tombstone.
 _FINISH_DELETE = f"""
-WITH status AS (DELETE FROM statuses WHERE kind = :kind AND name = :name AND deleted_at IS NOT NULL),
-run AS ({_RUN})
-SELECT pg_advisory_unlock({LOCK_KEY})
+WITH run AS ({_RUN})
+SELECT setpoint_teardown_done(:kind, :name), pg_advisory_unlock({LOCK_KEY})
 """
 
 _JSON = ("conditions", "observed", "drift", "actions")
@@ -132,11 +132,9 @@ def finish(
     run: RunRecord,
     *,
     deleting: bool,
-    pin_node: str | None = None,
 ) -> None:
-    """Record the run and the new status (with update None: forget the torn-down resource), then unlock.
-    `pin_node` keeps a host-local resource with this worker's node from now on."""
-    params: dict[str, Any] = {"kind": kind, "name": name, "claim": claim, "deleting": deleting, "pin_node": pin_node}
+    """Record the run and the new status (with update None: forget the torn-down resource), then unlock."""
+    params: dict[str, Any] = {"kind": kind, "name": name, "claim": claim, "deleting": deleting}
     params.update(_fields(run), duration_ms=run.duration_ms)
     statement = _FINISH_DELETE_STATEMENT
     if update is not None:
@@ -146,11 +144,31 @@ def finish(
 
 
 def forget(conn: Connection, kind: str, name: str) -> None:
-    """Drop a status row that has neither a desired row nor a tombstone behind it."""
-    conn.execute(
-        text("DELETE FROM statuses WHERE kind = :kind AND name = :name AND deleted_at IS NULL"),
-        {"kind": kind, "name": name},
-    )
+    """Drop a status row that has neither a desired row nor a tombstone behind it (the function checks both)."""
+    conn.execute(text("SELECT setpoint_forget_orphan(:kind, :name)"), {"kind": kind, "name": name})
+
+
+def pin(conn: Connection, kind: str, name: str, node: str) -> None:
+    """Keep a host-local resource with this worker's node from now on; a resource already on a node stays there."""
+    conn.execute(text("SELECT setpoint_pin_node(:kind, :name, :node)"), {"kind": kind, "name": name, "node": node})
+
+
+_HOLDS_LOCK = text(f"""
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+      AND classid = (({LOCK_KEY} >> 32) & 4294967295)::oid
+      AND objid = ({LOCK_KEY} & 4294967295)::oid)
+""")
+
+
+def holds_lock(conn: Connection, kind: str, name: str) -> bool:
+    """Whether this session still holds the resource's lock: False once the database has ended the session (or
+    the connection is gone), when another worker may already be reconciling the same resource."""
+    try:
+        return bool(conn.execute(_HOLDS_LOCK, {"kind": kind, "name": name}).scalar())
+    except DBAPIError:
+        return False
 
 
 def record_unknown_kind(conn: Connection, kind: str, name: str, message: str, retry_in_s: float) -> None:

@@ -15,6 +15,7 @@ from models.database import make_engine
 from setpoint import settings as config
 from worker import metrics, registry
 from worker.celery_app import TASK, app
+from worker.heartbeat import Heartbeat
 from worker.runtime import Request, reconcile
 
 BUSY_RETRY_S = 2.0
@@ -67,6 +68,25 @@ def _metrics_of_exited_process(pid: int, **_: Any) -> None:
 @worker_shutdown.connect
 def _stop_metrics(**_: Any) -> None:
     metrics.stop_worker()
+
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """In the main process only: the node is alive while its worker is, whatever its pool does."""
+    global _heartbeat
+    settings = config.get()
+    worker = settings.worker_name or getattr(sender, "hostname", None) or socket.gethostname()
+    _heartbeat = Heartbeat(settings, worker)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 def _now() -> datetime:
