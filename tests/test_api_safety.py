@@ -1,0 +1,97 @@
+"""The REST API facing hostile clients: no token means no API, bodies and JSON have limits, writes do not race."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from setpoint.errors import UsageError
+from setpoint.settings import Settings
+from tests.conftest import ROOT, Process, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def api_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}
+    return {**env, "SETPOINT_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+
+
+def setpoint_api(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "setpoint.cli", "api", "--port", str(free_port()), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--host", "0.0.0.0"], "SETPOINT_API_TOKEN"),
+        (["--host", "127.0.0.1"], "SETPOINT_API_TOKEN"),
+        (["--host", "0.0.0.0", "--insecure-no-auth"], "only on a loopback --host"),
+        (["--host", "192.168.1.10", "--insecure-no-auth"], "only on a loopback --host"),
+    ],
+)
+def test_the_api_refuses_to_start_without_a_token(database_url: str, args: list[str], said: str) -> None:
+    done = setpoint_api(api_env(database_url), *args)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_a_token_only_an_explicit_loopback_choice_serves(database_url: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="SETPOINT_API_TOKEN"):
+        create_app(Settings(database_url=database_url, api_token=None))
+    port = free_port()
+    args = [sys.executable, "-m", "setpoint.cli", "api", "--port", str(port), "--insecure-no-auth"]
+    api = Process(args, api_env(database_url), tmp_path / "api.log")
+    try:
+        health = f"http://127.0.0.1:{port}/healthz"
+        wait_for(lambda: api.popen.poll() is not None or b"ok" in _get(health), 30, "api answering")
+        assert api.popen.poll() is None, api.output()
+        assert "serving without authentication" in api.output()
+    finally:
+        api.stop()
+
+
+def _get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bytes(answer.read())
+    except OSError:
+        return b""
+
+
+@pytest.fixture(scope="module")
+def client(database_url: str) -> Iterator[TestClient]:
+    settings = Settings(database_url=database_url, api_token=None)
+    with TestClient(create_app(settings, insecure_no_auth=True)) as client:
+        yield client
+
+
+def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(client: TestClient, unique: str) -> None:
+    body = b'{"name": "%s", "spec": {"path": "/tmp/x", "content": "%s"}}' % (unique.encode(), b"x" * 1_100_000)
+    declared = client.post("/v1/files", content=body, headers={"content-type": "application/json"})
+    streamed = client.post(
+        "/v1/files", content=iter([body[:1000], body[1000:]]), headers={"content-type": "application/json"}
+    )
+    for answer in (declared, streamed):
+        assert answer.status_code == 413 and "larger than 1048576 bytes" in answer.json()["detail"]
+    assert client.get(f"/v1/files/{unique}").status_code == 404
