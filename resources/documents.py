@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from models.base import NAME_PATTERN
 from resources.kinds import Kind, resolve
 from resources.manifest import Document
-from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, UnknownKind
+from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, PreconditionFailed, UnknownKind
 
 HIDDEN_STATUS = ("kind", "name", "claim", "enqueued_at", "picked_at", "last_desired", "node")
 """Scheduling bookkeeping that says nothing to an operator."""
@@ -121,6 +122,8 @@ def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[
     try:  # a plain INSERT: of two requests for one name, the database lets exactly one through
         with engine.begin() as conn:
             conn.execute(insert(table).values(name=name, **checked))
+            # Read back before COMMIT: a row that cannot be shown is not stored either.
+            return _get(conn, kind, name)
     except IntegrityError as error:
         if getattr(error.orig, "sqlstate", None) == "23505":  # unique_violation, or still being deleted
             raise AlreadyExists(
@@ -129,17 +132,38 @@ def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[
         raise _invalid(document, checked_kind, error) from None
     except DBAPIError as error:
         raise _invalid(document, checked_kind, error) from None
-    return get(engine, kind, name)
 
 
-def replace(engine: Engine, kind: Kind, name: str, spec: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
-    """Replace a resource's spec (fields left out take their defaults), or with `partial` merge into it."""
-    current = get(engine, kind, name)
-    merged = {**current["spec"], **spec} if partial else spec
-    document = Document(kind.name, name, merged, "request body")
+def replace(
+    engine: Engine,
+    kind: Kind,
+    name: str,
+    spec: dict[str, Any],
+    *,
+    partial: bool = False,
+    if_generation: Collection[int] | None = None,
+) -> dict[str, Any]:
+    """Replace a resource's spec (fields left out take their defaults), or with `partial` merge into it.
+
+    Read, merge and write in one transaction holding the row's lock, so two concurrent patches of different
+    fields both land. With `if_generation`, PreconditionFailed unless the stored generation is one of them
+    (optimistic concurrency: If-Match).
+    """
     with engine.begin() as conn:
+        desired = conn.execute(
+            text(f"SELECT to_jsonb(d) FROM {kind.plural} AS d WHERE name = :name FOR UPDATE"), {"name": name}
+        ).scalar_one_or_none()
+        if desired is None:
+            raise NotFound(f"{kind.name} {name!r} not found")
+        if if_generation is not None and desired["generation"] not in if_generation:
+            raise PreconditionFailed(
+                f"{kind.name} {name!r} is at generation {desired['generation']}, not "
+                f"{' or '.join(str(g) for g in sorted(if_generation)) or 'the one given'}: read it again and retry"
+            )
+        current = {field: desired.get(field) for field in kind.spec_fields}
+        document = Document(kind.name, name, {**current, **spec} if partial else spec, "request body")
         _upsert(conn, document, *check(document))
-    return get(engine, kind, name)
+        return _get(conn, kind, name)
 
 
 def delete(engine: Engine, kind: Kind, name: str) -> None:
@@ -170,7 +194,11 @@ def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> 
 
 def get(engine: Engine, kind: Kind, name: str) -> dict[str, Any]:
     with engine.connect() as conn:
-        row = conn.execute(text(_select(kind, "WHERE d.name = :name")), {"kind": kind.name, "name": name}).first()
+        return _get(conn, kind, name)
+
+
+def _get(conn: Connection, kind: Kind, name: str) -> dict[str, Any]:
+    row = conn.execute(text(_select(kind, "WHERE d.name = :name")), {"kind": kind.name, "name": name}).first()
     if row is None:
         raise NotFound(f"{kind.name} {name!r} not found")
     return view(kind, row.desired, row.status)

@@ -6,10 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -95,3 +97,70 @@ def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(client: TestC
     for answer in (declared, streamed):
         assert answer.status_code == 413 and "larger than 1048576 bytes" in answer.json()["detail"]
     assert client.get(f"/v1/files/{unique}").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def served(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real `setpoint api` (uvicorn), on loopback without a token; yields its base URL."""
+    port = free_port()
+    args = [sys.executable, "-m", "setpoint.cli", "api", "--port", str(port), "--insecure-no-auth"]
+    api = Process(args, api_env(database_url), tmp_path_factory.mktemp("api") / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: api.popen.poll() is not None or b"ok" in _get(f"{base}/healthz"), 30, "api answering")
+        assert api.popen.poll() is None, api.output()
+        yield base
+    finally:
+        api.stop()
+
+
+def test_concurrent_patches_of_different_fields_both_land(served: str, unique: str) -> None:
+    with httpx.Client(base_url=served, timeout=30) as http:
+        names = [f"{unique}-{i}" for i in range(12)]
+        for name in names:
+            created = http.post("/v1/files", json={"name": name, "spec": {"path": f"/tmp/never/{name}"}})
+            assert created.status_code == 201, created.text
+
+    answers: list[int] = []
+
+    def patch(name: str, spec: dict[str, str], start: threading.Barrier) -> None:
+        with httpx.Client(base_url=served, timeout=30) as http:
+            start.wait()
+            answers.append(http.patch(f"/v1/files/{name}", json={"spec": spec}).status_code)
+
+    for name in names:
+        start = threading.Barrier(2)
+        pair = [
+            threading.Thread(target=patch, args=(name, {"content": "from a"}, start)),
+            threading.Thread(target=patch, args=(name, {"mode": "0600"}, start)),
+        ]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+    assert answers == [200] * 2 * len(names)
+    with httpx.Client(base_url=served, timeout=30) as http:
+        specs = [http.get(f"/v1/files/{name}").json()["spec"] for name in names]
+    lost = [
+        name for name, spec in zip(names, specs, strict=True) if (spec["content"], spec["mode"]) != ("from a", "0600")
+    ]
+    assert lost == [], f"{len(lost)} of {len(names)} pairs lost an update"
+
+
+def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique: str) -> None:
+    created = client.post("/v1/files", json={"name": unique, "spec": {"path": "/tmp/never/x", "content": "a"}})
+    assert created.headers["etag"] == '"1"'
+    assert client.get(f"/v1/files/{unique}").headers["etag"] == '"1"'
+    for accepted in ('"1"', "1", 'W/"1"'):
+        answer = client.patch(f"/v1/files/{unique}", json={"spec": {"content": "a"}}, headers={"If-Match": accepted})
+        assert answer.status_code == 200 and answer.headers["etag"] == '"1"', (accepted, answer.text)
+    moved = client.patch(f"/v1/files/{unique}", json={"spec": {"content": "b"}}, headers={"If-Match": '"1"'})
+    assert moved.status_code == 200 and moved.headers["etag"] == '"2"'
+    for write in (client.patch, client.put):
+        stale = write(
+            f"/v1/files/{unique}", json={"spec": {"path": "/tmp/never/x", "content": "c"}}, headers={"If-Match": '"1"'}
+        )
+        assert stale.status_code == 412 and "generation 2" in stale.json()["detail"], stale.text
+    assert client.get(f"/v1/files/{unique}").json()["spec"]["content"] == "b", "a refused write changes nothing"
+    replaced = client.put(f"/v1/files/{unique}", json={"spec": {"path": "/tmp/never/x"}}, headers={"If-Match": 'W/"2"'})
+    assert replaced.status_code == 200 and replaced.headers["etag"] == '"3"'
