@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,15 +11,20 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 
 from api.app import create_app
+from models.database import make_engine
 from setpoint.errors import UsageError
 from setpoint.settings import Settings
-from tests.conftest import ROOT, Process, wait_for
+from tests.conftest import ROOT, Process, alembic, scratch_database, wait_for
+from tests.helpers import sql
 
 
 def free_port() -> int:
@@ -164,3 +170,123 @@ def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique
     assert client.get(f"/v1/files/{unique}").json()["spec"]["content"] == "b", "a refused write changes nothing"
     replaced = client.put(f"/v1/files/{unique}", json={"spec": {"path": "/tmp/never/x"}}, headers={"If-Match": 'W/"2"'})
     assert replaced.status_code == 200 and replaced.headers["etag"] == '"3"'
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object `depth` levels deep: {"a": {"a": ... {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def post(client: TestClient, raw: str) -> Any:
+    return client.post("/v1/files", content=raw.encode(), headers={"content-type": "application/json"})
+
+
+def refused_at(answer: Any) -> list[list[Any]]:
+    assert answer.status_code == 422, answer.text
+    return [error["loc"] for error in answer.json()["detail"]]
+
+
+def test_labels_nested_too_deep_are_422_and_every_listing_still_answers(client: TestClient, unique: str) -> None:
+    body = {"name": unique, "spec": {"path": "/tmp/never/x", "labels": nested(900)}}
+    assert refused_at(client.post("/v1/files", json=body)) == [["body", "spec", "labels"]]
+    assert client.get(f"/v1/files/{unique}").status_code == 404, "nothing stored"
+    assert client.get("/v1/files").status_code == 200
+    body["spec"]["labels"] = nested(16)
+    assert client.post("/v1/files", json=body).status_code == 201, "16 levels are allowed"
+    assert client.get("/v1/files", params={"prefix": unique}).json()["items"][0]["spec"]["labels"] == nested(16)
+    patched = client.patch(f"/v1/files/{unique}", json={"spec": {"labels": nested(17)}})
+    assert refused_at(patched) == [["body", "spec", "labels"]]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "said"),
+    [
+        ('"content": "\\ud800"', "content", "lone surrogate"),
+        ('"content": "a\\u0000b"', "content", "NUL"),
+        ('"labels": {"\\udfff": "x"}', "labels", "lone surrogate"),
+        ('"labels": {"team": "a\\u0000"}', "labels", "NUL"),
+        ('"labels": {"big": "' + "x" * 70_000 + '"}', "labels", "64 KiB"),
+        ('"interval_seconds": true', "interval_seconds", "valid integer"),
+        ('"interval_seconds": "30"', "interval_seconds", "valid integer"),
+        ('"interval_seconds": 604801', "interval_seconds", "604800"),
+        ('"interval_seconds": 2147483647', "interval_seconds", "604800"),
+    ],
+)
+def test_unstorable_values_are_422_naming_the_field(
+    client: TestClient, unique: str, spec: str, field: str, said: str
+) -> None:
+    answer = post(client, f'{{"name": "{unique}", "spec": {{"path": "/tmp/never/x", {spec}}}}}')
+    assert refused_at(answer) == [["body", "spec", field]]
+    assert said in answer.text
+    assert client.get(f"/v1/files/{unique}").status_code == 404
+    assert client.get("/v1/files").status_code == 200
+
+
+def test_an_interval_of_a_week_is_the_longest_accepted(client: TestClient, unique: str) -> None:
+    answer = client.post(
+        "/v1/files", json={"name": unique, "spec": {"path": "/tmp/never/x", "interval_seconds": 604800}}
+    )
+    assert answer.status_code == 201 and answer.json()["spec"]["interval_seconds"] == 604800
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"A": True}, {"A": None}, {"A": [1]}, {"A": {"B": "c"}}, {"1A": "x"}, {"A=B": "x"}, {"": "x"}, {"A-B": "x"}],
+)
+def test_workload_env_a_process_cannot_hold_is_422_naming_spec_env(
+    client: TestClient, unique: str, env: dict[str, Any]
+) -> None:
+    answer = client.post("/v1/workloads", json={"name": unique, "spec": {"command": "true", "env": env}})
+    assert answer.status_code == 422, answer.text
+    assert all(loc[:3] == ["body", "spec", "env"] for loc in refused_at(answer))
+    assert client.get(f"/v1/workloads/{unique}").status_code == 404
+
+
+def test_workload_env_of_strings_and_numbers_is_stored(client: TestClient, unique: str) -> None:
+    env = {"APP_VERSION": "2", "_PORT": 8080, "RATIO": 0.5}
+    answer = client.post("/v1/workloads", json={"name": unique, "spec": {"command": "true", "env": env, "replicas": 0}})
+    assert answer.status_code == 201 and answer.json()["spec"]["env"] == env
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        ("INSERT INTO files (name, path, labels) VALUES (:n, '/x', CAST(:deep AS jsonb))", "ck_files_labels_depth"),
+        (
+            "INSERT INTO files (name, path, labels) VALUES (:n, '/x', jsonb_build_object('big', repeat('x', 70000)))",
+            "ck_files_labels_size",
+        ),
+        (
+            "INSERT INTO files (name, path, interval_seconds) VALUES (:n, '/x', 604801)",
+            "ck_files_interval_seconds_range",
+        ),
+        ("INSERT INTO workloads (name, command, env) VALUES (:n, 'true', '{\"A\": true}')", "ck_workloads_env_valid"),
+        ("INSERT INTO workloads (name, command, env) VALUES (:n, 'true', '{\"1A\": \"x\"}')", "ck_workloads_env_valid"),
+        ("INSERT INTO noops (name, labels) VALUES (:n, CAST(:deep AS jsonb))", "ck_noops_labels_depth"),
+    ],
+)
+def test_the_database_refuses_what_no_client_could_read_back(
+    engine: Engine, unique: str, statement: str, constraint: str
+) -> None:
+    with pytest.raises(IntegrityError, match=constraint):
+        sql(engine, statement, n=unique, deep=json.dumps(nested(17)))
+
+
+def test_migrating_clamps_intervals_above_a_week(servers: tuple[str, str]) -> None:
+    with scratch_database(servers[0], "limits", migrate=False) as url:
+        alembic("upgrade", "0003", database_url=url)
+        limits = make_engine(url)
+        try:
+            sql(
+                limits,
+                "INSERT INTO files (name, path, interval_seconds) VALUES ('far', '/x', 2147483647), ('near', '/x', 60)",
+            )
+            alembic("upgrade", "head", database_url=url)
+            with limits.connect() as conn:
+                rows = dict(conn.execute(text("SELECT name, interval_seconds FROM files")).all())
+        finally:
+            limits.dispose()
+    assert rows == {"far": 604800, "near": 60}
