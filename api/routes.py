@@ -21,7 +21,10 @@ MAX_OFFSET = 2**63 - 1
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 Responses = dict[int | str, dict[str, Any]]
-UNREADABLE: Responses = {400: {"model": Problem, "description": "The body is not JSON."}}
+UNREADABLE: Responses = {
+    400: {"model": Problem, "description": "The body is not JSON."},
+    413: {"model": Problem, "description": "The body is larger than SETPOINT_API_MAX_BODY_BYTES (1 MiB)."},
+}
 
 Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description=NAME_RULES)]
 IfMatch = Annotated[

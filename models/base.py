@@ -42,14 +42,20 @@ def json_limits(column: str, what: str) -> tuple[CheckConstraint, ...]:
             f"setpoint_jsonb_depth({column}, {MAX_JSON_DEPTH}) <= {MAX_JSON_DEPTH}",
             f"{column}_depth",
             f"{what} nested at most {MAX_JSON_DEPTH} levels deep",
+            limit=True,
         ),
-        check(f"pg_column_size({column}) <= {MAX_JSON_BYTES}", f"{column}_size", f"{what} of at most 64 KiB"),
+        check(
+            f"pg_column_size({column}) <= {MAX_JSON_BYTES}", f"{column}_size", f"{what} of at most 64 KiB", limit=True
+        ),
     )
 
 
-def check(sql: str, name: str, expected: str) -> CheckConstraint:
-    """A CHECK constraint that knows what it expects, for error messages (named `<field>_<rule>`)."""
-    return CheckConstraint(sql, name=name, info={"expected": expected})
+def check(sql: str, name: str, expected: str, *, limit: bool = False) -> CheckConstraint:
+    """A CHECK constraint that knows what it expects, for error messages (named `<field>_<rule>`).
+
+    A `limit` says what it expects only when it is the one refusing a value, not to describe the field.
+    """
+    return CheckConstraint(sql, name=name, info={"expected": expected, "limit": limit})
 
 
 def common_constraints(table: str) -> tuple[Any, ...]:

@@ -60,6 +60,14 @@ def check(document: Document) -> tuple[Kind, dict[str, Any]]:
 def apply(engine: Engine, documents: list[Document]) -> list[Applied]:
     """Create or update every document in one transaction: one invalid document and nothing is applied."""
     checked = [(document, *check(document)) for document in documents]
+    first: dict[tuple[str, str], Document] = {}
+    for document, kind, _ in checked:
+        earlier = first.setdefault((kind.name, document.name), document)
+        if earlier is not document:  # which one would win is not for the order of files to decide
+            raise InvalidDocument(
+                f"{kind.name.lower()}/{document.name} is declared twice: in {earlier.source} and in {document.source}",
+                field="name",
+            )
     applied = []
     with engine.begin() as conn:
         for document, kind, spec in checked:
@@ -90,8 +98,12 @@ def _upsert(conn: Connection, document: Document, kind: Kind, spec: dict[str, An
 def expected(kind: Kind, field: str) -> str | None:
     """What the database's CHECK constraint on `field` expects, in words (models.base.check)."""
     prefix = f"ck_{kind.plural}_{field}_"
-    for constraint in kind.model.__table__.constraints:  # type: ignore[attr-defined]
-        if str(constraint.name).startswith(prefix) and constraint.info.get("expected"):
+    for constraint in sorted(kind.model.__table__.constraints, key=lambda c: str(c.name)):  # type: ignore[attr-defined]
+        if (
+            str(constraint.name).startswith(prefix)
+            and constraint.info.get("expected")
+            and not constraint.info.get("limit")
+        ):
             return str(constraint.info["expected"])
     return None
 
