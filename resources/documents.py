@@ -50,10 +50,10 @@ def check(document: Document) -> tuple[Kind, dict[str, Any]]:
         spec = kind.spec.model_validate(document.spec).model_dump()
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "spec"
-        wanted = expected(kind, field)
+        field = ".".join(["spec", *(str(part) for part in first["loc"])])
+        wanted = expected(kind, field.removeprefix("spec."))
         said = f"expected {wanted} ({first['msg']})" if wanted else first["msg"]
-        raise InvalidDocument(f"{document.label}: field 'spec.{field}': {said}", field=f"spec.{field}") from None
+        raise InvalidDocument(f"{document.label}: field '{field}': {said}", field=field) from None
     return kind, spec
 
 

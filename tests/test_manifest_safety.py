@@ -71,6 +71,10 @@ CASES = {
         'kind: file\nname: {name}-s\nspec: {{path: /tmp/never/s, content: "\\ud800"}}\n',
         ["file/{name}-s", "document 2", "field 'spec.content'", "lone surrogate"],
     ),
+    "lone surrogate in a key": (
+        'kind: workload\nname: {name}-k\nspec: {{command: "true", env: {{"\\udc80": x}}}}\n',
+        ["workload/{name}-k", "document 2", "field 'spec.env."],
+    ),
     "surrogate name": ('kind: file\nname: "\\udc80"\n', ["document 2", "field 'name'", "lone surrogate"]),
     "date in labels": (
         "kind: file\nname: {name}-d\nspec: {{path: /tmp/never/d, labels: {{since: 2024-01-01}}}}\n",
