@@ -30,6 +30,14 @@ in SQL: a change made either way shows in the other at once. Workers reconcile e
 
 Writes are asynchronous in effect: a POST, PUT or PATCH answers once the desired state is stored, and a
 DELETE once the row is gone; a worker then makes (or tears down) the real thing. Follow `status` to see it done.
+
+Each resource's `ETag` is its generation; send it back in `If-Match` to write (PUT, PATCH, DELETE) only if
+nobody changed the spec since you read it (else 412). Concurrent PATCHes of different fields all land.
+
+Limits: a request body of at most 1 MiB (else 413; SETPOINT_API_MAX_BODY_BYTES); `labels` (and a workload's
+`env`) nested at most 16 levels deep and at most 64 KiB; `interval_seconds` a whole number from 1 to 604800
+(a week); text valid Unicode without NUL. The database enforces the same, so SQL cannot store what the API
+could not serve back.
 """
 
 NO_TOKEN = (

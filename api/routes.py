@@ -144,11 +144,11 @@ def router(kind: Kind, engine: Engine) -> APIRouter:
         response_class=Response,
         operation_id=f"delete{kind.name}",
         summary=f"Delete a {kind.name}",
-        responses=missing,
+        responses={**missing, **CHANGED},
     )
-    def delete(name: Name) -> None:
+    def delete(name: Name, if_match: IfMatch = None) -> None:
         """Deletion is asynchronous: the resource is gone from the API at once, and a worker then tears the
         real thing down (unless its `deletion_policy` is `orphan`)."""
-        documents.delete(engine, kind, name)
+        documents.delete(engine, kind, name, if_generation=preconditions.generations(if_match))
 
     return api

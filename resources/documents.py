@@ -167,22 +167,30 @@ def replace(
         ).scalar_one_or_none()
         if desired is None:
             raise NotFound(f"{kind.name} {name!r} not found")
-        if if_generation is not None and desired["generation"] not in if_generation:
-            raise PreconditionFailed(
-                f"{kind.name} {name!r} is at generation {desired['generation']}, not "
-                f"{' or '.join(str(g) for g in sorted(if_generation)) or 'the one given'}: read it again and retry"
-            )
+        _require(kind, name, desired["generation"], if_generation)
         current = {field: desired.get(field) for field in kind.spec_fields}
         document = Document(kind.name, name, {**current, **spec} if partial else spec, "request body")
         _upsert(conn, document, *check(document))
         return _get(conn, kind, name)
 
 
-def delete(engine: Engine, kind: Kind, name: str) -> None:
+def delete(engine: Engine, kind: Kind, name: str, *, if_generation: Collection[int] | None = None) -> None:
+    """Delete a resource; with `if_generation`, PreconditionFailed unless it is at one of those generations."""
     with engine.begin() as conn:
-        gone = conn.execute(text(f"DELETE FROM {kind.plural} WHERE name = :n"), {"n": name}).rowcount
-    if not gone:
-        raise NotFound(f"{kind.name} {name!r} not found")
+        generation = conn.execute(
+            text(f"DELETE FROM {kind.plural} WHERE name = :n RETURNING generation"), {"n": name}
+        ).scalar_one_or_none()
+        if generation is None:
+            raise NotFound(f"{kind.name} {name!r} not found")
+        _require(kind, name, generation, if_generation)  # raising rolls the DELETE back
+
+
+def _require(kind: Kind, name: str, generation: int, if_generation: Collection[int] | None) -> None:
+    if if_generation is not None and generation not in if_generation:
+        raise PreconditionFailed(
+            f"{kind.name} {name!r} is at generation {generation}, not "
+            f"{' or '.join(str(g) for g in sorted(if_generation)) or 'the one given'}: read it again and retry"
+        )
 
 
 def _select(kind: Kind, where: str = "") -> str:

@@ -170,6 +170,9 @@ def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique
     assert client.get(f"/v1/files/{unique}").json()["spec"]["content"] == "b", "a refused write changes nothing"
     replaced = client.put(f"/v1/files/{unique}", json={"spec": {"path": "/tmp/never/x"}}, headers={"If-Match": 'W/"2"'})
     assert replaced.status_code == 200 and replaced.headers["etag"] == '"3"'
+    assert client.delete(f"/v1/files/{unique}", headers={"If-Match": '"2"'}).status_code == 412
+    assert client.get(f"/v1/files/{unique}").status_code == 200, "a refused delete deletes nothing"
+    assert client.delete(f"/v1/files/{unique}", headers={"If-Match": '"3"'}).status_code == 204
 
 
 def nested(depth: int) -> dict[str, Any]:
