@@ -14,10 +14,11 @@ from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import auth, failures, routes
+from api import auth, failures, limits, routes
 from api.bodies import Problem
 from models.database import make_engine
 from resources.kinds import all_kinds
+from setpoint.errors import UsageError
 from setpoint.settings import Settings
 
 log = logging.getLogger("setpoint.api")
@@ -29,11 +30,31 @@ in SQL: a change made either way shows in the other at once. Workers reconcile e
 
 Writes are asynchronous in effect: a POST, PUT or PATCH answers once the desired state is stored, and a
 DELETE once the row is gone; a worker then makes (or tears down) the real thing. Follow `status` to see it done.
+
+Each resource's `ETag` is its generation; send it back in `If-Match` to write (PUT, PATCH, DELETE) only if
+nobody changed the spec since you read it (else 412). Concurrent PATCHes of different fields all land.
+
+Limits: a request body of at most 1 MiB (else 413; SETPOINT_API_MAX_BODY_BYTES); `labels` (and a workload's
+`env`) nested at most 16 levels deep and at most 64 KiB; `interval_seconds` a whole number from 1 to 604800
+(a week); text valid Unicode without NUL. The database enforces the same, so SQL cannot store what the API
+could not serve back.
 """
 
+NO_TOKEN = (
+    "the REST API needs a token: set SETPOINT_API_TOKEN to a long random secret (for example the output of "
+    "`openssl rand -hex 32`); clients then send 'Authorization: Bearer <token>'. To serve without one on this "
+    "machine only, pass --insecure-no-auth with a loopback --host (127.0.0.1, ::1 or localhost)"
+)
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API over the database at `settings.database_url`, with one engine of its own, disposed at shutdown."""
+
+def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
+    """The API over the database at `settings.database_url`, with one engine of its own, disposed at shutdown.
+
+    Without `settings.api_token` anyone who reaches the port may run commands on every worker's host (a
+    workload's `command`), so serving without a token must be asked for: `insecure_no_auth`, else UsageError.
+    """
+    if not settings.api_token and not insecure_no_auth:
+        raise UsageError(NO_TOKEN)
     engine = make_engine(settings.database_url)
 
     @contextlib.asynccontextmanager
@@ -41,7 +62,12 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="Setpoint", version=metadata.version("setpoint"), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Setpoint",
+        version=metadata.version("setpoint"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
     failures.install(app)
     locked: dict[str, Any] = {}
     if settings.api_token:
@@ -51,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
             "dependencies": [Security(HTTPBearer(auto_error=False))],
             "responses": {401: {"model": Problem, "description": "No bearer token, or not the right one."}},
         }
+    # Added last, so outermost: no body larger than the limit is read, whoever sends it.
+    app.add_middleware(limits.BodySize, max_bytes=settings.api_max_body_bytes)
     for kind in all_kinds().values():
         app.include_router(routes.router(kind, engine), **locked)
     app.add_api_route(

@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from models.base import NAME_PATTERN
 from models.status import PHASES
 from resources.kinds import Kind
+from resources.spec import Spec
 
 NAME_RULES = (
     "Lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit, "
@@ -108,8 +109,7 @@ def partial_spec(kind: Kind) -> type[BaseModel]:
             info, default=None, default_factory=None, json_schema_extra=_without_default
         )
         fields[field_name] = (info.annotation, optional)
-    config = ConfigDict(extra="forbid", title=f"{kind.name}SpecPatch")
-    return create_model(f"{kind.name}SpecPatch", __config__=config, **fields)
+    return create_model(f"{kind.name}SpecPatch", __base__=Spec, **fields)
 
 
 def bodies(kind: Kind) -> Bodies:

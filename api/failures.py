@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException
 
 from resources import documents, kinds
-from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, UnknownKind
+from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, PreconditionFailed, UnknownKind
 
 log = logging.getLogger("setpoint.api")
 
@@ -60,6 +60,10 @@ async def already_exists(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=409)
 
 
+async def precondition_failed(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=412)
+
+
 async def refused_by_database(request: Request, error: Exception) -> JSONResponse:
     """PostgreSQL refused a value the models let through (a NUL byte, a number out of range)."""
     assert isinstance(error, DataError)
@@ -88,6 +92,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(AlreadyExists, already_exists)
+    app.add_exception_handler(PreconditionFailed, precondition_failed)
     app.add_exception_handler(DataError, refused_by_database)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(405, method_not_allowed)

@@ -5,11 +5,11 @@
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from api import bodies
+from api import bodies, preconditions
 from api.bodies import NAME_RULES, PREFIX_PATTERN, Phase, Problem
 from models.base import NAME_PATTERN
 from resources import documents
@@ -21,9 +21,25 @@ MAX_OFFSET = 2**63 - 1
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 Responses = dict[int | str, dict[str, Any]]
-UNREADABLE: Responses = {400: {"model": Problem, "description": "The body is not JSON."}}
+UNREADABLE: Responses = {
+    400: {"model": Problem, "description": "The body is not JSON."},
+    413: {"model": Problem, "description": "The body is larger than SETPOINT_API_MAX_BODY_BYTES (1 MiB)."},
+}
 
 Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description=NAME_RULES)]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description='Write only if the resource is still at this generation, as its ETag gave it (`"3"`); '
+        "else 412 and nothing is written."
+    ),
+]
+TAGGED: Responses = {
+    200: {"headers": {"ETag": {"description": "The generation, quoted.", "schema": {"type": "string"}}}}
+}
+CHANGED: Responses = {
+    412: {"model": Problem, "description": "If-Match named a generation the resource is no longer at."}
+}
 
 
 def typed(**models: type[BaseModel]) -> Callable[[Endpoint], Endpoint]:
@@ -74,41 +90,53 @@ def router(kind: Kind, engine: Engine) -> APIRouter:
         """The new resource is reconciled by a worker shortly after; watch `status.ready`."""
         created = documents.create(engine, kind, body.name, body.spec.model_dump())
         response.headers["Location"] = f"{api.prefix}/{body.name}"
-        return created
+        return preconditions.tag(response, created)
 
     @api.get(
         "/{name}",
         response_model=shapes.document,
         operation_id=f"get{kind.name}",
         summary=f"Read a {kind.name}",
-        responses=missing,
+        responses={**TAGGED, **missing},
     )
-    def get(name: Name) -> dict[str, Any]:
-        return documents.get(engine, kind, name)
+    def get(name: Name, response: Response) -> dict[str, Any]:
+        return preconditions.tag(response, documents.get(engine, kind, name))
 
     @api.put(
         "/{name}",
         response_model=shapes.document,
         operation_id=f"replace{kind.name}",
         summary=f"Replace a {kind.name}'s spec",
-        responses={**UNREADABLE, **missing},
+        responses={**TAGGED, **UNREADABLE, **missing, **CHANGED},
     )
     @typed(body=shapes.replace)
-    def replace(name: Name, body: bodies.Replace) -> dict[str, Any]:
+    def replace(name: Name, body: bodies.Replace, response: Response, if_match: IfMatch = None) -> dict[str, Any]:
         """Fields left out take their defaults. An unchanged spec leaves `generation` alone."""
-        return documents.replace(engine, kind, name, body.spec.model_dump())
+        replaced = documents.replace(
+            engine, kind, name, body.spec.model_dump(), if_generation=preconditions.generations(if_match)
+        )
+        return preconditions.tag(response, replaced)
 
     @api.patch(
         "/{name}",
         response_model=shapes.document,
         operation_id=f"patch{kind.name}",
         summary=f"Change some of a {kind.name}'s spec",
-        responses={**UNREADABLE, **missing},
+        responses={**TAGGED, **UNREADABLE, **missing, **CHANGED},
     )
     @typed(body=shapes.patch)
-    def patch(name: Name, body: bodies.Patch) -> dict[str, Any]:
-        """The fields given replace the current ones (a whole object such as `labels` at once); the rest are kept."""
-        return documents.replace(engine, kind, name, body.spec.model_dump(exclude_unset=True), partial=True)
+    def patch(name: Name, body: bodies.Patch, response: Response, if_match: IfMatch = None) -> dict[str, Any]:
+        """The fields given replace the current ones (a whole object such as `labels` at once); the rest are kept.
+        Concurrent patches of different fields all land: each merges into the row as the last one left it."""
+        patched = documents.replace(
+            engine,
+            kind,
+            name,
+            body.spec.model_dump(exclude_unset=True),
+            partial=True,
+            if_generation=preconditions.generations(if_match),
+        )
+        return preconditions.tag(response, patched)
 
     @api.delete(
         "/{name}",
@@ -116,11 +144,11 @@ def router(kind: Kind, engine: Engine) -> APIRouter:
         response_class=Response,
         operation_id=f"delete{kind.name}",
         summary=f"Delete a {kind.name}",
-        responses=missing,
+        responses={**missing, **CHANGED},
     )
-    def delete(name: Name) -> None:
+    def delete(name: Name, if_match: IfMatch = None) -> None:
         """Deletion is asynchronous: the resource is gone from the API at once, and a worker then tears the
         real thing down (unless its `deletion_policy` is `orphan`)."""
-        documents.delete(engine, kind, name)
+        documents.delete(engine, kind, name, if_generation=preconditions.generations(if_match))
 
     return api

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+
 import uvicorn
 
 from api.app import create_app
 from setpoint import logs
+from setpoint.errors import UsageError
 from setpoint.settings import Settings
 
+log = logging.getLogger("setpoint.api")
 
-def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve until interrupted; Ctrl-C or SIGTERM shuts down gracefully and closes the database pool."""
+
+def loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only: 127.0.0.0/8, ::1 or localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings, host: str, port: int, *, insecure_no_auth: bool = False) -> None:
+    """Serve until interrupted; Ctrl-C or SIGTERM shuts down gracefully and closes the database pool.
+
+    UsageError, before anything listens, if there is no token and serving without one was not asked for on
+    a loopback address.
+    """
+    if insecure_no_auth and not settings.api_token and not loopback(host):
+        raise UsageError(
+            f"--insecure-no-auth is allowed only on a loopback --host (127.0.0.1, ::1 or localhost), not {host!r}: "
+            "set SETPOINT_API_TOKEN to serve on other addresses"
+        )
+    app = create_app(settings, insecure_no_auth=insecure_no_auth)
     logs.configure()
+    if not settings.api_token:
+        log.warning(
+            "serving without authentication: anyone on this machine can change desired state and run commands",
+            extra={"host": host, "port": port},
+        )
     # log_config=None: uvicorn's loggers go through the handler logs.configure() installed.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    uvicorn.run(app, host=host, port=port, log_config=None)

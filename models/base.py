@@ -24,18 +24,52 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$"
 """Names are what an admin types in SQL and a shell: lower-case letters, digits, '-', '_' and '.', as in Kubernetes."""
 
 
-def check(sql: str, name: str, expected: str) -> CheckConstraint:
-    """A CHECK constraint that knows what it expects, for error messages (named `<field>_<rule>`)."""
-    return CheckConstraint(sql, name=name, info={"expected": expected})
+MAX_INTERVAL_SECONDS = 604_800
+"""A week: the longest reconcile period a resource may ask for (its next reconcile is never further away)."""
+MAX_JSON_DEPTH = 16
+"""How deeply a JSON column (labels, a workload's env) may nest objects and arrays; the column itself is level 1."""
+MAX_JSON_BYTES = 65_536
+"""The most a JSON column may hold, as PostgreSQL stores it (pg_column_size)."""
+
+
+def json_limits(column: str, what: str) -> tuple[CheckConstraint, ...]:
+    """CHECK constraints that keep a JSON column readable by every client: not too deep, not too large.
+
+    `setpoint_jsonb_depth` is created by migration 0005; a kind's own migration runs after it.
+    """
+    return (
+        check(
+            f"setpoint_jsonb_depth({column}, {MAX_JSON_DEPTH}) <= {MAX_JSON_DEPTH}",
+            f"{column}_depth",
+            f"{what} nested at most {MAX_JSON_DEPTH} levels deep",
+            limit=True,
+        ),
+        check(
+            f"pg_column_size({column}) <= {MAX_JSON_BYTES}", f"{column}_size", f"{what} of at most 64 KiB", limit=True
+        ),
+    )
+
+
+def check(sql: str, name: str, expected: str, *, limit: bool = False) -> CheckConstraint:
+    """A CHECK constraint that knows what it expects, for error messages (named `<field>_<rule>`).
+
+    A `limit` says what it expects only when it is the one refusing a value, not to describe the field.
+    """
+    return CheckConstraint(sql, name=name, info={"expected": expected, "limit": limit})
 
 
 def common_constraints(table: str) -> tuple[Any, ...]:
     """The CHECK constraints every kind's table carries; each kind adds them to its __table_args__."""
     return (
         check(f"name ~ '{NAME_PATTERN}'", "name_format", "lower-case letters, digits, '-', '_' or '.'"),
-        check("interval_seconds IS NULL OR interval_seconds > 0", "interval_seconds_positive", "a number above 0"),
+        check(
+            f"interval_seconds IS NULL OR interval_seconds BETWEEN 1 AND {MAX_INTERVAL_SECONDS}",
+            "interval_seconds_range",
+            f"whole seconds from 1 to {MAX_INTERVAL_SECONDS} (a week)",
+        ),
         check("deletion_policy IN ('delete', 'orphan')", "deletion_policy_known", "'delete' or 'orphan'"),
         check("jsonb_typeof(labels) = 'object'", "labels_object", "an object of labels"),
+        *json_limits("labels", "an object of labels"),
     )
 
 
@@ -56,7 +90,10 @@ class Resource(SQLModel):
         sa_column_kwargs={"server_default": text("1"), "server_onupdate": FetchedValue()},
     )
     interval_seconds: int | None = Field(
-        default=None, gt=0, description="This resource's reconcile period; NULL means its kind's default."
+        default=None,
+        ge=1,
+        le=MAX_INTERVAL_SECONDS,
+        description="This resource's reconcile period in whole seconds, at most a week; NULL means its kind's default.",
     )
     paused: bool = Field(
         default=False,

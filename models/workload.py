@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
+from pydantic import StrictFloat, StrictInt, StrictStr, StringConstraints
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict
 from sqlmodel import Field
 
-from models.base import Resource, check, common_constraints
+from models.base import Resource, check, common_constraints, json_limits
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_RULES = "variables named with letters, digits and '_' (not starting with a digit), each a string or a number"
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
+EnvValue = StrictStr | StrictInt | StrictFloat
+"""What a process's environment can hold: true/false or null have no one obvious spelling there, so are refused."""
 
 
 class Workload(Resource, table=True):
@@ -19,6 +26,8 @@ class Workload(Resource, table=True):
         check("length(btrim(command)) > 0", "command_present", "a command"),
         check("replicas >= 0 AND replicas <= 1000", "replicas_range", "a number from 0 to 1000"),
         check("jsonb_typeof(env) = 'object'", "env_object", "an object of environment variables"),
+        check("setpoint_env_valid(env)", "env_valid", ENV_RULES),
+        *json_limits("env", "environment variables"),
         check("stop_grace_seconds >= 0 AND stop_grace_seconds <= 60", "stop_grace_seconds_range", "0 to 60"),
         check("working_dir IS NULL OR working_dir LIKE '/%'", "working_dir_absolute", "an absolute path"),
         check("health_command IS NULL OR health_url IS NULL", "health_command_or_url", "at most one health check"),
@@ -34,7 +43,7 @@ class Workload(Resource, table=True):
     replicas: int = Field(
         default=1, ge=0, le=1000, description="How many copies run.", sa_column_kwargs={"server_default": text("1")}
     )
-    env: dict[str, Any] = Field(
+    env: dict[EnvName, EnvValue] = Field(
         default_factory=dict,
         sa_type=MutableDict.as_mutable(JSONB),  # type: ignore[call-overload]
         sa_column_kwargs={"server_default": text("'{}'::jsonb")},

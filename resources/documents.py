@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from models.base import NAME_PATTERN
 from resources.kinds import Kind, resolve
 from resources.manifest import Document
-from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, UnknownKind
+from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, PreconditionFailed, UnknownKind
 
 HIDDEN_STATUS = ("kind", "name", "claim", "enqueued_at", "picked_at", "last_desired", "node")
 """Scheduling bookkeeping that says nothing to an operator."""
@@ -49,16 +50,24 @@ def check(document: Document) -> tuple[Kind, dict[str, Any]]:
         spec = kind.spec.model_validate(document.spec).model_dump()
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "spec"
-        wanted = expected(kind, field)
+        field = ".".join(["spec", *(str(part) for part in first["loc"])])
+        wanted = expected(kind, field.removeprefix("spec."))
         said = f"expected {wanted} ({first['msg']})" if wanted else first["msg"]
-        raise InvalidDocument(f"{document.label}: field 'spec.{field}': {said}", field=f"spec.{field}") from None
+        raise InvalidDocument(f"{document.label}: field '{field}': {said}", field=field) from None
     return kind, spec
 
 
 def apply(engine: Engine, documents: list[Document]) -> list[Applied]:
     """Create or update every document in one transaction: one invalid document and nothing is applied."""
     checked = [(document, *check(document)) for document in documents]
+    first: dict[tuple[str, str], Document] = {}
+    for document, kind, _ in checked:
+        earlier = first.setdefault((kind.name, document.name), document)
+        if earlier is not document:  # which one would win is not for the order of files to decide
+            raise InvalidDocument(
+                f"{kind.name.lower()}/{document.name} is declared twice: in {earlier.source} and in {document.source}",
+                field="name",
+            )
     applied = []
     with engine.begin() as conn:
         for document, kind, spec in checked:
@@ -89,8 +98,12 @@ def _upsert(conn: Connection, document: Document, kind: Kind, spec: dict[str, An
 def expected(kind: Kind, field: str) -> str | None:
     """What the database's CHECK constraint on `field` expects, in words (models.base.check)."""
     prefix = f"ck_{kind.plural}_{field}_"
-    for constraint in kind.model.__table__.constraints:  # type: ignore[attr-defined]
-        if str(constraint.name).startswith(prefix) and constraint.info.get("expected"):
+    for constraint in sorted(kind.model.__table__.constraints, key=lambda c: str(c.name)):  # type: ignore[attr-defined]
+        if (
+            str(constraint.name).startswith(prefix)
+            and constraint.info.get("expected")
+            and not constraint.info.get("limit")
+        ):
             return str(constraint.info["expected"])
     return None
 
@@ -121,6 +134,8 @@ def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[
     try:  # a plain INSERT: of two requests for one name, the database lets exactly one through
         with engine.begin() as conn:
             conn.execute(insert(table).values(name=name, **checked))
+            # Read back before COMMIT: a row that cannot be shown is not stored either.
+            return _get(conn, kind, name)
     except IntegrityError as error:
         if getattr(error.orig, "sqlstate", None) == "23505":  # unique_violation, or still being deleted
             raise AlreadyExists(
@@ -129,24 +144,53 @@ def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[
         raise _invalid(document, checked_kind, error) from None
     except DBAPIError as error:
         raise _invalid(document, checked_kind, error) from None
-    return get(engine, kind, name)
 
 
-def replace(engine: Engine, kind: Kind, name: str, spec: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
-    """Replace a resource's spec (fields left out take their defaults), or with `partial` merge into it."""
-    current = get(engine, kind, name)
-    merged = {**current["spec"], **spec} if partial else spec
-    document = Document(kind.name, name, merged, "request body")
+def replace(
+    engine: Engine,
+    kind: Kind,
+    name: str,
+    spec: dict[str, Any],
+    *,
+    partial: bool = False,
+    if_generation: Collection[int] | None = None,
+) -> dict[str, Any]:
+    """Replace a resource's spec (fields left out take their defaults), or with `partial` merge into it.
+
+    Read, merge and write in one transaction holding the row's lock, so two concurrent patches of different
+    fields both land. With `if_generation`, PreconditionFailed unless the stored generation is one of them
+    (optimistic concurrency: If-Match).
+    """
     with engine.begin() as conn:
+        desired = conn.execute(
+            text(f"SELECT to_jsonb(d) FROM {kind.plural} AS d WHERE name = :name FOR UPDATE"), {"name": name}
+        ).scalar_one_or_none()
+        if desired is None:
+            raise NotFound(f"{kind.name} {name!r} not found")
+        _require(kind, name, desired["generation"], if_generation)
+        current = {field: desired.get(field) for field in kind.spec_fields}
+        document = Document(kind.name, name, {**current, **spec} if partial else spec, "request body")
         _upsert(conn, document, *check(document))
-    return get(engine, kind, name)
+        return _get(conn, kind, name)
 
 
-def delete(engine: Engine, kind: Kind, name: str) -> None:
+def delete(engine: Engine, kind: Kind, name: str, *, if_generation: Collection[int] | None = None) -> None:
+    """Delete a resource; with `if_generation`, PreconditionFailed unless it is at one of those generations."""
     with engine.begin() as conn:
-        gone = conn.execute(text(f"DELETE FROM {kind.plural} WHERE name = :n"), {"n": name}).rowcount
-    if not gone:
-        raise NotFound(f"{kind.name} {name!r} not found")
+        generation = conn.execute(
+            text(f"DELETE FROM {kind.plural} WHERE name = :n RETURNING generation"), {"n": name}
+        ).scalar_one_or_none()
+        if generation is None:
+            raise NotFound(f"{kind.name} {name!r} not found")
+        _require(kind, name, generation, if_generation)  # raising rolls the DELETE back
+
+
+def _require(kind: Kind, name: str, generation: int, if_generation: Collection[int] | None) -> None:
+    if if_generation is not None and generation not in if_generation:
+        raise PreconditionFailed(
+            f"{kind.name} {name!r} is at generation {generation}, not "
+            f"{' or '.join(str(g) for g in sorted(if_generation)) or 'the one given'}: read it again and retry"
+        )
 
 
 def _select(kind: Kind, where: str = "") -> str:
@@ -170,7 +214,11 @@ def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> 
 
 def get(engine: Engine, kind: Kind, name: str) -> dict[str, Any]:
     with engine.connect() as conn:
-        row = conn.execute(text(_select(kind, "WHERE d.name = :name")), {"kind": kind.name, "name": name}).first()
+        return _get(conn, kind, name)
+
+
+def _get(conn: Connection, kind: Kind, name: str) -> dict[str, Any]:
+    row = conn.execute(text(_select(kind, "WHERE d.name = :name")), {"kind": kind.name, "name": name}).first()
     if row is None:
         raise NotFound(f"{kind.name} {name!r} not found")
     return view(kind, row.desired, row.status)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, Strict, create_model
 from pydantic.fields import FieldInfo
 
 from models.base import Resource
+from resources.spec import Spec
 from setpoint.errors import UnknownKind
 from worker import registry
 from worker.controller import Controller
@@ -40,10 +41,15 @@ def spec_model(model: type[Resource]) -> type[BaseModel]:
     for field_name, info in own_first:
         if field_name in NOT_SPEC:
             continue
-        copy = FieldInfo.merge_field_infos(info)
-        fields[field_name] = (info.annotation, copy)
-    config = ConfigDict(extra="forbid", title=f"{model.kind}Spec")
-    return create_model(f"{model.kind}Spec", __config__=config, **fields)
+        # Numbers are numbers: `true` is not 1, nor "30" 30 (lax pydantic would take both).
+        annotation = Annotated[info.annotation, Strict()] if _numeric(info.annotation) else info.annotation
+        fields[field_name] = (annotation, FieldInfo.merge_field_infos(info))
+    return create_model(f"{model.kind}Spec", __base__=Spec, **fields)
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds an int or a float (or None)."""
+    return set(get_args(annotation) or (annotation,)) - {type(None)} <= {int, float}
 
 
 def _build() -> dict[str, Kind]:

@@ -6,10 +6,12 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
+from resources import loader
+from resources.spec import problem
 from setpoint.errors import InvalidDocument
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -31,7 +33,10 @@ class Document:
 def parse(text: str, origin: str) -> list[Document]:
     """Every document in one YAML stream (JSON is YAML too); empty documents are skipped."""
     try:
-        raw = [d for d in yaml.safe_load_all(text) if d is not None]
+        raw = [d for d in loader.load_all(text, origin) if d is not None]
+    except loader.Refused as error:
+        where = f", line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise InvalidDocument(f"{origin}, document {getattr(error, 'document', 1)}{where}: {error.problem}") from None
     except yaml.YAMLError as error:
         raise InvalidDocument(f"{origin}: not valid YAML or JSON: {error}") from None
     documents = []
@@ -39,12 +44,15 @@ def parse(text: str, origin: str) -> list[Document]:
         source = f"{origin}, document {index}"
         if not isinstance(item, dict):
             raise InvalidDocument(f"{source}: expected a mapping with kind, name and spec, got {type(item).__name__}")
-        unknown = set(item) - {"kind", "name", "spec"}
+        unknown = {str(key) for key in item} - {"kind", "name", "spec"}
         if unknown:
             raise InvalidDocument(f"{source}: unknown top-level field(s) {sorted(unknown)}; expected kind, name, spec")
         for key in ("kind", "name"):
             if not isinstance(item.get(key), str) or not item[key]:
                 raise InvalidDocument(f"{source}: field '{key}' is required and must be a string")
+            # Both end up in messages and on the terminal: refuse what cannot be printed before anything prints it.
+            if problem(item[key]):
+                raise InvalidDocument(f"{source}: field '{key}': {problem(item[key])}; got {item[key]!r}", field=key)
         spec = item.get("spec", {})
         if not isinstance(spec, dict):
             raise InvalidDocument(f"{item['kind']}/{item['name']} ({source}): field 'spec' must be a mapping")
@@ -55,14 +63,30 @@ def parse(text: str, origin: str) -> list[Document]:
 def load(target: str) -> list[Document]:
     """The documents in a file, in every .yaml/.yml/.json file of a folder (sorted), or on stdin (`-`)."""
     if target == "-":
-        return parse(sys.stdin.read(), "stdin")
+        return parse(text(sys.stdin.buffer, "stdin"), "stdin")
     path = Path(target)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-        return [doc for file in files for doc in parse(file.read_text(), str(file))]
+        return [doc for file in files for doc in parse(read(file), str(file))]
     if not path.exists():
         raise InvalidDocument(f"{target}: no such file or folder")
-    return parse(path.read_text(), str(path))
+    return parse(read(path), str(path))
+
+
+def read(path: Path) -> str:
+    with path.open("rb") as stream:
+        return text(stream, str(path))
+
+
+def text(stream: BinaryIO, origin: str) -> str:
+    """At most loader.MAX_BYTES of UTF-8 text from `stream`, or InvalidDocument: nothing larger is read whole."""
+    data = stream.read(loader.MAX_BYTES + 1)
+    if len(data) > loader.MAX_BYTES:
+        raise InvalidDocument(f"{origin}: larger than {loader.MAX_BYTES} bytes; split it into several files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidDocument(f"{origin}: not UTF-8 text (byte {error.start})") from None
 
 
 def dump(items: list[dict[str, Any]], output: str) -> str:

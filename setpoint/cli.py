@@ -64,11 +64,24 @@ def demo(
 def api(
     port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
     host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve without SETPOINT_API_TOKEN: anyone who reaches the port can run commands on the workers' "
+            "hosts. Allowed only on a loopback --host.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the REST API over desired state (OpenAPI at /docs); SETPOINT_API_TOKEN requires a bearer token."""
+    """Serve the REST API over desired state (OpenAPI at /docs); every request needs SETPOINT_API_TOKEN as a
+    bearer token. Without a token it refuses to start, unless --insecure-no-auth on a loopback address."""
     from api import server
 
-    server.serve(config.get(), host, port)
+    try:
+        server.serve(config.get(), host, port, insecure_no_auth=insecure_no_auth)
+    except errors.UsageError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -71,3 +71,7 @@ class NotFound(SetpointError):
 
 class AlreadyExists(SetpointError):
     """A resource of that kind already has that name."""
+
+
+class PreconditionFailed(SetpointError):
+    """The resource changed since it was read: its generation is no longer the one If-Match named; read it again."""

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     api_token: str | None = None
     """When set, every request to the REST API needs `Authorization: Bearer <token>`."""
 
+    api_max_body_bytes: int = Field(1_048_576, ge=1024)
+    """The largest request body the REST API reads (default 1 MiB); a longer one is answered 413 unread."""
+
     rollout_min_ready_seconds: float = Field(5.0, ge=0)
     """A rollout replaces the next replica only once the last new one has run (and passed its health check)
     this long."""

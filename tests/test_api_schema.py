@@ -29,7 +29,9 @@ from tests.conftest import scratch_database
 # The schema depends on the registered kinds only, not on the database: read at import, so that pytest
 # collects one test per operation. (`schemathesis.pytest.from_fixture` fails under pytest 9.2: no `_nodeid`.)
 schema = schemathesis.openapi.from_dict(
-    create_app(Settings(database_url="postgresql://schema-only.invalid/none", api_token=None)).openapi()
+    create_app(
+        Settings(database_url="postgresql://schema-only.invalid/none", api_token=None), insecure_no_auth=True
+    ).openapi()
 )
 
 
@@ -37,7 +39,7 @@ schema = schemathesis.openapi.from_dict(
 def app(servers: tuple[str, str]) -> Iterator[FastAPI]:
     """The API on a migrated database of this module's own, dropped afterwards."""
     with scratch_database(servers[0], "schema") as url:
-        app = create_app(Settings(database_url=url, api_token=None))
+        app = create_app(Settings(database_url=url, api_token=None), insecure_no_auth=True)
         with TestClient(app):  # its lifespan disposes of the app's engine before the database is dropped
             yield app
 

@@ -63,7 +63,7 @@ def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> Non
     [
         ("path", "relative/path", "path_absolute"),
         ("mode", "999", "mode_octal"),
-        ("interval_seconds", 0, "interval_seconds_positive"),
+        ("interval_seconds", 0, "interval_seconds_range"),
         ("deletion_policy", "shred", "deletion_policy_known"),
     ],
 )
