@@ -11,6 +11,7 @@ from sqlalchemy.ext.mutable import MutableDict
 from sqlmodel import Field
 
 from models.base import Resource, check, common_constraints, json_limits
+from models.node import node_check
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENV_RULES = "variables named with letters, digits and '_' (not starting with a digit), each a string or a number"
@@ -28,6 +29,7 @@ class Workload(Resource, table=True):
         check("jsonb_typeof(env) = 'object'", "env_object", "an object of environment variables"),
         check("setpoint_env_valid(env)", "env_valid", ENV_RULES),
         *json_limits("env", "environment variables"),
+        node_check("node"),
         check("stop_grace_seconds >= 0 AND stop_grace_seconds <= 60", "stop_grace_seconds_range", "0 to 60"),
         check("working_dir IS NULL OR working_dir LIKE '/%'", "working_dir_absolute", "an absolute path"),
         check("health_command IS NULL OR health_url IS NULL", "health_command_or_url", "at most one health check"),

@@ -6,7 +6,7 @@ column naming a node; and the worker's deletes and node pins moved into SECURITY
 (models.triggers.WORKER_FUNCTIONS), with DELETE on statuses and UPDATE of `node` revoked from the worker.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-01 19:20:00.000000
 """
 from typing import Sequence, Union
@@ -18,7 +18,7 @@ import sqlmodel
 from models import triggers
 
 revision: str = '0006'
-down_revision: Union[str, None] = '0003'
+down_revision: Union[str, None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
