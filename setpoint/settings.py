@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     state_dir: str = "~/.local/state/setpoint"
     """Where a worker keeps what it knows of the processes it started (workload replicas, their logs)."""
 
+    file_roots: str = ""
+    """Comma-separated folders Files may be managed under (/etc/app,/srv); a path elsewhere is invalid and never
+    touched, by write or by delete. Empty (the default) allows any path the worker's user can write."""
+
     crashloop_base_seconds: float = Field(10.0, gt=0)
     """The first delay before restarting a replica that exited soon after start; doubled each time."""
 

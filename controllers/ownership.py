@@ -1,0 +1,77 @@
+"""What Setpoint wrote where on this host: the record that lets teardown remove only files Setpoint made.
+
+One record per path, `<state_dir>/files/<sha256 of the path>.json`, names the File that wrote there and the
+digests of what it may have left. Before a write the record lists the old and the new digest (the intent),
+after it the new one only, so a worker killed at any line never leaves a record that would let teardown
+remove a file Setpoint did not write. Keyed by path, not by name: a File deleted while another already
+manages its path finds the other's record and leaves the file alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    name: str
+    """The File that wrote there."""
+    path: str
+    digests: tuple[str, ...]
+    """Every content Setpoint may have left at the path (two only while a write is under way)."""
+
+
+def location(state_dir: str, path: str) -> Path:
+    folder = Path(state_dir).expanduser() / "files"
+    return folder / f"{hashlib.sha256(path.encode()).hexdigest()}.json"
+
+
+def load(state_dir: str, name: str, path: str) -> Record | None:
+    """The record of what File `name` wrote at `path`, or None if it wrote nothing there (or someone else did)."""
+    try:
+        data = json.loads(location(state_dir, path).read_text())
+        record = Record(str(data["name"]), str(data["path"]), tuple(str(d) for d in data["digests"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable or damaged: claims nothing, so nothing is removed on its word
+    return record if record.name == name and record.path == path else None
+
+
+def save(state_dir: str, record: Record) -> None:
+    """Write the record at once (a reader sees the old or the new one), readable by this user only."""
+    target = location(state_dir, record.path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp = target.with_suffix(f".{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(dataclasses.asdict(record), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, target)
+
+
+def intend(state_dir: str, name: str, path: str, digest: str) -> None:
+    """Before writing `digest` at `path`: the record lists it beside what Setpoint left there before."""
+    before = load(state_dir, name, path)
+    kept = tuple(d for d in (before.digests if before else ()) if d != digest)
+    save(state_dir, Record(name, path, (*kept, digest)))
+
+
+def wrote(state_dir: str, name: str, path: str, digest: str) -> None:
+    """After the write: only `digest` is Setpoint's at `path`."""
+    save(state_dir, Record(name, path, (digest,)))
+
+
+def forget(state_dir: str, name: str, path: str) -> None:
+    """Drop File `name`'s record of `path`; another File's record is kept."""
+    if load(state_dir, name, path) is not None:
+        with contextlib.suppress(FileNotFoundError):
+            location(state_dir, path).unlink()

@@ -1,0 +1,255 @@
+"""The File kind never destroys what Setpoint did not make, never follows a symlink and never blocks.
+
+Most tests drive the controller the way the worker does (worker.runtime.run_controller) on a temporary
+folder; the last ones go through the real scheduler and worker, and through the database and the API's documents.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from controllers import safepath
+from controllers.file import FileController
+from models import File
+from setpoint.settings import Settings
+from tests.conftest import ROOT, wait_for
+from worker.outcome import Result
+from worker.runtime import run_controller
+
+
+def files(tmp_path: Path, roots: str = "") -> FileController:
+    return FileController(Settings(state_dir=str(tmp_path / "state"), file_roots=roots))
+
+
+def row(path: Path | str, content: str = "managed", **fields: object) -> File:
+    return File(**{"name": "motd", "path": str(path), "content": content, "mode": "0644", **fields})
+
+
+def reconcile(controller: FileController, desired: File, *, deleting: bool = False) -> Result:
+    return run_controller(controller, desired, deleting=deleting)
+
+
+def someone_elses(path: Path, content: str = "someone else's\n", mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    path.chmod(mode)
+    return path
+
+
+# Deleting removes only what Setpoint wrote.
+
+
+def test_a_written_file_is_removed_on_delete(tmp_path: Path) -> None:
+    controller, target = files(tmp_path), tmp_path / "motd"
+    assert reconcile(controller, row(target)).outcome == "changed"
+    done = reconcile(controller, row(target), deleting=True)
+    assert (done.outcome, done.actions) == ("deleted", (f"remove {target}",))
+    assert not target.exists()
+    assert not list((tmp_path / "state" / "files").iterdir()), "the ownership record goes with the file"
+
+
+def test_deleting_an_invalid_row_leaves_whatever_is_at_its_path(tmp_path: Path) -> None:
+    controller = files(tmp_path)
+    (tmp_path / "a").mkdir()
+    theirs = someone_elses(tmp_path / "b")
+    sneaky = row(f"{tmp_path}/a/../b")
+    assert reconcile(controller, sneaky).outcome == "invalid"
+    done = reconcile(controller, sneaky, deleting=True)
+    assert done.outcome == "deleted" and done.actions[0].startswith(f"left {tmp_path}/a/../b: ")
+    assert theirs.read_text() == "someone else's\n"
+
+
+def test_a_row_paused_from_the_start_leaves_someone_elses_file_on_delete(tmp_path: Path) -> None:
+    controller = files(tmp_path)
+    theirs = someone_elses(tmp_path / "motd")
+    paused = row(theirs, paused=True)
+    assert reconcile(controller, paused).outcome == "paused"
+    done = reconcile(controller, paused, deleting=True)
+    assert done.actions == (f"left {theirs}: Setpoint did not write it",)
+    assert theirs.read_text() == "someone else's\n"
+
+
+def test_a_file_edited_after_setpoint_wrote_it_is_left_on_delete(tmp_path: Path) -> None:
+    controller, target = files(tmp_path), tmp_path / "motd"
+    reconcile(controller, row(target))
+    target.write_text("hand-edited, keep me")
+    done = reconcile(controller, row(target), deleting=True)
+    assert done.actions == (f"left {target}: changed since Setpoint wrote it",)
+    assert target.read_text() == "hand-edited, keep me"
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_write_does_not_lead_delete_elsewhere(tmp_path: Path) -> None:
+    controller, target = files(tmp_path), tmp_path / "d" / "motd"
+    reconcile(controller, row(target))
+    (tmp_path / "d").rename(tmp_path / "moved")
+    elsewhere = someone_elses(tmp_path / "elsewhere" / "motd", content="managed")  # the same content, even
+    (tmp_path / "d").symlink_to(tmp_path / "elsewhere")
+    done = reconcile(controller, row(target), deleting=True)
+    assert done.outcome == "deleted" and "symlink" in done.actions[0]
+    assert elsewhere.read_text() == "managed"
+
+
+# Symlinks are never followed.
+
+
+def test_chmod_never_follows_a_symlink(tmp_path: Path) -> None:
+    controller = files(tmp_path)
+    other = someone_elses(tmp_path / "other", content="managed", mode=0o600)
+    link = tmp_path / "link"
+    link.symlink_to(other)
+    done = reconcile(controller, row(link, mode="0644"))
+    assert done.outcome == "invalid" and done.error == f"path: {link} is a symlink; Setpoint never follows symlinks"
+    assert stat.S_IMODE(other.stat().st_mode) == 0o600 and link.is_symlink()
+
+
+def test_a_path_under_a_symlinked_folder_is_invalid_and_nothing_is_written(tmp_path: Path) -> None:
+    controller = files(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    done = reconcile(controller, row(tmp_path / "via" / "sub" / "motd"))
+    assert done.outcome == "invalid" and done.reason == "InvalidSpec"
+    assert done.error == f"path: {tmp_path}/via is a symlink; Setpoint never follows symlinks"
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+# Only regular files are read, and never in a way that can block.
+
+
+def within(seconds: float, work: object) -> Result:
+    """Run `work` in a thread and fail unless it returns within `seconds` (a blocked read would never return)."""
+    done: list[Result] = []
+    thread = threading.Thread(target=lambda: done.append(work()), daemon=True)  # type: ignore[operator]
+    thread.start()
+    thread.join(seconds)
+    assert done, f"still blocked after {seconds}s"
+    return done[0]
+
+
+def test_a_fifo_is_invalid_at_once_and_never_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    try:
+        done = within(5, lambda: reconcile(files(tmp_path), row(fifo)))
+        assert (
+            done.outcome == "invalid" and done.error == f"path: {fifo} is a FIFO; Setpoint manages regular files only"
+        )
+        assert within(5, lambda: reconcile(files(tmp_path), row(fifo), deleting=True)).outcome == "deleted"
+    finally:  # unblock a reader, were one stuck in open()
+        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        os.close(fd)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_a_device_is_invalid_and_never_read() -> None:
+    done = within(5, lambda: reconcile(FileController(Settings()), row("/dev/zero")))
+    assert done.outcome == "invalid" and "/dev/zero is a character device" in (done.error or "")
+
+
+def test_a_folder_row_is_invalid_and_its_delete_does_nothing(tmp_path: Path) -> None:
+    controller = files(tmp_path)
+    (tmp_path / "dir" / "inside").mkdir(parents=True)
+    assert reconcile(controller, row(tmp_path / "dir")).outcome == "invalid"
+    done = reconcile(controller, row(tmp_path / "dir"), deleting=True)
+    assert done.outcome == "deleted" and (tmp_path / "dir" / "inside").is_dir()
+
+
+def test_a_file_over_the_read_cap_is_rewritten_without_being_read_whole(tmp_path: Path) -> None:
+    huge = tmp_path / "huge"
+    with huge.open("wb") as handle:
+        handle.truncate(safepath.MAX_READ_BYTES + 1)
+    seen = safepath.inspect(str(huge))
+    assert seen is not None and seen.sha256 is None and seen.size == safepath.MAX_READ_BYTES + 1
+    controller = files(tmp_path)
+    assert reconcile(controller, row(huge)).outcome == "changed" and huge.read_text() == "managed"
+    too_big = row(huge, content="x" * (safepath.MAX_READ_BYTES + 1))
+    assert reconcile(controller, too_big).error == "content: must be at most 16 MiB"
+
+
+# An interrupted write leaves at most one temporary file, which the next write reuses and delete removes.
+
+WRITER = """
+import sys
+from controllers.file import FileController
+from models import File
+from setpoint.settings import Settings
+from worker.runtime import run_controller
+controller = FileController(Settings(state_dir=sys.argv[2]))
+for i in range(1000):  # each run's content starts with its own digit, so the test sees its write under way
+    content = f"{sys.argv[3]}{i:08d}" * 1_000_000
+    run_controller(controller, File(name="big", path=sys.argv[1], content=content), deleting=False)
+"""
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".big.")) if folder.exists() else []
+
+
+def writing(folder: Path, run: int) -> bool:
+    """Whether run `run` of the writer has a temporary file with its content in `folder` right now."""
+    for temp in temporaries(folder):
+        try:
+            with temp.open("rb") as handle:
+                if handle.read(1) == str(run).encode():
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def test_interrupted_writes_leave_one_temporary_file_which_delete_removes(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "big"
+    for run in range(1, 4):
+        argv = [sys.executable, "-c", WRITER, str(target), str(tmp_path / "state"), str(run)]
+        writer = subprocess.Popen(argv, cwd=ROOT)
+        wait_for(lambda: writing(target.parent, run), 30, f"write {run} under way")  # noqa: B023
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert len(temporaries(target.parent)) <= 1, temporaries(target.parent)
+    controller = files(tmp_path)
+    big = row(target, content="small now")
+    assert reconcile(controller, big).outcome == "changed"
+    assert temporaries(target.parent) == [] and target.read_text() == "small now"
+    os.close(os.open(target.parent / safepath.temp_name(str(target)), os.O_CREAT | os.O_WRONLY, 0o600))
+    assert reconcile(controller, big, deleting=True).actions == (f"remove {target}",)
+    assert list(target.parent.iterdir()) == []
+
+
+# SETPOINT_FILE_ROOTS: the folders Files may live under.
+
+
+def test_a_path_outside_every_root_is_invalid_and_untouched(tmp_path: Path) -> None:
+    roots = f"{tmp_path}/etc,{tmp_path}/srv"
+    outside = tmp_path / "etc2" / "motd"
+    done = reconcile(files(tmp_path, roots), row(outside))
+    assert done.outcome == "invalid" and "must be under one of" in (done.error or "")
+    assert not outside.parent.exists()
+    assert reconcile(files(tmp_path, roots), row(tmp_path / "srv" / "app" / "motd")).outcome == "changed"
+
+
+def test_delete_never_removes_outside_the_roots(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "motd"
+    reconcile(files(tmp_path), row(target))  # written while any path was allowed
+    done = reconcile(files(tmp_path, f"{tmp_path}/srv"), row(target), deleting=True)
+    assert done.outcome == "deleted" and "must be under one of" in done.actions[0]
+    assert target.read_text() == "managed"
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "inside"),
+    [("/etc/motd", "/etc", True), ("/etc2/motd", "/etc", False), ("/etc", "/etc", False), ("/x", "/", True)],
+)
+def test_roots_compare_whole_folders(path: str, root: str, inside: bool) -> None:
+    assert safepath.under(path, root) is inside
+
+
+def test_a_relative_root_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="SETPOINT_FILE_ROOTS entry 'etc'"):
+        FileController(Settings(file_roots="etc"))
