@@ -15,12 +15,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from controllers import safepath
 from controllers.file import FileController
 from models import File
+from resources import documents
+from resources.kinds import resolve
+from setpoint.errors import AlreadyExists, InvalidDocument
 from setpoint.settings import Settings
 from tests.conftest import ROOT, wait_for
+from tests.helpers import ready_at, runs, sql, status, unwatched
 from worker.outcome import Result
 from worker.runtime import run_controller
 
@@ -253,3 +259,99 @@ def test_roots_compare_whole_folders(path: str, root: str, inside: bool) -> None
 def test_a_relative_root_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="SETPOINT_FILE_ROOTS entry 'etc'"):
         FileController(Settings(file_roots="etc"))
+
+
+# One File per path, in one spelling: the database refuses a second.
+
+
+def test_a_second_file_at_the_same_path_is_refused(engine: Engine, unique: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "motd")
+    unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", unique, p=path)
+    with pytest.raises(IntegrityError, match="uq_files_path"):
+        sql(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", n=f"{unique}-2", p=path)
+    for spelling in (f"{tmp_path}//motd", f"{tmp_path}/./motd", f"{tmp_path}/x/../motd", f"{path}/"):
+        with pytest.raises(IntegrityError, match="ck_files_path_normalized"):
+            sql(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", n=f"{unique}-3", p=spelling)
+    assert status(engine, f"{unique}-2") is None and status(engine, f"{unique}-3") is None
+
+
+def test_the_api_names_spec_path_when_the_path_is_taken(engine: Engine, unique: str, tmp_path: Path) -> None:
+    kind, path = resolve("file"), str(tmp_path / "motd")
+    unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", unique, p=path)
+    with pytest.raises(InvalidDocument) as refused:
+        documents.create(engine, kind, f"{unique}-2", {"path": path})
+    assert refused.value.field == "spec.path"
+    assert str(refused.value) == (
+        f"File/{unique}-2 (request body): field 'spec.path': expected a path no other File manages "
+        "(constraint uq_files_path)"
+    )
+    with pytest.raises(AlreadyExists):  # the name taken is still told apart
+        documents.create(engine, kind, unique, {"path": str(tmp_path / "other")})
+    with pytest.raises(InvalidDocument, match="spec.path.*normalized absolute path"):
+        documents.create(engine, kind, f"{unique}-3", {"path": f"{tmp_path}/x/../motd"})
+
+
+# Through the real scheduler and worker.
+
+
+def insert(engine: Engine, name: str, path: Path | str, content: str = "managed", **extra: object) -> None:
+    columns = ", ".join(["name", "path", "content", *extra])
+    values = ", ".join([":name", ":path", ":content", *(f":{k}" for k in extra)])
+    sql(engine, f"INSERT INTO files ({columns}) VALUES ({values})", name=name, path=str(path), content=content, **extra)
+
+
+def phase(engine: Engine, name: str, wanted: str) -> dict | None:
+    found = status(engine, name)
+    return found if found and found["phase"] == wanted and found["observed_generation"] == found["generation"] else None
+
+
+def test_delete_removes_only_what_setpoint_wrote(stack: dict, engine: Engine, unique: str, tmp_path: Path) -> None:
+    managed, edited = tmp_path / "managed", tmp_path / "edited"
+    theirs = someone_elses(tmp_path / "theirs")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    hidden = someone_elses(tmp_path / "real" / "motd")
+    insert(engine, f"{unique}-managed", managed)
+    insert(engine, f"{unique}-edited", edited)
+    insert(engine, f"{unique}-paused", theirs, paused=True)
+    insert(engine, f"{unique}-invalid", tmp_path / "via" / "motd")
+    wait_for(lambda: ready_at(engine, f"{unique}-managed", 1), 20, "managed file ready")
+    wait_for(lambda: ready_at(engine, f"{unique}-edited", 1), 20, "edited file ready")
+    wait_for(lambda: phase(engine, f"{unique}-paused", "Drifted"), 20, "paused row observed")
+    invalid = wait_for(lambda: phase(engine, f"{unique}-invalid", "Invalid"), 20, "symlinked row invalid")
+    assert "is a symlink; Setpoint never follows symlinks" in invalid["last_error"]
+    edited.write_text("edited by a person")
+    sql(engine, "DELETE FROM files WHERE name LIKE :prefix", prefix=f"{unique}-%")
+    for suffix in ("managed", "edited", "paused", "invalid"):
+        wait_for(lambda: status(engine, f"{unique}-{suffix}") is None, 20, f"{suffix} deleted")  # noqa: B023
+    assert not managed.exists()
+    assert edited.read_text() == "edited by a person"
+    assert theirs.read_text() == hidden.read_text() == "someone else's\n"
+    said = {suffix: runs(engine, f"{unique}-{suffix}")[-1]["actions"] for suffix in ("edited", "paused", "invalid")}
+    assert said["edited"] == [f"left {edited}: changed since Setpoint wrote it"]
+    assert said["paused"] == [f"left {theirs}: Setpoint did not write it"]
+    assert said["invalid"][0].startswith(f"left {tmp_path}/via/motd: path: {tmp_path}/via is a symlink")
+
+
+def test_a_fifo_or_a_device_is_invalid_at_once_and_a_folder_row_can_be_deleted_and_its_name_reused(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "dir").mkdir()
+    insert(engine, f"{unique}-fifo", tmp_path / "pipe")
+    insert(engine, f"{unique}-zero", "/dev/zero")
+    insert(engine, unique, tmp_path / "dir")
+    # The worker's time limit is 5 s here: a blocked read would end in a failure after it, never in Invalid.
+    for name, words in (
+        (f"{unique}-fifo", "is a FIFO"),
+        (f"{unique}-zero", "is a character device"),
+        (unique, "is a folder"),
+    ):
+        row = wait_for(lambda: phase(engine, name, "Invalid"), 10, f"{name} invalid")  # noqa: B023
+        assert words in row["last_error"] and runs(engine, name)[-1]["duration_ms"] < 1000
+    sql(engine, "DELETE FROM files WHERE name LIKE :prefix", prefix=f"{unique}%")
+    wait_for(lambda: status(engine, unique) is None, 20, "the folder row's delete done")
+    insert(engine, unique, tmp_path / "dir" / "motd")
+    wait_for(lambda: ready_at(engine, unique, 1), 20, "its name reused")
+    assert (tmp_path / "dir" / "motd").read_text() == "managed"
+    wait_for(lambda: status(engine, f"{unique}-zero") is None, 20, "/dev/zero's row deleted, its path free again")
