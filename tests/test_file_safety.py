@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -257,8 +258,9 @@ def test_roots_compare_whole_folders(path: str, root: str, inside: bool) -> None
 
 
 def test_a_relative_root_is_refused_at_start() -> None:
-    with pytest.raises(ValueError, match="SETPOINT_FILE_ROOTS entry 'etc'"):
-        FileController(Settings(file_roots="etc"))
+    with pytest.raises(ValidationError, match="(?s)file_roots.*absolute path without '.' or '..' parts, got 'etc'"):
+        Settings(file_roots="/srv, etc")
+    assert FileController(Settings(file_roots=" /srv/, /etc//app ")).roots == ("/srv", "/etc/app")
 
 
 # One File per path, in one spelling: the database refuses a second.
