@@ -146,17 +146,18 @@ def _open(fd: int, path: str) -> Iterator[int]:
 
 def _read(file: int) -> Seen:
     info = os.fstat(file)
-    digest: str | None = None
-    if info.st_size <= MAX_READ_BYTES:
-        hasher, total = hashlib.sha256(), 0
-        while chunk := os.read(file, _CHUNK):
-            total += len(chunk)
-            if total > MAX_READ_BYTES:  # grew while read
-                hasher = None  # type: ignore[assignment]
-                break
-            hasher.update(chunk)
-        digest = hasher.hexdigest() if hasher is not None else None
+    digest = _digest(file) if info.st_size <= MAX_READ_BYTES else None
     return Seen(digest, info.st_size, stat.S_IMODE(info.st_mode), (info.st_dev, info.st_ino))
+
+
+def _digest(file: int) -> str | None:
+    hasher, total = hashlib.sha256(), 0
+    while chunk := os.read(file, _CHUNK):
+        total += len(chunk)
+        if total > MAX_READ_BYTES:
+            return None  # it grew while read
+        hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def inspect(path: str) -> Seen | None:
@@ -179,7 +180,8 @@ def temp_name(path: str) -> str:
 def write(path: str, data: bytes, mode: int) -> None:
     """Replace the file at `path` with `data` and `mode` at once: readers see the old file or the new one."""
     with folder(path, create=True) as fd:
-        assert fd is not None
+        if fd is None:
+            raise FileNotFoundError(errno.ENOENT, "a folder keeps vanishing", path)
         temp = temp_name(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp, dir_fd=fd)  # a previous write's, interrupted; unlink never follows a symlink

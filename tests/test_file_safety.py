@@ -6,6 +6,7 @@ folder; the last ones go through the real scheduler and worker, and through the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -20,11 +21,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from controllers import safepath
-from controllers.file import FileController
+from controllers.file import FileController, digest
 from models import File
 from resources import documents
 from resources.kinds import resolve
-from setpoint.errors import AlreadyExists, InvalidDocument
+from setpoint.errors import AlreadyExists, InvalidDocument, TransientError
 from setpoint.settings import Settings
 from tests.conftest import ROOT, wait_for
 from tests.helpers import ready_at, runs, sql, status, unwatched
@@ -61,6 +62,30 @@ def test_a_written_file_is_removed_on_delete(tmp_path: Path) -> None:
     assert (done.outcome, done.actions) == ("deleted", (f"remove {target}",))
     assert not target.exists()
     assert not list((tmp_path / "state" / "files").iterdir()), "the ownership record goes with the file"
+
+
+def test_a_file_changed_between_the_look_and_the_delete_is_left(tmp_path: Path) -> None:
+    controller, target = files(tmp_path), tmp_path / "motd"
+    reconcile(controller, row(target))
+    planned = controller.teardown(row(target), controller.observe(row(target)))
+    target.write_text("edited just now")
+    with pytest.raises(TransientError, match="changed since Setpoint wrote it"):
+        planned[0].run()
+    assert target.read_text() == "edited just now"
+    again = reconcile(controller, row(target), deleting=True)  # the retry says what it found
+    assert again.actions == (f"left {target}: changed since Setpoint wrote it",)
+
+
+def test_the_ownership_record_is_private_and_names_what_was_written(tmp_path: Path) -> None:
+    reconcile(files(tmp_path), row(tmp_path / "motd"))
+    folder = tmp_path / "state" / "files"
+    [record] = list(folder.iterdir())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert json.loads(record.read_text()) == {
+        "name": "motd",
+        "path": str(tmp_path / "motd"),
+        "digests": [digest("managed")],
+    }
 
 
 def test_deleting_an_invalid_row_leaves_whatever_is_at_its_path(tmp_path: Path) -> None:
@@ -184,7 +209,7 @@ def test_a_file_over_the_read_cap_is_rewritten_without_being_read_whole(tmp_path
 
 WRITER = """
 import sys
-from controllers.file import FileController
+from controllers.file import FileController, digest
 from models import File
 from setpoint.settings import Settings
 from worker.runtime import run_controller
