@@ -20,15 +20,16 @@ from worker.controller import Action, Controller, InvalidSpec, TransientError
 @dataclasses.dataclass(frozen=True)
 class FileState:
     """What is on disk: whether the file exists, its content's digest, size and mode, and whether Setpoint
-    wrote what is there; `problem` says why the path cannot be managed (then nothing else was looked at)."""
+    wrote what is there (and which File); `problem` says why the path cannot be managed (then nothing was read)."""
 
     exists: bool
     sha256: str | None = None
     size: int | None = None
     mode: str | None = None
     written_by_setpoint: bool = False
-    recorded: bool = False
-    """This File has a record of writing at this path (whatever is there now)."""
+    """Its content is what Setpoint last wrote there (or was writing)."""
+    written_by: str | None = None
+    """The File whose record this path has, whatever is there now."""
     problem: str | None = None
 
 
@@ -53,12 +54,32 @@ class WriteContent(Action):
         # The record lists the new digest before the file holds it, and only it afterwards: a kill at any line
         # leaves a record that claims nothing Setpoint did not write.
         new = digest(self.content)
-        ownership.intend(self.state_dir, self.name, self.path, new)
-        safepath.write(self.path, self.content.encode(), octal(self.mode))
-        ownership.wrote(self.state_dir, self.name, self.path, new)
+        with ownership.held(self.state_dir, self.path):
+            ownership.intend(self.state_dir, self.name, self.path, new)
+            safepath.write(self.path, self.content.encode(), octal(self.mode))
+            ownership.wrote(self.state_dir, self.name, self.path, new)
 
     def __str__(self) -> str:
         return f"write {len(self.content.encode())} bytes to {self.path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeOver(Action):
+    """Record as this File's what another File (since deleted or moved) wrote at the path, content as desired."""
+
+    path: str
+    sha256: str
+    previous: str
+    name: str = ""
+    state_dir: str = ""
+
+    def run(self) -> None:
+        with ownership.held(self.state_dir, self.path):
+            if ownership.mine(self.state_dir, self.previous, self.path) is not None:
+                ownership.wrote(self.state_dir, self.name, self.path, self.sha256)
+
+    def __str__(self) -> str:
+        return f"take {self.path} over from File {self.previous!r}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +103,14 @@ class RemoveFile(Action):
     state_dir: str = ""
 
     def run(self) -> None:
-        record = ownership.load(self.state_dir, self.name, self.path)
-        if record is None:
-            return
-        left = safepath.remove(self.path, record.digests)
-        if left is not None:  # changed since observed: the next attempt's teardown says what is there
-            raise TransientError(f"left {self.path}: {left}")
-        ownership.forget(self.state_dir, self.name, self.path)
+        with ownership.held(self.state_dir, self.path):
+            record = ownership.mine(self.state_dir, self.name, self.path)
+            if record is None:
+                return
+            left = safepath.remove(self.path, record.digests)
+            if left is not None:  # changed since observed: the next attempt's teardown says what is there
+                raise TransientError(f"left {self.path}: {left}")
+            ownership.forget(self.state_dir, self.name, self.path)
 
     def __str__(self) -> str:
         return f"remove {self.path}"
@@ -104,7 +126,8 @@ class LeaveFile(Action):
     state_dir: str = ""
 
     def run(self) -> None:
-        ownership.forget(self.state_dir, self.name, self.path)
+        with ownership.held(self.state_dir, self.path):
+            ownership.forget(self.state_dir, self.name, self.path)
 
     def __str__(self) -> str:
         return f"left {self.path}: {self.why}"
@@ -130,28 +153,37 @@ class FileController(Controller[File, FileState]):
             seen = safepath.inspect(desired.path)
         except InvalidSpec as error:
             return FileState(exists=False, problem=str(error))
-        record = ownership.load(self.settings.state_dir, desired.name, desired.path)
+        record = ownership.load(self.settings.state_dir, desired.path)
+        by = record.name if record else None
         if seen is None:
-            return FileState(exists=False, recorded=record is not None)
-        ours = record is not None and seen.sha256 is not None and seen.sha256 in record.digests
-        return FileState(True, seen.sha256, seen.size, f"{seen.mode:04o}", ours, record is not None)
+            return FileState(exists=False, written_by=by)
+        wrote = record is not None and seen.sha256 is not None and seen.sha256 in record.digests
+        return FileState(True, seen.sha256, seen.size, f"{seen.mode:04o}", wrote, by)
 
     def plan(self, desired: File, actual: FileState) -> list[Action]:
         if actual.problem:
             raise InvalidSpec("path", actual.problem.removeprefix("path: "))
+        mine = (desired.name, self.settings.state_dir)
         if not actual.exists or actual.sha256 != digest(desired.content):
-            return [WriteContent(desired.path, desired.content, desired.mode, desired.name, self.settings.state_dir)]
+            return [WriteContent(desired.path, desired.content, desired.mode, *mine)]
+        actions: list[Action] = []
+        if actual.written_by_setpoint and actual.sha256 and actual.written_by not in (None, desired.name):
+            actions.append(TakeOver(desired.path, actual.sha256, str(actual.written_by), *mine))
         if actual.mode is None or octal(actual.mode) != octal(desired.mode):
-            return [SetMode(desired.path, desired.mode)]
-        return []
+            actions.append(SetMode(desired.path, desired.mode))
+        return actions
 
     def teardown(self, desired: File, actual: FileState) -> list[Action]:
         mine = (desired.name, self.settings.state_dir)
         if actual.problem:  # an invalid row was never acted on at this path: only forget it
             return [LeaveFile(desired.path, actual.problem, *mine)]
+        if actual.written_by not in (None, desired.name):
+            return (
+                [LeaveFile(desired.path, f"managed by File {actual.written_by!r} now", *mine)] if actual.exists else []
+            )
         if actual.written_by_setpoint:
             return [RemoveFile(desired.path, *mine)]
         if actual.exists:
-            why = "changed since Setpoint wrote it" if actual.recorded else "Setpoint did not write it"
+            why = "changed since Setpoint wrote it" if actual.written_by else "Setpoint did not write it"
             return [LeaveFile(desired.path, why, *mine)]
-        return [RemoveFile(desired.path, *mine)] if actual.recorded else []
+        return [RemoveFile(desired.path, *mine)] if actual.written_by else []

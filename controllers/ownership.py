@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -31,8 +33,8 @@ def location(state_dir: str, path: str) -> Path:
     return folder / f"{hashlib.sha256(path.encode()).hexdigest()}.json"
 
 
-def load(state_dir: str, name: str, path: str) -> Record | None:
-    """The record of what File `name` wrote at `path`, or None if it wrote nothing there (or someone else did)."""
+def load(state_dir: str, path: str) -> Record | None:
+    """The record of what Setpoint wrote at `path` (and which File wrote it), or None if it wrote nothing there."""
     try:
         data = json.loads(location(state_dir, path).read_text())
         record = Record(str(data["name"]), str(data["path"]), tuple(str(d) for d in data["digests"]))
@@ -40,7 +42,34 @@ def load(state_dir: str, name: str, path: str) -> Record | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable or damaged: claims nothing, so nothing is removed on its word
-    return record if record.name == name and record.path == path else None
+    return record if record.path == path else None
+
+
+def mine(state_dir: str, name: str, path: str) -> Record | None:
+    """The record of `path` if File `name` wrote it."""
+    record = load(state_dir, path)
+    return record if record is not None and record.name == name else None
+
+
+@contextlib.contextmanager
+def held(state_dir: str, path: str) -> Iterator[None]:
+    """This host's writes, takeovers and removals of one path, one at a time (a File being deleted while the next
+    File at its path writes), through a lock file beside the record that `forget` removes with it."""
+    lock = location(state_dir, path).with_suffix(".lock")
+    lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break  # not removed by the holder before us
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def save(state_dir: str, record: Record) -> None:
@@ -60,7 +89,7 @@ def save(state_dir: str, record: Record) -> None:
 
 def intend(state_dir: str, name: str, path: str, digest: str) -> None:
     """Before writing `digest` at `path`: the record lists it beside what Setpoint left there before."""
-    before = load(state_dir, name, path)
+    before = mine(state_dir, name, path)
     kept = tuple(d for d in (before.digests if before else ()) if d != digest)
     save(state_dir, Record(name, path, (*kept, digest)))
 
@@ -71,7 +100,9 @@ def wrote(state_dir: str, name: str, path: str, digest: str) -> None:
 
 
 def forget(state_dir: str, name: str, path: str) -> None:
-    """Drop File `name`'s record of `path`; another File's record is kept."""
-    if load(state_dir, name, path) is not None:
-        with contextlib.suppress(FileNotFoundError):
-            location(state_dir, path).unlink()
+    """Drop File `name`'s record of `path` and its lock (call it holding the lock); another File's is kept."""
+    if mine(state_dir, name, path) is not None:
+        record = location(state_dir, path)
+        for done in (record, record.with_suffix(".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                done.unlink()

@@ -76,10 +76,22 @@ def test_a_file_changed_between_the_look_and_the_delete_is_left(tmp_path: Path) 
     assert again.actions == (f"left {target}: changed since Setpoint wrote it",)
 
 
+def test_a_file_deleted_while_the_next_file_at_its_path_manages_it_is_left(tmp_path: Path) -> None:
+    controller, target = files(tmp_path), tmp_path / "motd"
+    reconcile(controller, row(target, name="old"))
+    taken = reconcile(controller, row(target, name="new"))  # the same content: nothing to write, only to record
+    assert taken.actions == (f"take {target} over from File 'old'",)
+    done = reconcile(controller, row(target, name="old"), deleting=True)
+    assert done.actions == (f"left {target}: managed by File 'new' now",)
+    assert target.read_text() == "managed"
+    assert reconcile(controller, row(target, name="new"), deleting=True).actions == (f"remove {target}",)
+    assert not target.exists() and list((tmp_path / "state" / "files").iterdir()) == []
+
+
 def test_the_ownership_record_is_private_and_names_what_was_written(tmp_path: Path) -> None:
     reconcile(files(tmp_path), row(tmp_path / "motd"))
     folder = tmp_path / "state" / "files"
-    [record] = list(folder.iterdir())
+    [record] = list(folder.glob("*.json"))
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(record.stat().st_mode) == 0o600
     assert json.loads(record.read_text()) == {
         "name": "motd",

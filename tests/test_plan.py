@@ -40,13 +40,13 @@ def test_in_sync_plans_nothing() -> None:
 
 
 def test_teardown_removes_only_what_setpoint_wrote() -> None:
-    ours = FileState(True, digest("x"), 1, "0644", written_by_setpoint=True, recorded=True)
+    ours = FileState(True, digest("x"), 1, "0644", written_by_setpoint=True, written_by="motd")
     assert controller.teardown(want(), ours) == [RemoveFile("/etc/motd", "motd", "/state")]
     theirs = FileState(True, digest("x"), 1, "0644")
     assert controller.teardown(want(), theirs) == [
         LeaveFile("/etc/motd", "Setpoint did not write it", "motd", "/state")
     ]
-    edited = FileState(True, digest("x"), 1, "0644", recorded=True)
+    edited = FileState(True, digest("x"), 1, "0644", written_by="motd")
     assert str(controller.teardown(want(), edited)[0]) == "left /etc/motd: changed since Setpoint wrote it"
     assert controller.teardown(want(), FileState(exists=False)) == []
 
