@@ -21,6 +21,8 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Record:
+    """What one path holds by Setpoint's hand."""
+
     name: str
     """The File that wrote there."""
     path: str
@@ -73,10 +75,11 @@ def held(state_dir: str, path: str) -> Iterator[None]:
 
 
 def save(state_dir: str, record: Record) -> None:
-    """Write the record at once (a reader sees the old or the new one), readable by this user only."""
+    """Write the record at once (a reader sees the old or the new one), readable by this user only; hold the
+    path's lock."""
     target = location(state_dir, record.path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temp = target.with_suffix(f".{os.getpid()}.tmp")
+    temp = target.with_suffix(".tmp")  # one name: every save of a path holds its lock (`held`)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

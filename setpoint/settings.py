@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     shared one: resources bound to the node, and host-local ones they reconciled first, come there."""
 
     state_dir: str = "~/.local/state/setpoint"
-    """Where a worker keeps what it knows of the processes it started (workload replicas, their logs)."""
+    """Where a worker keeps what it knows of the processes it started (workload replicas, their logs) and of the
+    files it wrote (so that a delete removes only those)."""
 
     file_roots: str = ""
     """Comma-separated folders Files may be managed under (/etc/app,/srv); a path elsewhere is invalid and never
