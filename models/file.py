@@ -20,6 +20,8 @@ class File(Resource, table=True):
             "path_normalized",
             "a normalized absolute path: no '//', no '.' or '..' part, no trailing '/'",
         ),
+        # Within what a unique index holds (2,704 bytes); Linux's PATH_MAX is 4,096, real paths far shorter.
+        check("octet_length(path) <= 2048", "path_length", "an absolute path of at most 2048 bytes"),
         # One File per path: two would rewrite it in turn forever, each reporting Ready.
         UniqueConstraint("path", name="uq_files_path", info={"expected": "a path no other File manages"}),
         check("mode ~ '^0?[0-7]{3}$'", "mode_octal", "octal permission bits such as '0644'"),

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -23,11 +24,12 @@ from sqlalchemy.exc import IntegrityError
 from controllers import safepath
 from controllers.file import FileController, digest
 from models import File
+from models.database import libpq_url
 from resources import documents
 from resources.kinds import resolve
 from setpoint.errors import AlreadyExists, InvalidDocument, TransientError
 from setpoint.settings import Settings
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, alembic, scratch_database, wait_for
 from tests.helpers import ready_at, runs, sql, status, unwatched
 from worker.outcome import Result
 from worker.runtime import run_controller
@@ -394,3 +396,17 @@ def test_a_fifo_or_a_device_is_invalid_at_once_and_a_folder_row_can_be_deleted_a
     wait_for(lambda: ready_at(engine, unique, 1), 20, "its name reused")
     assert (tmp_path / "dir" / "motd").read_text() == "managed"
     wait_for(lambda: status(engine, f"{unique}-zero") is None, 20, "/dev/zero's row deleted, its path free again")
+
+
+def test_the_upgrade_names_the_rows_that_share_a_path_and_changes_nothing(servers: tuple[str, str]) -> None:
+    with scratch_database(servers[0], "paths", migrate=False) as url:
+        alembic("upgrade", "0003", database_url=url)
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("INSERT INTO files (name, path) VALUES ('one', '/srv/motd'), ('two', '/srv/motd')")
+        env = {**os.environ, "SETPOINT_DATABASE_URL": url}
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode != 0
+        assert "files.path must be unique" in done.stderr and "/srv/motd (one, two)" in done.stderr
+        assert "0003" in alembic("current", database_url=url).stdout

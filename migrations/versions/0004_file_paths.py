@@ -2,7 +2,8 @@
 
 Two Files managing one path rewrote it in turn forever while both reported Ready: the path is now unique,
 and normalized (no '//', no '.' or '..' part, no trailing '/') so that two spellings of one path cannot both
-be stored. Rows that break either rule stop the upgrade, named, for an admin to fix first.
+be stored; at most 2,048 bytes long, within what a unique index holds. Rows that break a rule stop the
+upgrade, named, for an admin to fix first.
 
 Revision ID: 0004
 Revises: 0003
@@ -19,6 +20,7 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 NORMALIZED = r"path !~ '(//|/\.\.?(/|$)|/$)'"
+SHORT = "octet_length(path) <= 2048"
 
 
 def _refuse(query: str, problem: str) -> None:
@@ -34,14 +36,20 @@ def upgrade() -> None:
         "files.path must be normalized (no '//', no '.' or '..' part, no trailing '/')",
     )
     _refuse(
+        f"SELECT left(path, 60) || '…', name FROM files WHERE NOT ({SHORT}) ORDER BY name LIMIT 20",
+        "files.path must be at most 2048 bytes (what a unique index holds)",
+    )
+    _refuse(
         "SELECT path, string_agg(name, ', ' ORDER BY name) FROM files GROUP BY path HAVING count(*) > 1 "
         "ORDER BY path LIMIT 20",
         "files.path must be unique (two Files at one path rewrite it in turn forever)",
     )
     op.create_check_constraint(op.f('ck_files_path_normalized'), 'files', sa.text(NORMALIZED))
+    op.create_check_constraint(op.f('ck_files_path_length'), 'files', sa.text(SHORT))
     op.create_unique_constraint(op.f('uq_files_path'), 'files', ['path'])
 
 
 def downgrade() -> None:
     op.drop_constraint(op.f('uq_files_path'), 'files', type_='unique')
+    op.drop_constraint(op.f('ck_files_path_length'), 'files', type_='check')
     op.drop_constraint(op.f('ck_files_path_normalized'), 'files', type_='check')
