@@ -330,6 +330,8 @@ def test_the_api_names_spec_path_when_the_path_is_taken(engine: Engine, unique: 
         documents.create(engine, kind, unique, {"path": str(tmp_path / "other")})
     with pytest.raises(InvalidDocument, match="spec.path.*normalized absolute path"):
         documents.create(engine, kind, f"{unique}-3", {"path": f"{tmp_path}/x/../motd"})
+    with pytest.raises(InvalidDocument, match="spec.path.*at most 2048 bytes"):
+        documents.create(engine, kind, f"{unique}-3", {"path": "/" + "é" * 1500})
 
 
 # Through the real scheduler and worker.
