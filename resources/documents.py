@@ -12,7 +12,7 @@ from collections.abc import Collection
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -116,14 +116,22 @@ def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocume
     prefix = f"ck_{kind.plural}_"
     fields = sorted(["name", *kind.spec_fields], key=len, reverse=True)
     field = next((f for f in fields if constraint.removeprefix(prefix).startswith(f)), None)
-    if getattr(error.orig, "sqlstate", None) == "23505":  # the name is taken (or its old self still deleting)
-        field = "name"
+    if getattr(error.orig, "sqlstate", None) == "23505":  # taken: a unique column, or a name still deleting
+        field = unique_field(kind, constraint)
     where = f"field 'spec.{field}'" if field and field != "name" else f"field '{field or 'spec'}'"
     located = f"spec.{field}" if field and field != "name" else (field or "spec")
     rule = next((c for c in kind.model.__table__.constraints if c.name == constraint), None)  # type: ignore[attr-defined]
     if rule is not None and rule.info.get("expected"):
         detail = f"expected {rule.info['expected']} (constraint {constraint})"
     return InvalidDocument(f"{document.label}: {where}: {detail}", field=located)
+
+
+def unique_field(kind: Kind, constraint: str) -> str:
+    """The column a unique constraint guards: the name's unless the constraint is another column's."""
+    for rule in kind.model.__table__.constraints:  # type: ignore[attr-defined]
+        if rule.name == constraint and isinstance(rule, UniqueConstraint) and len(rule.columns) == 1:
+            return str(next(iter(rule.columns)).name)
+    return "name"
 
 
 def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +145,8 @@ def create(engine: Engine, kind: Kind, name: str, spec: dict[str, Any]) -> dict[
             # Read back before COMMIT: a row that cannot be shown is not stored either.
             return _get(conn, kind, name)
     except IntegrityError as error:
-        if getattr(error.orig, "sqlstate", None) == "23505":  # unique_violation, or still being deleted
+        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None) or ""
+        if getattr(error.orig, "sqlstate", None) == "23505" and unique_field(checked_kind, constraint) == "name":
             raise AlreadyExists(
                 f"{kind.name} {name!r} already exists{' (still being deleted)' if 'deleted' in str(error.orig) else ''}"
             ) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 
-from pydantic import Field, IPvAnyAddress
+from pydantic import Field, IPvAnyAddress, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -88,7 +88,20 @@ class Settings(BaseSettings):
     shared one: resources bound to the node, and host-local ones they reconciled first, come there."""
 
     state_dir: str = "~/.local/state/setpoint"
-    """Where a worker keeps what it knows of the processes it started (workload replicas, their logs)."""
+    """Where a worker keeps what it knows of the processes it started (workload replicas, their logs) and of the
+    files it wrote (so that a delete removes only those)."""
+
+    file_roots: str = ""
+    """Comma-separated folders Files may be managed under (/etc/app,/srv); a path elsewhere is invalid and never
+    touched, by write or by delete. Empty (the default) allows any path the worker's user can write."""
+
+    @field_validator("file_roots")
+    @classmethod
+    def _absolute_roots(cls, value: str) -> str:
+        for root in (part.strip() for part in value.split(",")):
+            if root and (not root.startswith("/") or any(part in (".", "..") for part in root.split("/"))):
+                raise ValueError(f"each folder must be an absolute path without '.' or '..' parts, got {root!r}")
+        return value
 
     crashloop_base_seconds: float = Field(10.0, gt=0)
     """The first delay before restarting a replica that exited soon after start; doubled each time."""

@@ -6,12 +6,13 @@ import random
 
 import pytest
 
-from controllers.file import FileController, FileState, RemoveFile, SetMode, WriteContent, digest
+from controllers.file import FileController, FileState, LeaveFile, RemoveFile, SetMode, WriteContent, digest
 from models import File
 from setpoint.errors import InvalidSpec
+from setpoint.settings import Settings
 from worker import timing
 
-controller = FileController()
+controller = FileController(Settings(state_dir="/state"))
 
 
 def want(**fields: object) -> File:
@@ -19,12 +20,14 @@ def want(**fields: object) -> File:
 
 
 def test_missing_file_is_written() -> None:
-    assert controller.plan(want(), FileState(exists=False)) == [WriteContent("/etc/motd", "hello", "0644")]
+    assert controller.plan(want(), FileState(exists=False)) == [
+        WriteContent("/etc/motd", "hello", "0644", "motd", "/state")
+    ]
 
 
 def test_different_content_is_rewritten() -> None:
     seen = FileState(True, digest("tampered"), 8, "0644")
-    assert controller.plan(want(), seen) == [WriteContent("/etc/motd", "hello", "0644")]
+    assert controller.plan(want(), seen) == [WriteContent("/etc/motd", "hello", "0644", "motd", "/state")]
 
 
 def test_only_the_mode_differs() -> None:
@@ -36,12 +39,19 @@ def test_in_sync_plans_nothing() -> None:
     assert controller.plan(want(), FileState(True, digest("hello"), 5, "0644")) == []
 
 
-def test_teardown_removes_only_what_exists() -> None:
-    assert controller.teardown(want(), FileState(True, digest("x"), 1, "0644")) == [RemoveFile("/etc/motd")]
+def test_teardown_removes_only_what_setpoint_wrote() -> None:
+    ours = FileState(True, digest("x"), 1, "0644", written_by_setpoint=True, written_by="motd")
+    assert controller.teardown(want(), ours) == [RemoveFile("/etc/motd", "motd", "/state")]
+    theirs = FileState(True, digest("x"), 1, "0644")
+    assert controller.teardown(want(), theirs) == [
+        LeaveFile("/etc/motd", "Setpoint did not write it", "motd", "/state")
+    ]
+    edited = FileState(True, digest("x"), 1, "0644", written_by="motd")
+    assert str(controller.teardown(want(), edited)[0]) == "left /etc/motd: changed since Setpoint wrote it"
     assert controller.teardown(want(), FileState(exists=False)) == []
 
 
-@pytest.mark.parametrize("path", ["etc/motd", "/etc/../shadow", "/etc/", "/"])
+@pytest.mark.parametrize("path", ["etc/motd", "/etc/../shadow", "/etc/", "/", "/etc//motd", "/etc/./motd", "/etc/.."])
 def test_invalid_paths_name_the_field(path: str) -> None:
     with pytest.raises(InvalidSpec, match="^path: "):
         controller.validate(want(path=path))

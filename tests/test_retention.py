@@ -7,7 +7,7 @@ from sqlalchemy import Engine, text
 from scheduler import retention
 from tests.helpers import runs, unwatched
 
-LIVE = "INSERT INTO files (name, path) VALUES (:n, '/tmp/retained')"
+LIVE = "INSERT INTO files (name, path) VALUES (:n, '/tmp/retained-' || CAST(:n AS varchar))"
 """A live resource with no run but the test's own."""
 
 RUN = """INSERT INTO runs (kind, name, generation, started_at, finished_at, duration_ms, outcome)

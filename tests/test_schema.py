@@ -20,7 +20,7 @@ def generation(engine: Engine, name: str) -> int:
 
 
 def test_raw_sql_update_bumps_generation_only_when_desired_columns_change(engine: Engine, unique: str) -> None:
-    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/x', 'a')", n=unique)
+    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/x-' || CAST(:n AS varchar), 'a')", n=unique)
     assert generation(engine, unique) == 1
     sql(engine, "UPDATE files SET content = 'b' WHERE name = :n", n=unique)
     assert generation(engine, unique) == 2
@@ -50,7 +50,7 @@ def test_orm_edits_bump_generation_including_in_place_json(engine: Engine, uniqu
 
 
 def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> None:
-    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x')", n=unique)
+    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x-' || CAST(:n AS varchar))", n=unique)
     with pytest.raises(IntegrityError, match="name is immutable"):
         sql(engine, "UPDATE files SET name = 'other' WHERE name = :n", n=unique)
     for bad in ["Has Space", "quote'd", "ünïcode", "", "x" * 300, "-leading"]:

@@ -10,7 +10,7 @@ Two IMMUTABLE functions serve the CHECK constraints (and any kind's table, throu
 more than a legal one; `setpoint_env_valid(env)` checks each name and value.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 19:10:00.000000
 """
 from typing import Sequence, Union
@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision: str = '0005'
-down_revision: Union[str, None] = '0003'
+down_revision: Union[str, None] = '0004'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
