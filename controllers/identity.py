@@ -12,16 +12,22 @@ import os
 import pwd
 from pathlib import Path
 
-from setpoint.errors import PermanentError
+from setpoint.errors import InvalidSpec
 
 
-class RunAsUnknown(PermanentError):
+class RunAsUnknown(InvalidSpec):
     """SETPOINT_RUN_AS names no user of this host: give an existing user name, or uid:gid."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__("run_as", message, "RunAsUnknown")
 
-class RunAsDenied(PermanentError):
+
+class RunAsDenied(InvalidSpec):
     """SETPOINT_RUN_AS names another user, and only a worker running as root can start processes as another
     user: unset it, or run the worker as root."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("run_as", message, "RunAsDenied")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,9 @@ def check(path: str, roots: tuple[str, ...] = ()) -> None:
             "path", f"must be normalized (no '..', '.', '//' or trailing '/') and name a file, got {path!r}"
         )
     if roots and not any(under(path, root) for root in roots):
-        raise InvalidSpec("path", f"must be under one of {', '.join(roots)} (SETPOINT_FILE_ROOTS), got {path!r}")
+        raise InvalidSpec(
+            "path", f"must be under one of {', '.join(roots)} (SETPOINT_FILE_ROOTS), got {path!r}", "PathNotAllowed"
+        )
 
 
 def under(path: str, root: str) -> bool:

@@ -24,15 +24,17 @@ class PermanentError(SetpointError):
 
 
 class InvalidSpec(PermanentError):
-    """The desired state is invalid; fix the row and the resource is reconciled again."""
+    """The desired state is invalid, or not allowed on this worker: phase Invalid; the resource is reconciled again
+    once its row changes. `reason` says which rule it broke (`InvalidSpec` unless a more precise one is given)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, reason: str = "InvalidSpec") -> None:
         self.field = field
+        self._reason = reason
         super().__init__(f"{field}: {message}")
 
     @property
     def reason(self) -> str:
-        return "InvalidSpec"
+        return self._reason
 
 
 class StaleConnection(SetpointError):

@@ -275,7 +275,8 @@ def test_a_path_outside_every_root_is_invalid_and_untouched(tmp_path: Path) -> N
     roots = f"{tmp_path}/etc,{tmp_path}/srv"
     outside = tmp_path / "etc2" / "motd"
     done = reconcile(files(tmp_path, roots), row(outside))
-    assert done.outcome == "invalid" and "must be under one of" in (done.error or "")
+    assert done.outcome == "invalid" and done.reason == "PathNotAllowed"
+    assert "must be under one of" in (done.error or "")
     assert not outside.parent.exists()
     assert reconcile(files(tmp_path, roots), row(tmp_path / "srv" / "app" / "motd")).outcome == "changed"
 

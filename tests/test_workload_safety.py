@@ -183,7 +183,7 @@ def test_an_unknown_or_forbidden_run_as_user_is_a_clear_status() -> None:
     desired = Workload(name="web", command="sleep 300", replicas=1, env={})
     controller = WorkloadController(Settings(state_dir="/nonexistent", run_as="no-such-user-x"))
     result = run_controller(controller, desired, deleting=False)
-    assert result.outcome == "failed" and not result.transient, "not retried until the setting changes"
+    assert result.outcome == "invalid" and not result.transient, "Invalid, not retried until the row changes"
     assert result.reason == "RunAsUnknown" and "SETPOINT_RUN_AS='no-such-user-x' names no user" in str(result.error)
     os.setegid(NOBODY)  # a worker that is not root
     os.seteuid(NOBODY)
