@@ -3,20 +3,22 @@ and an admin moves its resources elsewhere (`setpoint node drain`) or forgets it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from models.database import make_engine
+from models.database import libpq_url, make_engine
 from setpoint.settings import Settings
-from tests.conftest import ROOT, start_scheduler, start_worker, wait_for
+from tests.conftest import ROOT, alembic, scratch_database, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, sql, status, view
 
 FAST_NODES = {
@@ -172,6 +174,33 @@ def test_node_names_are_checked_where_they_are_written(fresh: dict, tmp_path: Pa
             sql(engine, "UPDATE statuses SET node = 'a/b' WHERE name = 'f'")
     finally:
         engine.dispose()
+
+
+def test_the_upgrade_names_the_rows_whose_node_is_refused_and_changes_nothing(servers: tuple[str, str]) -> None:
+    with scratch_database(servers[0], "nodes", migrate=False) as url:
+        alembic("upgrade", "0005", database_url=url)
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("INSERT INTO workloads (name, command, node) VALUES ('web', 'sleep 1', 'web_1:a')")
+            conn.execute("INSERT INTO files (name, path) VALUES ('motd', '/srv/motd')")
+            conn.execute("UPDATE statuses SET node = 'bad host' WHERE name = 'motd'")
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "SETPOINT_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0
+        assert "CheckViolation" not in done.stderr, done.stderr[-600:]
+        for named in (
+            "workloads web (node 'web_1:a')",
+            "statuses Workload/web (node 'web_1:a')",
+            "statuses File/motd (node 'bad host')",
+            "insert it again with a valid node",
+        ):
+            assert named in done.stderr, done.stderr
+        assert "0005" in alembic("current", database_url=url).stdout
 
 
 def test_a_node_name_that_cannot_name_a_queue_is_refused_in_settings(monkeypatch: pytest.MonkeyPatch) -> None:
