@@ -77,6 +77,11 @@ def test_a_silent_nodes_queue_holds_one_message_per_resource_and_its_resources_s
             lengths.add(broker.llen(queue))
             time.sleep(0.1)  # sampling the queue's length, not waiting for something
         assert lengths == {len(names)}, f"queue lengths seen: {sorted(lengths)}"
+        # Forgetting the node deletes its queue: the node re-created under another name leaves nothing behind.
+        forgotten = setpoint(env, "node", "forget", "ghost")
+        assert forgotten.returncode == 0, forgotten.stderr
+        assert f"queue {queue} of node ghost deleted (3 superseded messages)" in forgotten.stdout
+        assert broker.llen(queue) == 0
     finally:
         scheduler.stop()
         broker.delete(queue)
@@ -87,6 +92,8 @@ def test_a_silent_nodes_queue_holds_one_message_per_resource_and_its_resources_s
 def test_a_worker_back_under_another_node_name_takes_over_after_a_drain(fresh: dict, tmp_path: Path) -> None:
     env = {**fresh, **FAST_NODES}
     engine = make_engine(env["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(env["SETPOINT_BROKER_URL"])
+    old_queue = f"{env['SETPOINT_QUEUE']}.node.node-a"
     scheduler = start_scheduler(env, tmp_path / "scheduler.log")
     old = start_worker({**env, "SETPOINT_NODE": "node-a"}, tmp_path / "a.log", name="a")
     new = None
@@ -118,9 +125,12 @@ def test_a_worker_back_under_another_node_name_takes_over_after_a_drain(fresh: d
         busy = setpoint(env, "node", "drain", "node-b", "--to", "node-a")
         assert busy.returncode == 2 and "is alive" in busy.stderr, busy.stderr
 
+        wait_for(lambda: broker.llen(old_queue) > 0, 20, "messages waiting for node-a")
         drained = setpoint(env, "node", "drain", "node-a", "--to", "node-b")
         assert drained.returncode == 0, drained.stderr
         assert "file/changed moved to node-b" in drained.stdout and "file/deleted moved to node-b" in drained.stdout
+        assert f"queue {old_queue} of node node-a deleted" in drained.stdout  # nothing is left on node-a
+        assert broker.llen(old_queue) == 0
         wait_for(lambda: ready_at(engine, "changed", 2), 30, "the change made on node-b")
         assert changed.read_text() == "two" and status(engine, "changed")["node"] == "node-b"  # type: ignore[index]
         wait_for(lambda: status(engine, "deleted") is None, 30, "the delete finished on node-b")
@@ -131,6 +141,8 @@ def test_a_worker_back_under_another_node_name_takes_over_after_a_drain(fresh: d
         if new:
             new.stop()
         scheduler.stop()
+        broker.delete(old_queue)
+        broker.close()
         engine.dispose()
 
 
@@ -148,6 +160,11 @@ def test_forgetting_a_gone_node_unpins_its_resources_and_frees_its_tombstones(fr
         unknown = setpoint(fresh, "node", "forget", "no-such-host")
         assert unknown.returncode == 2 and "unknown node 'no-such-host'" in unknown.stderr, unknown.stderr
 
+        no_broker = setpoint({**fresh, "SETPOINT_BROKER_URL": "redis://127.0.0.1:1/0"}, "node", "forget", "gone-host")
+        assert no_broker.returncode == 1 and "cannot reach the broker" in no_broker.stderr, no_broker.stderr
+        assert "Traceback" not in no_broker.stderr
+        assert status(engine, "kept")["node"] == "gone-host", "nothing changed"  # type: ignore[index]
+
         forgotten = setpoint(fresh, "node", "forget", "gone-host")
         assert forgotten.returncode == 0, forgotten.stderr
         assert "file/kept unpinned" in forgotten.stdout and "file/tomb forgotten" in forgotten.stdout
@@ -157,6 +174,27 @@ def test_forgetting_a_gone_node_unpins_its_resources_and_frees_its_tombstones(fr
         assert bound is not None and bound["node"] == "gone-host", "a desired binding is the admin's to change"
         sql(engine, "INSERT INTO files (name, path) VALUES ('tomb', :p)", p=str(tmp_path / "tomb"))  # reusable
     finally:
+        engine.dispose()
+
+
+def test_a_drain_keeps_the_queue_of_a_node_something_is_still_bound_to(fresh: dict) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
+    queue = f"{fresh['SETPOINT_QUEUE']}.node.gone-host"
+    try:
+        sql(engine, "INSERT INTO workloads (name, command, node) VALUES ('bound', 'sleep 1', 'gone-host')")
+        sql(engine, "INSERT INTO nodes (name, started_at, last_seen_at) VALUES ('live-host', now(), now())")
+        broker.rpush(queue, "a message for workload/bound")
+        drained = setpoint(fresh, "node", "drain", "gone-host", "--to", "live-host")
+        assert drained.returncode == 0, drained.stderr
+        assert "deleted" not in drained.stdout and broker.llen(queue) == 1, "workload/bound still lives there"
+        forgotten = setpoint(fresh, "node", "forget", "gone-host")
+        assert forgotten.returncode == 0, forgotten.stderr
+        assert f"queue {queue} of node gone-host deleted (1 superseded message)" in forgotten.stdout
+        assert broker.llen(queue) == 0
+    finally:
+        broker.delete(queue)
+        broker.close()
         engine.dispose()
 
 
