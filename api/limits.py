@@ -20,6 +20,8 @@ class TooLarge(HTTPException):
 
 
 class BodySize:
+    """ASGI middleware answering 413 to any HTTP request whose body is, or grows, larger than `max_bytes`."""
+
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes

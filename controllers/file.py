@@ -46,9 +46,10 @@ class WriteContent(Action):
     path: str
     content: str
     mode: str
-    name: str = ""
+    name: str
     """The File writing, as its ownership record names it."""
-    state_dir: str = ""
+    state_dir: str
+    """Where the ownership records are kept (settings.state_dir): always given, never the worker's cwd."""
 
     def run(self) -> None:
         # The record lists the new digest before the file holds it, and only it afterwards: a kill at any line
@@ -70,8 +71,8 @@ class TakeOver(Action):
     path: str
     sha256: str
     previous: str
-    name: str = ""
-    state_dir: str = ""
+    name: str
+    state_dir: str
 
     def run(self) -> None:
         with ownership.held(self.state_dir, self.path):
@@ -99,8 +100,8 @@ class RemoveFile(Action):
     """Remove the file if it is still what Setpoint wrote there (checked again at the last moment)."""
 
     path: str
-    name: str = ""
-    state_dir: str = ""
+    name: str
+    state_dir: str
 
     def run(self) -> None:
         with ownership.held(self.state_dir, self.path):
@@ -122,8 +123,8 @@ class LeaveFile(Action):
 
     path: str
     why: str
-    name: str = ""
-    state_dir: str = ""
+    name: str
+    state_dir: str
 
     def run(self) -> None:
         with ownership.held(self.state_dir, self.path):

@@ -31,6 +31,7 @@ class Record:
 
 
 def location(state_dir: str, path: str) -> Path:
+    """Where the record of `path` is kept: `<state_dir>/files/<sha256 of the path>.json` (its lock beside it)."""
     folder = Path(state_dir).expanduser() / "files"
     return folder / f"{hashlib.sha256(path.encode()).hexdigest()}.json"
 
@@ -56,7 +57,10 @@ def mine(state_dir: str, name: str, path: str) -> Record | None:
 @contextlib.contextmanager
 def held(state_dir: str, path: str) -> Iterator[None]:
     """This host's writes, takeovers and removals of one path, one at a time (a File being deleted while the next
-    File at its path writes), through a lock file beside the record that `forget` removes with it."""
+    File at its path writes), through a lock file beside the record that `forget` removes once no record is left.
+
+    A waiter that gets the lock after its holder removed the file finds another file (or none) at its name, and
+    locks again: two holders never hold different locks of one path at once."""
     lock = location(state_dir, path).with_suffix(".lock")
     lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     while True:
@@ -103,9 +107,13 @@ def wrote(state_dir: str, name: str, path: str, digest: str) -> None:
 
 
 def forget(state_dir: str, name: str, path: str) -> None:
-    """Drop File `name`'s record of `path` and its lock (call it holding the lock); another File's is kept."""
+    """Drop File `name`'s record of `path` (another File's is kept), and the path's lock once no record is left
+    there, so deleted Files leave nothing behind; call it holding the lock."""
+    record = location(state_dir, path)
     if mine(state_dir, name, path) is not None:
-        record = location(state_dir, path)
-        for done in (record, record.with_suffix(".lock")):
+        with contextlib.suppress(FileNotFoundError):
+            record.unlink()
+    if not os.path.lexists(record):  # nobody's record: the next writer of the path makes a new lock
+        for left in (record.with_suffix(".tmp"), record.with_suffix(".lock")):  # .tmp: a save killed midway
             with contextlib.suppress(FileNotFoundError):
-                done.unlink()
+                left.unlink()

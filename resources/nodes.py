@@ -5,6 +5,12 @@ or pinned by the first worker of a host-local kind. Draining moves pins to anoth
 them (the next worker pins them) and drops the tombstones left on the node, so their names can be reused.
 Neither touches a desired binding: `node` is immutable in desired rows, so those are listed for the admin
 to delete and insert with a new node. Every change is made due at once, in one transaction.
+
+A node's queue in the broker (`<queue>.node.<node>`) holds up to one message per resource there. Forgetting a
+node, or draining it until nothing is left on it, deletes that queue: its messages are superseded (a worker's
+claim check drops them), and a node re-created under each new host name would otherwise leave one behind
+forever. The queue is deleted last in the transaction, so a broker that cannot be reached changes nothing;
+a message deleted for a resource still bound there is sent again once a worker of that node heartbeats.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import re
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import Connection, Engine, text
 
 from models.node import NODE_PATTERN
@@ -45,6 +52,8 @@ class Moved:
     forgotten: list[Ref]
     bound: list[Ref]
     """Resources whose desired row names the node: only deleting and inserting them with a new node moves them."""
+    dropped: int | None
+    """How many messages the node's queue held when it was deleted; None if it was kept (resources are left)."""
 
 
 _LIST = text("""
@@ -120,12 +129,27 @@ def _wake(conn: Connection) -> None:
     conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
+def _drop_queue(broker: redis.Redis, queue: str) -> int:
+    """Delete a node's queue; how many messages it held."""
+    with broker.pipeline(transaction=True) as pipe:
+        pipe.llen(queue)
+        pipe.delete(queue)
+        held, _ = pipe.execute()
+    return int(held)
+
+
+_LEFT = text("SELECT EXISTS (SELECT FROM statuses WHERE node = :node)")
+
+
 def _refs(rows: object) -> list[Ref]:
     return sorted((r.kind, r.name) for r in rows)  # type: ignore[attr-defined]
 
 
-def drain(engine: Engine, node: str, to: str, *, silent_s: float, force: bool = False) -> Moved:
-    """Move every resource pinned to `node` to `to` (an alive node), due at once; desired bindings stay."""
+def drain(
+    engine: Engine, broker: redis.Redis, node: str, to: str, *, queue: str, silent_s: float, force: bool = False
+) -> Moved:
+    """Move every resource pinned to `node` to `to` (an alive node), due at once; desired bindings stay. When
+    nothing is left on `node`, delete its `queue` in the broker."""
     if not re.match(NODE_PATTERN, to):
         raise UsageError(f"--to must be a node name (letters, digits, '-', '_' or '.'), got {to!r}")
     if to == node:
@@ -142,14 +166,19 @@ WHERE node = :node AND NOT ((kind, name) = ANY (SELECT * FROM unnest(CAST(:kinds
 RETURNING kind, name"""),
             {"node": node, "to": to, "kinds": [k for k, _ in bound], "names": [n for _, n in bound]},
         )
-        result = Moved(_refs(moved), [], bound)
+        moved_refs = _refs(moved)
+        left = conn.execute(_LEFT, {"node": node}).scalar()
         _wake(conn)
+        result = Moved(moved_refs, [], bound, None if left else _drop_queue(broker, queue))
     return result
 
 
-def forget(engine: Engine, node: str, *, silent_s: float, force: bool = False) -> Moved:
+def forget(
+    engine: Engine, broker: redis.Redis, node: str, *, queue: str, silent_s: float, force: bool = False
+) -> Moved:
     """Unpin every resource on `node` (the next worker to reconcile it pins it), forget the tombstones left there
-    (their teardown can no longer run), and forget the node itself; desired bindings stay."""
+    (their teardown can no longer run), forget the node itself and delete its `queue` in the broker; desired
+    bindings stay."""
     with engine.begin() as conn:
         _check(conn, node, silent_s=silent_s, force=force)
         bound = _bound(conn, node)
@@ -165,9 +194,10 @@ WHERE node = :node AND NOT ((kind, name) = ANY (SELECT * FROM unnest(CAST(:kinds
 RETURNING kind, name"""),
             {"node": node, "kinds": [k for k, _ in bound], "names": [n for _, n in bound]},
         )
-        result = Moved(_refs(unpinned), forgotten_refs, bound)
+        unpinned_refs = _refs(unpinned)
         conn.execute(text("DELETE FROM nodes WHERE name = :node"), {"node": node})
         _wake(conn)
+        result = Moved(unpinned_refs, forgotten_refs, bound, _drop_queue(broker, queue))
     return result
 
 

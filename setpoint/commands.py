@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import redis
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -24,6 +25,7 @@ from models.database import make_engine
 from resources import documents, kinds, manifest, nodes
 from setpoint import errors
 from setpoint import settings as config
+from worker.celery_app import queue_for
 from worker.runtime import run_controller
 
 out = Console(soft_wrap=True)
@@ -268,6 +270,26 @@ NodeArg = Annotated[str, typer.Argument(help="The node's name, as `setpoint node
 Force = Annotated[bool, typer.Option("--force", help="Act even though the node's worker is still alive.")]
 
 
+@contextlib.contextmanager
+def _broker() -> Iterator[redis.Redis]:
+    """The broker whose node queues `drain` and `forget` delete; one it cannot reach fails the command, which
+    then changes nothing."""
+    broker = redis.Redis.from_url(config.get().broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        yield broker
+    except redis.RedisError as error:
+        err.print(f"[red]error:[/] cannot reach the broker (SETPOINT_BROKER_URL): {error}; nothing was changed")
+        raise typer.Exit(1) from None
+    finally:
+        broker.close()
+
+
+def _print_dropped(node: str, queue: str, moved: nodes.Moved) -> None:
+    if moved.dropped is not None:
+        plural = "" if moved.dropped == 1 else "s"
+        out.print(f"queue {queue} of node {node} deleted ({moved.dropped} superseded message{plural})")
+
+
 @node_app.command("list")
 def node_list() -> None:
     """Every node, whether its worker is alive (a heartbeat within SETPOINT_NODE_SILENT_SECONDS), its resources."""
@@ -295,26 +317,33 @@ def node_drain(
     to: Annotated[str, typer.Option("--to", help="The live node to move the resources to.")],
     force: Force = False,
 ) -> None:
-    """Move the resources pinned to a gone node to another one, due at once (their real things are made there)."""
-    with failures():
-        moved = nodes.drain(_engine(), name, to, silent_s=config.get().node_silent_seconds, force=force)
+    """Move the resources pinned to a gone node to another one, due at once (their real things are made there);
+    once nothing is left on it, delete its queue in the broker."""
+    with failures(), _broker() as broker:
+        settings, queue = config.get(), queue_for(name)
+        moved = nodes.drain(
+            _engine(), broker, name, to, queue=queue, silent_s=settings.node_silent_seconds, force=force
+        )
         for kind, resource in moved.moved:
             out.print(f"{kind.lower()}/{resource} moved to {to}")
         _print_bound(name, moved)
+        _print_dropped(name, queue, moved)
         out.print(f"{len(moved.moved)} moved from {name} to {to}, due now")
 
 
 @node_app.command("forget")
 def node_forget(name: NodeArg, force: Force = False) -> None:
-    """Forget a gone node: unpin its resources (the next worker takes them) and drop the tombstones left there,
-    whose teardown can no longer run, so their names can be used again."""
-    with failures():
-        moved = nodes.forget(_engine(), name, silent_s=config.get().node_silent_seconds, force=force)
+    """Forget a gone node: unpin its resources (the next worker takes them), drop the tombstones left there,
+    whose teardown can no longer run, so their names can be used again, and delete its queue in the broker."""
+    with failures(), _broker() as broker:
+        settings, queue = config.get(), queue_for(name)
+        moved = nodes.forget(_engine(), broker, name, queue=queue, silent_s=settings.node_silent_seconds, force=force)
         for kind, resource in moved.moved:
             out.print(f"{kind.lower()}/{resource} unpinned")
         for kind, resource in moved.forgotten:
             out.print(f"{kind.lower()}/{resource} forgotten (was being deleted; its teardown on {name} never ran)")
         _print_bound(name, moved)
+        _print_dropped(name, queue, moved)
         out.print(f"node {name} forgotten: {len(moved.moved)} unpinned, {len(moved.forgotten)} tombstones forgotten")
 
 

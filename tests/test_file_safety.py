@@ -6,6 +6,7 @@ folder; the last ones go through the real scheduler and worker, and through the 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -21,8 +22,8 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from controllers import safepath
-from controllers.file import FileController, digest
+from controllers import ownership, safepath
+from controllers.file import FileController, LeaveFile, RemoveFile, TakeOver, WriteContent, digest
 from models import File
 from models.database import libpq_url
 from resources import documents
@@ -121,6 +122,71 @@ def test_a_row_paused_from_the_start_leaves_someone_elses_file_on_delete(tmp_pat
     done = reconcile(controller, paused, deleting=True)
     assert done.actions == (f"left {theirs}: Setpoint did not write it",)
     assert theirs.read_text() == "someone else's\n"
+
+
+def test_deleting_files_that_never_wrote_leaves_no_lock_or_record_behind(tmp_path: Path) -> None:
+    controller = files(tmp_path)
+    (tmp_path / "a").mkdir()
+    invalid = row(f"{tmp_path}/a/../invalid", name="invalid")
+    paused = row(someone_elses(tmp_path / "paused"), name="paused", paused=True)
+    foreign = row(someone_elses(tmp_path / "foreign"), name="foreign")  # deleted before it ever ran
+    assert reconcile(controller, invalid).outcome == "invalid"
+    assert reconcile(controller, paused).outcome == "paused"
+    for deleted in (invalid, paused, foreign):
+        assert reconcile(controller, deleted, deleting=True).actions[0].startswith(f"left {deleted.path}: ")
+    assert list((tmp_path / "state" / "files").iterdir()) == []
+    assert (tmp_path / "paused").read_text() == (tmp_path / "foreign").read_text() == "someone else's\n"
+
+
+@pytest.mark.parametrize(
+    ("action", "fields"),
+    [
+        (WriteContent, ("/srv/motd", "hi", "0644")),
+        (TakeOver, ("/srv/motd", digest("hi"), "old")),
+        (RemoveFile, ("/srv/motd",)),
+        (LeaveFile, ("/srv/motd", "why")),
+    ],
+)
+def test_a_file_action_names_its_file_and_state_dir_or_cannot_be_made(action: type, fields: tuple) -> None:
+    # Defaults would record ownership under the name '' in ./files/ of the worker's current folder.
+    with pytest.raises(TypeError, match="name.*state_dir"):
+        action(*fields)
+
+
+def waiting_on(lock: Path) -> bool:
+    """Whether some process waits for a flock on `lock` (/proc/locks lists a blocked request with '->')."""
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_writer_waiting_while_a_delete_removes_the_lock_takes_a_new_one_others_wait_for(tmp_path: Path) -> None:
+    state, path = str(tmp_path / "state"), str(tmp_path / "motd")
+    lock = ownership.location(state, path).with_suffix(".lock")
+    writing, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with ownership.held(state, path):
+            writing.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=writer)
+    with ownership.held(state, path):  # the tombstone's teardown, which finds no record
+        thread.start()
+        wait_for(lambda: waiting_on(lock), 10, "the writer waiting for the lock")
+        ownership.forget(state, "gone", path)
+        assert not lock.exists()
+    try:
+        wait_for(writing.is_set, 10, "the writer holding the lock")
+        # A third comer opens the lock at its name, as `held` does: the writer holds that one, not a removed one.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        done.set()
+        thread.join(10)
 
 
 def test_a_file_edited_after_setpoint_wrote_it_is_left_on_delete(tmp_path: Path) -> None:
@@ -223,7 +289,7 @@ def test_a_file_over_the_read_cap_is_rewritten_without_being_read_whole(tmp_path
 
 WRITER = """
 import sys
-from controllers.file import FileController, digest
+from controllers.file import FileController, LeaveFile, RemoveFile, TakeOver, WriteContent, digest
 from models import File
 from setpoint.settings import Settings
 from worker.runtime import run_controller

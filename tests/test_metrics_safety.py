@@ -3,6 +3,7 @@ database, and no leftovers from workers that were killed."""
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from models.database import make_engine
 from tests.conftest import Process, start_scheduler, start_worker, wait_for
 from tests.helpers import sql
 from tests.test_metrics import metrics_port, sample, scrape, scrape_when
+from worker.metrics import remove_dead_folders, start_ticks
 
 
 def listening_addresses(pid: int, port: int) -> list[str]:
@@ -119,7 +121,9 @@ def test_a_killed_workers_metrics_folder_is_removed_when_another_starts(fresh: d
     def started(name: str) -> tuple[Process, Path]:
         worker = start_worker(env, tmp_path / f"{name}.log", name=name, concurrency=1)
         wait_for(lambda: metrics_port(worker), 60, f"{name} serving metrics")
-        (folder,) = (f for f in metrics_folders(parent) if f.name.startswith(f"setpoint-metrics-{worker.popen.pid}-"))
+        # Named for the worker's main process by its kernel start ticks, which a stepped clock does not move.
+        named = f"setpoint-metrics-{worker.popen.pid}-{start_ticks(worker.popen.pid)}-"
+        (folder,) = (f for f in metrics_folders(parent) if f.name.startswith(named))
         return worker, folder
 
     killed, killed_folder = started("w1")
@@ -140,3 +144,16 @@ def test_a_killed_workers_metrics_folder_is_removed_when_another_starts(fresh: d
         if latest:
             latest.stop()
     assert metrics_folders(parent) == {parent / "setpoint-metrics-999999999-1-link"}
+
+
+def test_a_folder_is_kept_while_the_process_with_its_pid_and_start_ticks_runs(tmp_path: Path) -> None:
+    pid = os.getpid()
+    ticks = start_ticks(pid)
+    assert ticks is not None
+    running = tmp_path / f"setpoint-metrics-{pid}-{ticks}-a"
+    earlier = tmp_path / f"setpoint-metrics-{pid}-{ticks - 1}-b"  # an ended process that had this pid before
+    gone = tmp_path / "setpoint-metrics-999999999-1-c"
+    for folder in (running, earlier, gone):
+        folder.mkdir()
+    remove_dead_folders(str(tmp_path))
+    assert metrics_folders(tmp_path) == {running}

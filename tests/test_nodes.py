@@ -3,20 +3,22 @@ and an admin moves its resources elsewhere (`setpoint node drain`) or forgets it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from models.database import make_engine
+from models.database import libpq_url, make_engine
 from setpoint.settings import Settings
-from tests.conftest import ROOT, start_scheduler, start_worker, wait_for
+from tests.conftest import ROOT, alembic, scratch_database, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, sql, status, view
 
 FAST_NODES = {
@@ -75,6 +77,11 @@ def test_a_silent_nodes_queue_holds_one_message_per_resource_and_its_resources_s
             lengths.add(broker.llen(queue))
             time.sleep(0.1)  # sampling the queue's length, not waiting for something
         assert lengths == {len(names)}, f"queue lengths seen: {sorted(lengths)}"
+        # Forgetting the node deletes its queue: the node re-created under another name leaves nothing behind.
+        forgotten = setpoint(env, "node", "forget", "ghost")
+        assert forgotten.returncode == 0, forgotten.stderr
+        assert f"queue {queue} of node ghost deleted (3 superseded messages)" in forgotten.stdout
+        assert broker.llen(queue) == 0
     finally:
         scheduler.stop()
         broker.delete(queue)
@@ -85,6 +92,8 @@ def test_a_silent_nodes_queue_holds_one_message_per_resource_and_its_resources_s
 def test_a_worker_back_under_another_node_name_takes_over_after_a_drain(fresh: dict, tmp_path: Path) -> None:
     env = {**fresh, **FAST_NODES}
     engine = make_engine(env["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(env["SETPOINT_BROKER_URL"])
+    old_queue = f"{env['SETPOINT_QUEUE']}.node.node-a"
     scheduler = start_scheduler(env, tmp_path / "scheduler.log")
     old = start_worker({**env, "SETPOINT_NODE": "node-a"}, tmp_path / "a.log", name="a")
     new = None
@@ -116,9 +125,12 @@ def test_a_worker_back_under_another_node_name_takes_over_after_a_drain(fresh: d
         busy = setpoint(env, "node", "drain", "node-b", "--to", "node-a")
         assert busy.returncode == 2 and "is alive" in busy.stderr, busy.stderr
 
+        wait_for(lambda: broker.llen(old_queue) > 0, 20, "messages waiting for node-a")
         drained = setpoint(env, "node", "drain", "node-a", "--to", "node-b")
         assert drained.returncode == 0, drained.stderr
         assert "file/changed moved to node-b" in drained.stdout and "file/deleted moved to node-b" in drained.stdout
+        assert f"queue {old_queue} of node node-a deleted" in drained.stdout  # nothing is left on node-a
+        assert broker.llen(old_queue) == 0
         wait_for(lambda: ready_at(engine, "changed", 2), 30, "the change made on node-b")
         assert changed.read_text() == "two" and status(engine, "changed")["node"] == "node-b"  # type: ignore[index]
         wait_for(lambda: status(engine, "deleted") is None, 30, "the delete finished on node-b")
@@ -129,6 +141,8 @@ def test_a_worker_back_under_another_node_name_takes_over_after_a_drain(fresh: d
         if new:
             new.stop()
         scheduler.stop()
+        broker.delete(old_queue)
+        broker.close()
         engine.dispose()
 
 
@@ -146,6 +160,11 @@ def test_forgetting_a_gone_node_unpins_its_resources_and_frees_its_tombstones(fr
         unknown = setpoint(fresh, "node", "forget", "no-such-host")
         assert unknown.returncode == 2 and "unknown node 'no-such-host'" in unknown.stderr, unknown.stderr
 
+        no_broker = setpoint({**fresh, "SETPOINT_BROKER_URL": "redis://127.0.0.1:1/0"}, "node", "forget", "gone-host")
+        assert no_broker.returncode == 1 and "cannot reach the broker" in no_broker.stderr, no_broker.stderr
+        assert "Traceback" not in no_broker.stderr
+        assert status(engine, "kept")["node"] == "gone-host", "nothing changed"  # type: ignore[index]
+
         forgotten = setpoint(fresh, "node", "forget", "gone-host")
         assert forgotten.returncode == 0, forgotten.stderr
         assert "file/kept unpinned" in forgotten.stdout and "file/tomb forgotten" in forgotten.stdout
@@ -155,6 +174,27 @@ def test_forgetting_a_gone_node_unpins_its_resources_and_frees_its_tombstones(fr
         assert bound is not None and bound["node"] == "gone-host", "a desired binding is the admin's to change"
         sql(engine, "INSERT INTO files (name, path) VALUES ('tomb', :p)", p=str(tmp_path / "tomb"))  # reusable
     finally:
+        engine.dispose()
+
+
+def test_a_drain_keeps_the_queue_of_a_node_something_is_still_bound_to(fresh: dict) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
+    queue = f"{fresh['SETPOINT_QUEUE']}.node.gone-host"
+    try:
+        sql(engine, "INSERT INTO workloads (name, command, node) VALUES ('bound', 'sleep 1', 'gone-host')")
+        sql(engine, "INSERT INTO nodes (name, started_at, last_seen_at) VALUES ('live-host', now(), now())")
+        broker.rpush(queue, "a message for workload/bound")
+        drained = setpoint(fresh, "node", "drain", "gone-host", "--to", "live-host")
+        assert drained.returncode == 0, drained.stderr
+        assert "deleted" not in drained.stdout and broker.llen(queue) == 1, "workload/bound still lives there"
+        forgotten = setpoint(fresh, "node", "forget", "gone-host")
+        assert forgotten.returncode == 0, forgotten.stderr
+        assert f"queue {queue} of node gone-host deleted (1 superseded message)" in forgotten.stdout
+        assert broker.llen(queue) == 0
+    finally:
+        broker.delete(queue)
+        broker.close()
         engine.dispose()
 
 
@@ -172,6 +212,33 @@ def test_node_names_are_checked_where_they_are_written(fresh: dict, tmp_path: Pa
             sql(engine, "UPDATE statuses SET node = 'a/b' WHERE name = 'f'")
     finally:
         engine.dispose()
+
+
+def test_the_upgrade_names_the_rows_whose_node_is_refused_and_changes_nothing(servers: tuple[str, str]) -> None:
+    with scratch_database(servers[0], "nodes", migrate=False) as url:
+        alembic("upgrade", "0005", database_url=url)
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("INSERT INTO workloads (name, command, node) VALUES ('web', 'sleep 1', 'web_1:a')")
+            conn.execute("INSERT INTO files (name, path) VALUES ('motd', '/srv/motd')")
+            conn.execute("UPDATE statuses SET node = 'bad host' WHERE name = 'motd'")
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "SETPOINT_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0
+        assert "CheckViolation" not in done.stderr, done.stderr[-600:]
+        for named in (
+            "workloads web (node 'web_1:a')",
+            "statuses Workload/web (node 'web_1:a')",
+            "statuses File/motd (node 'bad host')",
+            "insert it again with a valid node",
+        ):
+            assert named in done.stderr, done.stderr
+        assert "0005" in alembic("current", database_url=url).stdout
 
 
 def test_a_node_name_that_cannot_name_a_queue_is_refused_in_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,9 @@ multiprocess mode) and the main process serves their sum. The main process sets 
 pool forks, so every pool process, including one started later to replace another, writes there.
 
 Unless the operator names the folder, each worker makes its own under the temporary directory, named for its
-main process (pid and start time): a clean shutdown removes it, and a worker starting removes those of workers
-that died without one (SIGKILL, out of memory), so they do not pile up.
+main process (pid and start time in clock ticks since boot, which do not move when the clock is stepped): a
+clean shutdown removes it, and a worker starting removes those of workers that died without one (SIGKILL, out
+of memory), so they do not pile up.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import re
 import shutil
 import stat
 import tempfile
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
 from prometheus_client.registry import Collector
 
@@ -28,8 +29,8 @@ log = logging.getLogger("setpoint.metrics")
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 FOLDER_PREFIX = "setpoint-metrics-"
-_FOLDER = re.compile(re.escape(FOLDER_PREFIX) + r"(?P<pid>\d+)-(?P<started>\d+)-[^/]+")
-"""`setpoint-metrics-<pid>-<start time in centiseconds>-<random>`: whose folder it is, and whether it still runs."""
+_FOLDER = re.compile(re.escape(FOLDER_PREFIX) + r"(?P<pid>\d+)-(?P<ticks>\d+)-[^/]+")
+"""`setpoint-metrics-<pid>-<start ticks>-<random>`: whose folder it is, and whether it still runs."""
 
 # Not registered anywhere: in multiprocess mode their samples are read back from the files.
 RECONCILES = Counter(
@@ -80,8 +81,8 @@ def write_to_files(port: int | None) -> None:
             os.remove(stale)
     else:
         remove_dead_folders(tempfile.gettempdir())
-        me = psutil.Process()
-        path = _made_dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{me.pid}-{_centiseconds(me.create_time())}-")
+        pid = os.getpid()
+        path = _made_dir = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{pid}-{start_ticks(pid)}-")
         os.environ[MULTIPROC_DIR] = path
     # prometheus_client picks in-memory or file-backed values when first imported, which in a worker is before
     # Celery says it is one. No value exists yet (every metric here has labels), so switching now is safe.
@@ -92,14 +93,14 @@ def remove_dead_folders(parent: str) -> None:
     """Remove the folders that workers which died without a clean shutdown made under `parent`.
 
     Only folders named as this module names them, owned by this user and not symbolic links; a folder whose
-    process runs (the same pid started at the same time) stays."""
+    process runs (the same pid with the same start ticks) stays."""
     try:
         names = os.listdir(parent)
     except OSError:
         return
     for name in names:
         found = _FOLDER.fullmatch(name)
-        if found is None or _running(int(found["pid"]), int(found["started"])):
+        if found is None or not _ended(int(found["pid"]), int(found["ticks"])):
             continue
         path = os.path.join(parent, name)
         try:
@@ -112,18 +113,24 @@ def remove_dead_folders(parent: str) -> None:
         log.info("removed a dead worker's metrics folder", extra={"path": path, "pid": int(found["pid"])})
 
 
-def _running(pid: int, started_cs: int) -> bool:
-    """Whether process `pid` runs and is the one that started at `started_cs` (not a later one given its pid)."""
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot as the kernel counts it (as controllers/identity.py
+    reads it), or None if there is no such process: unlike a wall-clock start time, it does not move when NTP or
+    a resumed VM steps the clock, so a pid with its ticks names one process exactly."""
     try:
-        return abs(_centiseconds(psutil.Process(pid).create_time()) - started_cs) <= 1
-    except psutil.NoSuchProcess:
+        line = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+    return int(line[line.rindex(")") + 2 :].split()[19])  # field 22 of the whole line
+
+
+def _ended(pid: int, ticks: int) -> bool:
+    """Whether the process that started as (`pid`, `ticks`) has ended (its pid is free or another process's)."""
+    try:
+        return start_ticks(pid) != ticks
+    except OSError:  # not ours to inspect: leave its folder alone
         return False
-    except psutil.Error:  # not ours to inspect: leave its folder alone
-        return True
-
-
-def _centiseconds(seconds: float) -> int:
-    return round(seconds * 100)
 
 
 def serve_worker(port: int | None, address: str) -> None:

@@ -38,7 +38,28 @@ GRANT UPDATE (node) ON statuses TO setpoint_worker;
 """
 
 
+def _refuse_bad_node_names() -> None:
+    """Name the rows whose node the new CHECKs would refuse, before adding them, and change nothing."""
+    conn = op.get_bind()
+    found = [
+        f"{table} {name} (node {node!r})"
+        for table, label in (("workloads", "name"), ("statuses", "kind || '/' || name"))
+        for name, node in conn.execute(
+            sa.text(f"SELECT {label}, node FROM {table} WHERE NOT ({NODE_FORMAT.format(column='node')}) "
+                    "ORDER BY 1 LIMIT 20")
+        ).all()
+    ]
+    if found:
+        raise RuntimeError(
+            "a node name must start with a letter or digit and hold only letters, digits, '_', '.' or '-' "
+            f"(at most 253), and these rows name another: {'; '.join(found)}. Delete each such workload and "
+            "insert it again with a valid node; unpin each such status (UPDATE statuses SET node = NULL WHERE "
+            "node = '...': a worker pins it again), or delete it if its resource is gone; then upgrade again"
+        )
+
+
 def upgrade() -> None:
+    _refuse_bad_node_names()
     op.create_table('nodes',
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
