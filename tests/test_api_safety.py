@@ -154,7 +154,7 @@ def test_concurrent_patches_of_different_fields_both_land(served: str, unique: s
 
 
 def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique: str) -> None:
-    created = client.post("/v1/files", json={"name": unique, "spec": {"path": "/tmp/never/x", "content": "a"}})
+    created = client.post("/v1/files", json={"name": unique, "spec": {"path": f"/tmp/sp/{unique}", "content": "a"}})
     assert created.headers["etag"] == '"1"'
     assert client.get(f"/v1/files/{unique}").headers["etag"] == '"1"'
     for accepted in ('"1"', "1", 'W/"1"'):
@@ -164,11 +164,15 @@ def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique
     assert moved.status_code == 200 and moved.headers["etag"] == '"2"'
     for write in (client.patch, client.put):
         stale = write(
-            f"/v1/files/{unique}", json={"spec": {"path": "/tmp/never/x", "content": "c"}}, headers={"If-Match": '"1"'}
+            f"/v1/files/{unique}",
+            json={"spec": {"path": f"/tmp/sp/{unique}", "content": "c"}},
+            headers={"If-Match": '"1"'},
         )
         assert stale.status_code == 412 and "generation 2" in stale.json()["detail"], stale.text
     assert client.get(f"/v1/files/{unique}").json()["spec"]["content"] == "b", "a refused write changes nothing"
-    replaced = client.put(f"/v1/files/{unique}", json={"spec": {"path": "/tmp/never/x"}}, headers={"If-Match": 'W/"2"'})
+    replaced = client.put(
+        f"/v1/files/{unique}", json={"spec": {"path": f"/tmp/sp/{unique}"}}, headers={"If-Match": 'W/"2"'}
+    )
     assert replaced.status_code == 200 and replaced.headers["etag"] == '"3"'
     assert client.delete(f"/v1/files/{unique}", headers={"If-Match": '"2"'}).status_code == 412
     assert client.get(f"/v1/files/{unique}").status_code == 200, "a refused delete deletes nothing"
@@ -193,7 +197,7 @@ def refused_at(answer: Any) -> list[list[Any]]:
 
 
 def test_labels_nested_too_deep_are_422_and_every_listing_still_answers(client: TestClient, unique: str) -> None:
-    body = {"name": unique, "spec": {"path": "/tmp/never/x", "labels": nested(900)}}
+    body = {"name": unique, "spec": {"path": f"/tmp/sp/{unique}", "labels": nested(900)}}
     assert refused_at(client.post("/v1/files", json=body)) == [["body", "spec", "labels"]]
     assert client.get(f"/v1/files/{unique}").status_code == 404, "nothing stored"
     assert client.get("/v1/files").status_code == 200
@@ -221,7 +225,7 @@ def test_labels_nested_too_deep_are_422_and_every_listing_still_answers(client: 
 def test_unstorable_values_are_422_naming_the_field(
     client: TestClient, unique: str, spec: str, field: str, said: str
 ) -> None:
-    answer = post(client, f'{{"name": "{unique}", "spec": {{"path": "/tmp/never/x", {spec}}}}}')
+    answer = post(client, f'{{"name": "{unique}", "spec": {{"path": "/tmp/sp/{unique}", {spec}}}}}')
     assert refused_at(answer) == [["body", "spec", field]]
     assert said in answer.text
     assert client.get(f"/v1/files/{unique}").status_code == 404
@@ -230,7 +234,8 @@ def test_unstorable_values_are_422_naming_the_field(
 
 def test_an_interval_of_a_week_is_the_longest_accepted(client: TestClient, unique: str) -> None:
     answer = client.post(
-        "/v1/files", json={"name": unique, "spec": {"path": "/tmp/never/x", "interval_seconds": 604800}}
+        "/v1/files",
+        json={"name": unique, "spec": {"path": f"/tmp/sp/{unique}", "interval_seconds": 604800}},
     )
     assert answer.status_code == 201 and answer.json()["spec"]["interval_seconds"] == 604800
 
@@ -285,7 +290,8 @@ def test_migrating_clamps_intervals_above_a_week(servers: tuple[str, str]) -> No
         try:
             sql(
                 limits,
-                "INSERT INTO files (name, path, interval_seconds) VALUES ('far', '/x', 2147483647), ('near', '/x', 60)",
+                "INSERT INTO files (name, path, interval_seconds) "
+                "VALUES ('far', '/x1', 2147483647), ('near', '/x2', 60)",
             )
             alembic("upgrade", "head", database_url=url)
             with limits.connect() as conn:
