@@ -33,6 +33,9 @@ PROGRESS_RECHECK_S = 0.5
 """How soon to look again while replicas are starting or a rollout is under way."""
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER")
 """What replicas inherit from the worker's environment; everything else comes from the row's `env`."""
+DEFAULT_ENV = {"PYTHONUNBUFFERED": "1"}
+"""Defaults the row's `env` may override: Python programs' output reaches the replica log as they print it
+(`PYTHONUNBUFFERED: ""` gives back block buffering)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +259,8 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         return [*stops, RemoveRecords(str(directory))] if directory.exists() else stops
 
     def health(self, desired: Workload, actual: WorkloadState) -> Health:
+        """Failing (a crash loop, a check failing past its start) is Degraded; starting replicas, a rollout and
+        a new replica's check not passing yet within `rollout_min_ready_seconds` are Progressing."""
         version = version_of(desired)
         running = [r for r in actual.alive() if r.version == version and r.slot < desired.replicas]
         if actual.waiting:
@@ -268,12 +273,24 @@ class WorkloadController(Controller[Workload, WorkloadState]):
                 f"log: {w.log_tail[-500:]}",
             )
         sick = [c for c in actual.checks if not c.healthy]
-        if sick:
+        young = {r.slot for r in running if actual.now - r.started_at < self.settings.rollout_min_ready_seconds}
+        if any(c.slot not in young for c in sick):
             return Health(False, "Unhealthy", "; ".join(f"replica {c.slot}: {c.detail}" for c in sick))
+        outdated = [r for r in actual.alive() if r.version != version and r.slot < desired.replicas]
+        if outdated:
+            return Health(
+                False, "RollingUpdate", f"{len(running)}/{desired.replicas} replicas updated", progressing=True
+            )
         if len(running) < desired.replicas:
             return Health(
-                False, "Progressing", f"{len(running)}/{desired.replicas} replicas running the current version"
+                False,
+                "Progressing",
+                f"{len(running)}/{desired.replicas} replicas running the current version",
+                progressing=True,
             )
+        if sick:
+            starting = "; ".join(f"replica {c.slot} starting: {c.detail}" for c in sick)
+            return Health(False, "Progressing", starting, progressing=True)
         checked = " and healthy" if actual.checks else ""
         return Health(True, "Running", f"{len(running)}/{desired.replicas} replicas running{checked}")
 
@@ -285,6 +302,8 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         current = [r for r in actual.alive() if r.version == version and r.slot < desired.replicas]
         starting = len(current) + len(actual.waiting) < desired.replicas
         if self.plan(desired, actual) or starting or len(actual.alive()) > len(current):
+            soon.append(PROGRESS_RECHECK_S)
+        elif self.health(desired, actual).progressing:  # a new replica's check, until it passes or runs late
             soon.append(PROGRESS_RECHECK_S)
         return max(min(soon), PROGRESS_RECHECK_S / 2) if soon else None
 
@@ -321,9 +340,9 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         )
 
     def _env(self, desired: Workload, slot: int) -> tuple[tuple[str, str], ...]:
-        """The worker's BASE_ENV (HOME and USER those of SETPOINT_RUN_AS's user), the row's env, and the two
-        SETPOINT_ variables: nothing else of the worker's, whose own SETPOINT_* hold its credentials."""
-        env = dict(self.base_env)
+        """The worker's BASE_ENV (HOME and USER those of SETPOINT_RUN_AS's user), DEFAULT_ENV, the row's env, and
+        the two SETPOINT_ variables: nothing else of the worker's, whose own SETPOINT_* hold its credentials."""
+        env = {**self.base_env, **DEFAULT_ENV}
         with contextlib.suppress(errors.PermanentError):
             user = identity.user(self.settings.run_as)
             if user:

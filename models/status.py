@@ -17,7 +17,7 @@ from sqlmodel import DateTime, Field, SQLModel
 
 from models.node import node_check
 
-PHASES = ("Pending", "Ready", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown")
+PHASES = ("Pending", "Ready", "Progressing", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown")
 """`Unknown`: the node the resource lives on has gone silent, so nobody can say how it is (reason NodeLost)."""
 
 

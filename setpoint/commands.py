@@ -2,7 +2,8 @@
 and over the worker nodes (node list, node drain, node forget).
 
 They read and write the same tables as SQL and the REST API (through resources/), so each shows the
-others' changes at once. Exit codes: 0 success, 1 failure, 2 invalid input or usage.
+others' changes at once. Exit codes: 0 success, 1 failure, 2 invalid input or usage, and for `plan` 3 when
+there are changes to make (PLAN_CHANGES_PENDING, as `terraform plan -detailed-exitcode` says 2).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from setpoint import errors
 from setpoint import settings as config
 from worker.celery_app import queue_for
 from worker.runtime import run_controller
+
+PLAN_CHANGES_PENDING = 3
+"""`setpoint plan`'s exit code when the controller would change something (0 means in sync)."""
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -142,6 +146,9 @@ def get(
             return
         if output != "table":
             raise errors.UsageError(f"--output must be table, json or yaml, got {output!r}")
+        if not items:
+            err.print(f"No {found.plural} found.")  # as kubectl says, on stderr: stdout stays a table or nothing
+            return
         table = Table("NAME", "READY", "PHASE", "GENERATION", "LAST RECONCILE", "MESSAGE", box=None)
         for item in items:
             status = item["status"]
@@ -205,7 +212,9 @@ def describe(kind: KindArg, name: NameArg) -> None:
 
 
 def plan(kind: KindArg, name: NameArg) -> None:
-    """What the controller would do now, observed from this host; nothing is changed (like terraform plan)."""
+    """What the controller would do now, observed from this host; nothing is changed (like terraform plan).
+
+    Exit codes: 0 in sync, 3 changes pending, 1 failure, 2 invalid input."""
     with failures():
         found = kinds.resolve(kind)
         item = documents.get(_engine(), found, name)
@@ -218,8 +227,10 @@ def plan(kind: KindArg, name: NameArg) -> None:
             raise typer.Exit(1)
         if not result.drift:
             out.print(f"{found.name.lower()}/{name} is in sync: nothing to do")
+            return
         for step in result.drift:
             out.print(f"  ~ {step}")
+    raise typer.Exit(PLAN_CHANGES_PENDING)
 
 
 def reconcile(kind: KindArg, name: NameArg) -> None:

@@ -106,10 +106,12 @@ def test_describe_plan_reconcile_pause_and_resume(stack: dict, engine: Engine, u
         p=str(target),
     )
     wait_for(lambda: ready_at(engine, unique, 1), 20, "ready")
-    assert "is in sync" in setpoint(stack, "plan", "file", unique).stdout
+    in_sync = setpoint(stack, "plan", "file", unique)
+    assert "is in sync" in in_sync.stdout and in_sync.returncode == 0
     target.write_text("tampered")
     planned = setpoint(stack, "plan", "file", unique)
     assert f"write 1 bytes to {target}" in planned.stdout and target.read_text() == "tampered", "plan acts on nothing"
+    assert planned.returncode == 3, "changes pending: exit 3, as scripts can tell apart from 0 (in sync) and 1, 2"
     described = setpoint(stack, "describe", "file", unique).stdout
     assert "Ready=True" in described and "changed" in described and "write 1 bytes" in described
     assert setpoint(stack, "pause", "file", unique).returncode == 0
@@ -129,6 +131,11 @@ def test_sql_changes_show_in_the_cli_at_once(stack: dict, engine: Engine, unique
     sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/cli-sql', 'from sql')", n=unique)
     shown = yaml.safe_load(setpoint(stack, "get", "file", unique, "-o", "yaml").stdout)
     assert shown["spec"]["content"] == "from sql" and shown["status"]["generation"] == 1
+
+
+def test_get_of_an_empty_kind_says_none_found(fresh: dict) -> None:
+    done = setpoint(fresh, "get", "files")
+    assert done.returncode == 0 and done.stderr.strip() == "No files found." and done.stdout == ""
 
 
 def test_cli_without_a_database_says_so(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from controllers.health import Check
 from controllers.processes import Replica
 from controllers.workload import (
+    PROGRESS_RECHECK_S,
     ForgetEnded,
     StartReplica,
     StopReplica,
@@ -107,3 +109,36 @@ def test_a_crash_looping_slot_keeps_only_its_last_ended_record() -> None:
     waiting = Waiting(0, 2, 20.0, NOW + 1, 1, "")
     actions = controller.plan(want(replicas=1), WorkloadState(NOW, (first, last), (waiting,)))
     assert actions == [ForgetEnded((first.record,))], "the last one holds the slot's crash-loop count"
+
+
+def test_a_rollout_in_progress_is_progressing_with_the_count_updated() -> None:
+    old, new = version_of(want()), version_of(want(command="sleep 301"))
+    state = WorkloadState(NOW, (replica(0, new, started_at=NOW - 1), replica(1, old), replica(2, old)))
+    health = controller.health(want(command="sleep 301"), state)
+    assert (health.healthy, health.progressing, health.reason) == (False, True, "RollingUpdate")
+    assert health.message == "1/3 replicas updated"
+
+
+def test_starting_replicas_are_progressing_and_a_crash_loop_is_not() -> None:
+    v = version_of(want())
+    starting = controller.health(want(), WorkloadState(NOW, (replica(0, v),)))
+    assert (starting.progressing, starting.reason) == (True, "Progressing")
+    ended = replica(1, v, alive=False, exit_code=3, ran_s=0.2, ended_at=NOW - 5)
+    looping = WorkloadState(NOW, (replica(0, v), ended), (Waiting(1, 1, 10.0, NOW + 5, 3, "boom"),))
+    crashing = controller.health(want(replicas=2), looping)
+    assert (crashing.progressing, crashing.reason) == (False, "CrashLoopBackOff")
+
+
+def test_a_failing_check_is_progressing_only_while_its_replica_is_new() -> None:
+    v = version_of(want(replicas=1))
+    failing = (Check(0, False, "connection refused"),)
+    young = WorkloadState(NOW, (replica(0, v, started_at=NOW - 1),), checks=failing)
+    starting = controller.health(want(replicas=1), young)
+    assert (starting.progressing, starting.reason) == (True, "Progressing")
+    assert "replica 0 starting: connection refused" in starting.message
+    assert controller.requeue_after(want(replicas=1), young) == PROGRESS_RECHECK_S, (
+        "looked at again soon, not after the interval"
+    )
+    settled = WorkloadState(NOW, (replica(0, v, started_at=NOW - 6),), checks=failing)
+    health = controller.health(want(replicas=1), settled)
+    assert (health.progressing, health.reason) == (False, "Unhealthy")

@@ -13,7 +13,8 @@ Each reconcile re-reads the world (level-based): the runtime loads the desired r
 (frozen dataclasses) whose `run()` is idempotent: safe to run twice, safe to be killed at any line.
 
 Optional: `health(desired, actual)` says whether what runs is healthy (a `Healthy` condition apart from
-`Synced`, as Argo CD separates them), and `requeue_after(desired, actual)` asks for the next look sooner
+`Synced`, as Argo CD separates them; `Health(progressing=True)` for one on its way, such as a rollout, which is
+phase `Progressing`, never `Degraded`), and `requeue_after(desired, actual)` asks for the next look sooner
 than the interval (while a rollout progresses, or when a crash-loop backoff ends).
 
 Errors: raise `TransientError` (or let any exception escape) for what may work later; it is retried with
@@ -50,6 +51,8 @@ class Health:
     healthy: bool
     reason: str
     message: str
+    progressing: bool = False
+    """Not healthy yet but on its way (starting, rolling out): phase Progressing, not Degraded."""
 
 
 class Controller(Generic[D, O]):

@@ -107,7 +107,8 @@ def _conditions(
     if not synced:
         return "Drifted", False, [cond("Ready", False, reason, message), *conditions]
     if health is not None and not health.healthy:
-        return "Degraded", False, [cond("Ready", False, health.reason, health.message), *conditions]
+        phase = "Progressing" if health.progressing else "Degraded"  # Degraded is for health failing
+        return phase, False, [cond("Ready", False, health.reason, health.message), *conditions]
     if health is not None:
         message = f"{message}; {health.message}"
     return "Ready", True, [cond("Ready", True, reason, message), *conditions]

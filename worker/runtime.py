@@ -81,8 +81,27 @@ def run_controller(
         return Result("failed", tuple(done), drift, observed, message, "ReconcileError", transient=True)
     if deleting:
         return Result("deleted", tuple(done), drift, observed)
-    outcome = "changed" if done else "noop"
-    return Result(outcome, tuple(done), drift, observed, health=health, requeue_after_s=requeue)
+    if not done:
+        return Result("noop", (), drift, observed, health=health, requeue_after_s=requeue)
+    changed = Result("changed", tuple(done), drift, observed, health=health, requeue_after_s=requeue)
+    return _looked_again(controller, desired, changed)
+
+
+def _looked_again(controller: Controller[Any, Any], desired: Any, changed: Result) -> Result:
+    """The change as the world stands after its actions (the drift left, what is observed, its health), so status
+    shows what the reconcile left rather than what it found; as it was if looking again fails."""
+    try:
+        actual = controller.observe(desired)
+        return dataclasses.replace(
+            changed,
+            drift=tuple(str(action) for action in controller.plan(desired, actual)),
+            observed=controller.describe(actual),
+            health=controller.health(desired, actual),
+            requeue_after_s=controller.requeue_after(desired, actual),
+        )
+    except Exception as error:  # the actions ran: the run is still a change
+        log.warning("observing after the actions failed", extra={"error": f"{type(error).__name__}: {error}"})
+        return changed
 
 
 def reconcile(
