@@ -78,6 +78,12 @@ def held(*ports: int) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One fresh folder for the tests that run `setpoint up`, so that its embedded cluster is made only once."""
+    return tmp_path_factory.mktemp("clone")
+
+
 MANIFEST = """
 kind: File
 name: motd
@@ -89,18 +95,18 @@ spec: {{command: "sleep 3600", replicas: 1}}
 """
 
 
-def test_up_shows_changes_one_line_each_and_commands_in_its_folder_find_it(tmp_path: Path, unique: str) -> None:
+def test_up_shows_changes_one_line_each_and_commands_in_its_folder_find_it(clone: Path, unique: str) -> None:
     workload = unique
-    target = tmp_path / "motd"
-    with held(9808, 9809), up(tmp_path) as (proc, log):
-        urls = tmp_path / ".setpoint" / "urls.json"
+    target = clone / "motd"
+    with held(9808, 9809), up(clone) as (proc, log):
+        urls = clone / ".setpoint" / "urls.json"
         assert stat.S_IMODE(urls.stat().st_mode) == 0o600
 
         # A second terminal, same folder, nothing configured: the commands use the servers of `setpoint up`.
-        applied = setpoint(tmp_path, "apply", "-f", "-", stdin=MANIFEST.format(path=target, workload=workload))
+        applied = setpoint(clone, "apply", "-f", "-", stdin=MANIFEST.format(path=target, workload=workload))
         assert applied.returncode == 0, applied.stderr
         wait_for(lambda: target.exists() and target.read_text() == "hello", 30, "the file written")
-        listed = setpoint(tmp_path, "-v", "get", "files")
+        listed = setpoint(clone, "-v", "get", "files")
         assert listed.returncode == 0 and re.search(r"motd\s+yes", listed.stdout), listed.stdout + listed.stderr
         assert "from the `setpoint up` running in this folder" in listed.stderr, listed.stderr
         assert json.loads(urls.read_text())["database_url"] in listed.stderr
@@ -109,7 +115,7 @@ def test_up_shows_changes_one_line_each_and_commands_in_its_folder_find_it(tmp_p
         target.write_text("hot fix")
         wait_for(lambda: log.read_text().count("File/motd changed: write 5 bytes to") >= 2, 30, "the heal shown")
         wait_for(lambda: replicas_of(workload), 30, "the replica started")
-        assert (tmp_path / ".setpoint" / "state" / "workloads" / workload).is_dir(), "state in the data folder"
+        assert (clone / ".setpoint" / "state" / "workloads" / workload).is_dir(), "state in the data folder"
         shown = log.read_text()
         assert re.search(rf"\d\d:\d\d:\d\d File/motd changed: write 5 bytes to {target}\n", shown), shown
         assert "Task setpoint.reconcile[" not in shown and "succeeded in" not in shown, shown
@@ -125,10 +131,10 @@ def test_up_shows_changes_one_line_each_and_commands_in_its_folder_find_it(tmp_p
         assert not urls.exists(), "a clean stop removes the URL file"
 
 
-def test_up_verbose_shows_every_task(tmp_path: Path) -> None:
-    target = tmp_path / "motd"
-    with up(tmp_path, "-v") as (proc, log):
-        applied = setpoint(tmp_path, "apply", "-f", "-", stdin=MANIFEST.split("---")[0].format(path=target))
+def test_up_verbose_shows_every_task(clone: Path) -> None:
+    target = clone / "verbose"
+    with up(clone, "-v") as (proc, log):
+        applied = setpoint(clone, "apply", "-f", "-", stdin=MANIFEST.split("---")[0].format(path=target))
         assert applied.returncode == 0, applied.stderr
         wait_for(lambda: re.search(r"Task setpoint.reconcile\[\S+\] succeeded", log.read_text()), 30, "task lines")
         ctrl_c(proc, log)
