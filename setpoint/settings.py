@@ -93,7 +93,8 @@ class Settings(BaseSettings):
 
     state_dir: str = "~/.local/state/setpoint"
     """Where a worker keeps what it knows of the processes it started (workload replicas, their logs) and of the
-    files it wrote (so that a delete removes only those)."""
+    files it wrote (so that a delete removes only those). `setpoint up` gives its worker `<data_dir>/state` unless
+    this is set."""
 
     file_roots: str = ""
     """Comma-separated folders Files may be managed under (/etc/app,/srv); a path elsewhere is invalid and never
