@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from setpoint.settings import Settings
 from tests.conftest import ROOT, replicas_of, stop_replicas, wait_for
 from worker import metrics
 
@@ -178,3 +179,25 @@ def test_a_taken_metrics_port_is_a_warning(caplog: pytest.LogCaptureFixture) -> 
             assert metrics.serve(CollectorRegistry(), s.getsockname()[1], "127.0.0.1", "worker") is None
     (record,) = [r for r in caplog.records if r.getMessage() == "metrics not served"]
     assert record.levelno == logging.WARNING
+
+
+def test_the_environment_wins_over_a_running_setpoint_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in [k for k in os.environ if k.startswith("SETPOINT_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as live:  # where the running `setpoint up`'s database answers
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        url = f"postgresql://postgres@127.0.0.1:{live.getsockname()[1]}/setpoint"
+        (tmp_path / ".setpoint").mkdir()
+        (tmp_path / ".setpoint" / "urls.json").write_text(
+            json.dumps({"database_url": url, "broker_url": "redis://127.0.0.1:1/0", "pid": os.getpid()})
+        )
+        found = Settings()
+        assert (found.database_url, found.data_dir) == (url, str(tmp_path / ".setpoint"))
+        assert found.database_url_origin.startswith("the `setpoint up` running in this folder")
+        monkeypatch.setenv("SETPOINT_DATABASE_URL", "postgresql://postgres@db.example/setpoint")
+        monkeypatch.setenv("SETPOINT_BROKER_URL", "redis://broker.example/0")
+        given = Settings()
+    assert given.database_url == "postgresql://postgres@db.example/setpoint"
+    assert given.database_url_origin == "SETPOINT_DATABASE_URL in the environment"
