@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from setpoint import commands, errors, stack
+from setpoint import commands, errors, stack, urls
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -20,15 +20,34 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 
 
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which database is used, and why.")]
+
+
+@app.callback()
+def main(ctx: typer.Context, verbose: Verbose = False) -> None:
+    """Setpoint keeps real systems matching the desired state written in PostgreSQL."""
+    if verbose and ctx.invoked_subcommand not in ("up", "demo"):  # those run servers of their own, and say so
+        settings = config.get()
+        console.print(f"using database {urls.safe(settings.database_url)}, from {settings.database_url_origin}")
+
+
 @app.command()
-def up(concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Worker processes.")) -> None:
-    """Run the scheduler and a worker in the foreground; Ctrl-C stops everything.
+def up(
+    concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Worker processes."),
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the scheduler's and worker's own logs, every task.")
+    ] = False,
+) -> None:
+    """Run the scheduler and a worker in the foreground, printing one line per change or failure; Ctrl-C stops
+    them (workload replicas keep running: it says which, and how to stop them).
 
     Uses SETPOINT_DATABASE_URL and SETPOINT_BROKER_URL when set; with neither set, starts an embedded
-    PostgreSQL and Redis under SETPOINT_DATA_DIR (default .setpoint/).
+    PostgreSQL and Redis under SETPOINT_DATA_DIR (default .setpoint/) and writes their URLs to
+    .setpoint/urls.json, so that commands run in the same folder use them.
     """
     try:
-        code = up_command.run(config.get(), concurrency, lambda line: console.print(f"[bold]setpoint[/] {line}"))
+        say = lambda line: console.print(f"[bold]setpoint[/] {line}")  # noqa: E731
+        code = up_command.run(config.get(), concurrency, say, verbose=verbose)
     except errors.UsageError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import redis
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import Engine
@@ -55,7 +56,8 @@ def failures() -> Iterator[None]:
         err.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
     except OperationalError as error:
-        err.print(f"[red]error:[/] cannot reach the database: {str(error.orig).strip().splitlines()[0]}")
+        why, origin = str(error.orig).strip().splitlines()[0], config.get().database_url_origin
+        err.print(f"[red]error:[/] {escape(f'cannot reach the database: {why}; its URL is from {origin}')}")
         raise typer.Exit(1) from None
 
 

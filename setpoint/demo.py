@@ -209,6 +209,20 @@ def _reset(engine: Engine) -> None:
 
 
 def draw(story: Story, chart: Path) -> None:
+    figure = chart_of(story)
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(chart)
+    from matplotlib import pyplot
+
+    pyplot.close(figure)
+
+
+LABEL_ROWS = 4
+"""Event labels alternate between this many rows above the line, so that neighbours do not overlap."""
+
+
+def chart_of(story: Any) -> Any:
+    """The chart of drift over time: whole resources on the y axis, each event named above the line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +230,7 @@ def draw(story: Story, chart: Path) -> None:
 
     times = [t for t, _ in story.samples]
     drift = [d for _, d in story.samples]
-    figure, axes = pyplot.subplots(figsize=(9, 4.5), dpi=110)
+    figure, axes = pyplot.subplots(figsize=(9, 5), dpi=110)
     end = times[-1] if times else 1.0
     bounds = [*story.phases, (end, "")]
     for (start, phase), (stop, _) in zip(bounds, bounds[1:], strict=False):
@@ -224,16 +238,18 @@ def draw(story: Story, chart: Path) -> None:
         label = "reconciler running" if phase == "running" else "reconciler stopped"
         axes.axvspan(start, stop, color=color, label=label)
     axes.step(times, drift, where="post", color="#222222", linewidth=2, label="resources out of desired state")
-    for event in story.events:
-        axes.annotate(event.label, (event.at_s, 0.05), rotation=90, fontsize=8, va="bottom", ha="right")
+    resources = len(SERVERS) + 1
+    for index, event in enumerate(story.events):
+        row = resources + 0.5 + (index % LABEL_ROWS) * 0.55
+        axes.plot([event.at_s, event.at_s], [0, row], color="#888888", linewidth=0.8, linestyle=":")
+        axes.annotate(event.label, (event.at_s, row), fontsize=8, va="bottom", ha="left", color="#444444")
     axes.set_xlabel("seconds")
     axes.set_ylabel("resources drifted")
-    axes.set_ylim(0, len(SERVERS) + 1.5)
+    axes.set_ylim(0, resources + 0.5 + LABEL_ROWS * 0.55 + 0.2)
+    axes.set_yticks(range(resources + 1))  # whole resources only, and none in the labels' band
     axes.set_title("Disorder grows without the loop; order returns with it")
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=False))
-    axes.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8)
+    axes.legend(unique.values(), unique.keys(), loc="upper left", fontsize=8, framealpha=0.9)
     figure.tight_layout()
-    chart.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(chart)
-    pyplot.close(figure)
+    return figure

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from setpoint import settings as config
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
@@ -16,8 +18,9 @@ class EventFormatter(logging.Formatter):
         )
 
 
-def configure(level: int = logging.INFO) -> None:
-    """Send events to stderr, one line each, with their fields."""
+def configure(level: int | str | None = None) -> None:
+    """Send events to stderr, one line each, with their fields, from `level` up (default SETPOINT_LOG_LEVEL)."""
+    level = level if level is not None else config.get().log_level
     handler = logging.StreamHandler()
     handler.setFormatter(EventFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()

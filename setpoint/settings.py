@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import lru_cache
+from typing import Any
 
-from pydantic import Field, IPvAnyAddress, field_validator
+from pydantic import Field, IPvAnyAddress, PrivateAttr, ValidatorFunctionWrapHandler, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from setpoint import urls
 
 
 class Settings(BaseSettings):
@@ -89,7 +93,8 @@ class Settings(BaseSettings):
 
     state_dir: str = "~/.local/state/setpoint"
     """Where a worker keeps what it knows of the processes it started (workload replicas, their logs) and of the
-    files it wrote (so that a delete removes only those)."""
+    files it wrote (so that a delete removes only those). `setpoint up` gives its worker `<data_dir>/state` unless
+    this is set."""
 
     file_roots: str = ""
     """Comma-separated folders Files may be managed under (/etc/app,/srv); a path elsewhere is invalid and never
@@ -148,7 +153,59 @@ class Settings(BaseSettings):
     """How this worker names itself in run history (default: Celery's hostname)."""
 
     data_dir: str = ".setpoint"
-    """Where `setpoint up` keeps the embedded PostgreSQL and Redis when no URLs are given."""
+    """Where `setpoint up` keeps the embedded PostgreSQL and Redis when no URLs are given (and, unless
+    SETPOINT_STATE_DIR is set, its workers' state, in `state/`), and where it writes `urls.json`, from which
+    every command run in the same folder finds its servers. A relative folder is taken from where it is read."""
+
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    """The least severe log lines the scheduler and workers print (`setpoint up` prints WARNING and above from
+    them, and one line per change itself, unless `-v`)."""
+
+    _url_origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("data_dir", "state_dir")
+    @classmethod
+    def _absolute_folder(cls, value: str) -> str:
+        """A folder relative to where the process runs would differ between processes: made absolute at once."""
+        return os.path.abspath(os.path.expanduser(value))
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _find_servers(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Settings:
+        """With no URL in the environment, use those of the `setpoint up` running in the data folder, if any."""
+        given = {key for key in ("database_url", "broker_url") if isinstance(data, dict) and data.get(key)}
+        found = None
+        if isinstance(data, dict) and not given:
+            folder = data.get("data_dir") or cls.model_fields["data_dir"].default
+            found = urls.read(cls._absolute_folder(str(folder)))
+            if found is not None:
+                data = {**data, "database_url": found.database_url, "broker_url": found.broker_url}
+        settings: Settings = handler(data)
+        for key in ("database_url", "broker_url"):
+            variable = f"SETPOINT_{key.upper()}"
+            if key in given:
+                settings._url_origins[key] = f"{variable} in the environment"
+            elif found is not None:
+                settings._url_origins[key] = found.origin
+            else:
+                settings._url_origins[key] = (
+                    f"the default (no {variable} set, and no `setpoint up` running in {settings.data_dir})"
+                )
+        return settings
+
+    @property
+    def database_url_origin(self) -> str:
+        """Where database_url came from: the environment, a running `setpoint up`'s URL file, or the default."""
+        return self._url_origins.get("database_url", "given in code")
+
+    @property
+    def broker_url_origin(self) -> str:
+        return self._url_origins.get("broker_url", "given in code")
 
 
 @lru_cache(maxsize=1)

@@ -55,9 +55,10 @@ def servers(env: dict[str, str], data_dir: Path) -> Iterator[Servers]:
             yield Servers(services.database_url, services.broker_url, embedded=True)
 
 
-def worker_argv(concurrency: int, name: str | None = None) -> list[str]:
+def worker_argv(concurrency: int, name: str | None = None, banner: bool = True) -> list[str]:
     """`celery -A worker worker` as Setpoint runs it (mingle and gossip add nothing to a reconcile fleet)."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(concurrency), "-l", "info"]
+    quiet = [] if banner else ["--quiet"]
+    argv = [sys.executable, "-m", "celery", *quiet, "-A", "worker", "worker", "-c", str(concurrency), "-l", "info"]
     return [*argv, *(["-n", f"{name}@%h"] if name else []), "--without-mingle", "--without-gossip"]
 
 
@@ -75,7 +76,7 @@ class Processes:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         out = subprocess.DEVNULL if quiet else None
-        worker = worker_argv(concurrency)
+        worker = worker_argv(concurrency, banner=env.get("SETPOINT_LOG_LEVEL", "INFO") in ("DEBUG", "INFO"))
         self.children = [
             subprocess.Popen([sys.executable, "-m", "scheduler"], cwd=ROOT, env=env, stdout=out, stderr=out),
             subprocess.Popen(worker, cwd=ROOT, env=env, stdout=out, stderr=out),

@@ -60,7 +60,7 @@ def serve(registry: Collector, port: int | None, address: str, role: str) -> WSG
     try:
         server, _ = start_http_server(port, addr=address, registry=registry)
     except OSError as error:
-        log.error("metrics not served", extra={"role": role, "address": address, "port": port, "error": str(error)})
+        log.warning("metrics not served", extra={"role": role, "address": address, "port": port, "error": str(error)})
         return None
     log.info("serving metrics", extra={"role": role, "address": address, "port": server.server_port})
     return server
