@@ -301,8 +301,8 @@ def _reaction(ax: plt.Axes, r: Results) -> None:
     ax.set_ylim(top=NAIVE_PERIOD_S * 4)
     for value, label in ((REACTION_P50_S, "p50 target"), (REACTION_P99_S, "p99 target")):
         ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
-        ax.text(1.0, value, label + " ", transform=ax.get_yaxis_transform(), ha="right", va="bottom", color="tab:red",
-                fontsize=8)  # fmt: skip
+        ax.text(0.5, value, label, transform=ax.get_yaxis_transform(), ha="center", va="bottom", color="tab:red",
+                fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})  # fmt: skip
     p50_x, p99_x = r.reaction_ratio
     ax.set_title(f"reaction: UPDATE → status ready (s, log; left p50, right p99)\n"
                  f"Setpoint {p50_x:.1f}× / {p99_x:.1f}× the bare chain", fontsize=10)  # fmt: skip
@@ -371,5 +371,7 @@ def _bars(ax: plt.Axes, title: str, values: dict[str, float], log: bool = False,
                 fontsize=8)  # fmt: skip
     if log:
         ax.set_yscale("log")
+        lowest = min([*values.values(), *(value for value, _ in targets or [])])
+        ax.set_ylim(bottom=lowest / 10)  # whole decades below the smallest bar, so its height reads
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
