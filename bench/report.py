@@ -298,14 +298,13 @@ def _reaction(ax: plt.Axes, r: Results) -> None:
             ax.bar_label(bar, labels=[_ms(value).replace(" ", "")], fontsize=7)
     ax.set_xticks(range(len(groups)), [label for label, *_ in groups])
     ax.set_yscale("log")
-    ax.set_ylim(top=NAIVE_PERIOD_S * 4)
+    ax.set_ylim(bottom=0.001, top=NAIVE_PERIOD_S * 4)  # from 1 ms, so that every bar's height reads
     for value, label in ((REACTION_P50_S, "p50 target"), (REACTION_P99_S, "p99 target")):
-        ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
-        ax.text(0.5, value, label, transform=ax.get_yaxis_transform(), ha="center", va="bottom", color="tab:red",
-                fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})  # fmt: skip
+        _target(ax, value, label, where=0.5)
     p50_x, p99_x = r.reaction_ratio
     ax.set_title(f"reaction: UPDATE → status ready (s, log; left p50, right p99)\n"
-                 f"Setpoint {p50_x:.1f}× / {p99_x:.1f}× the bare chain", fontsize=10)  # fmt: skip
+                 f"Setpoint takes {p50_x:.1f}× (p50) / {p99_x:.1f}× (p99) the bare chain's time",
+                 fontsize=10)  # fmt: skip
     ax.tick_params(axis="x", labelsize=8)
 
 
@@ -321,13 +320,18 @@ def _throughput(ax: plt.Axes, r: Results) -> None:
         ax.plot([i + 0.22] * len(rounds), [rate.steady_per_s for rate in rounds], "o", color="black", markersize=3)
     ax.set_xticks(range(len(sides)), [label for label, *_ in sides])
     ax.set_ylim(top=max(rate.steady_per_s for rate in [*r.throughput_rounds, *r.ceiling_rounds]) * 1.3)
-    target = r.ceiling.median * THROUGHPUT_RATIO
-    ax.axhline(target, color="tab:red", linestyle="--", linewidth=1)
-    ax.text(1.0, target, "60% of ceiling ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
-            color="tab:red", fontsize=8)  # fmt: skip
+    _target(ax, r.ceiling.median * THROUGHPUT_RATIO, "60% of the ceiling's median")
     ax.set_title(f"no-op reconciles/s (2 processes), median of {r.throughput.count} interleaved rounds\n"
                  f"Setpoint at {r.throughput_ratio:.0%} of the ceiling (dots: rounds)", fontsize=10)  # fmt: skip
     ax.tick_params(axis="x", labelsize=8)
+
+
+def _target(ax: plt.Axes, value: float, label: str, where: float = 1.0) -> None:
+    """A dashed red line at `value`, labelled at `where` (0 left, 1 right) of the plot, readable over bars."""
+    ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
+    align = {0.0: "left", 1.0: "right"}.get(where, "center")
+    ax.text(where, value, f" {label} ", transform=ax.get_yaxis_transform(), ha=align, va="bottom", color="tab:red",
+            fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})  # fmt: skip
 
 
 def _hold_chart(axes: list[plt.Axes], h: Hold) -> None:
@@ -366,12 +370,10 @@ def _bars(ax: plt.Axes, title: str, values: dict[str, float], log: bool = False,
     bars = ax.bar(list(values), list(values.values()), color=colors)
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in values.values()], fontsize=8)
     for value, label in targets or []:
-        ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
-        ax.text(1.0, value, label + " ", transform=ax.get_yaxis_transform(), ha="right", va="bottom", color="tab:red",
-                fontsize=8)  # fmt: skip
+        _target(ax, value, label)
     if log:
         ax.set_yscale("log")
-        lowest = min([*values.values(), *(value for value, _ in targets or [])])
-        ax.set_ylim(bottom=lowest / 10)  # whole decades below the smallest bar, so its height reads
+        every = [*values.values(), *(value for value, _ in targets or [])]
+        ax.set_ylim(bottom=min(every) / 10, top=max(every) * 3)  # room below the smallest bar, above the highest
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
