@@ -178,7 +178,7 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     say(f"throughput and the bare-task ceiling measured ({plan.throughput_rounds} rounds each)")
     counted = names[: ROUNDTRIP_WARMUP + plan.roundtrip_samples]
     trips = roundtrips.measure(url, proxy, sender, queues["roundtrips"], counted, ROUNDTRIP_WARMUP)
-    bare_trips = roundtrips.measure_bare(url, proxy, counted[ROUNDTRIP_WARMUP:])
+    bare_trips = roundtrips.measure_bare(url, proxy, counted, ROUNDTRIP_WARMUP)
     say("round trips counted")
     processes.stop_all([scheduler, *workers])  # the hold and the scale scenarios run on an otherwise quiet machine
     dbs.drop(url)

@@ -128,7 +128,7 @@ def markdown(r: Results) -> str:
         "| measure | Setpoint | naive peer / ceiling | target | met |",
         "|---|---|---|---|---|",
         f"| reaction p50, idle stack ({r.stack_resources:,} resources) | {_ms(r.reaction.p50_s)} | "
-        f"bare chain {_ms(r.reaction_ceiling.p50_s)}: Setpoint takes **{p50_x:.1f}×** it | ≤ 50 ms | "
+        f"bare chain {_ms(r.reaction_ceiling.p50_s)}: Setpoint takes **{p50_x:.1f}×** as long | ≤ 50 ms | "
         f"{_met(r.reaction.p50_s <= REACTION_P50_S)} |",
         f"| reaction p99 (max {_ms(r.reaction.max_s)}; bare chain max {_ms(r.reaction_ceiling.max_s)}; "
         f"{r.reaction.count} changes each) | {_ms(r.reaction.p99_s)} | "
@@ -141,8 +141,8 @@ def markdown(r: Results) -> str:
         f"{_ms(r.naive_loop.p50_s)} / {_ms(r.naive_loop.p99_s)} "
         f"({r.naive_loop.p50_s / r.naive_loop_period_s:.2f} / {r.naive_loop.p99_s / r.naive_loop_period_s:.2f} "
         f"of a period) | – | – |",
-        f"| no-op reconciles/s, 2 worker processes ({ours_median.count:,} a round; median of {rounds} rounds "
-        f"(min–max)) | {_range(r.throughput)} | bare task, one statement: {_range(r.ceiling)}: "
+        f"| no-op reconciles/s, 2 worker processes ({ours_median.count:,} a round; median of {rounds} rounds, "
+        f"min–max) | {_range(r.throughput)} | bare task, one statement: {_range(r.ceiling)}: "
         f"**{ratio:.0%}** of it (median / median) | ≥ 60% | {_met(ratio >= THROUGHPUT_RATIO)} |",
         f"| each Setpoint round / the bare round after it, median (min–max) | – | {_range(r.round_ratios, '{:.0%}')} "
         "| – | – |",
