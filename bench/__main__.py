@@ -16,13 +16,14 @@ import signal
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench import bare, hold, processes, reaction, report, resources, roundtrips, scale, servers, throughput
+from bench import bare, bare_chain, hold, processes, reaction, report, resources, roundtrips, scale, servers, throughput
 from bench.results_model import Results
 from bench.stats import Latency
 from bench.wire import CountingProxy
@@ -46,7 +47,8 @@ class Plan:
     """Resources held by the scheduler in each scale scenario."""
     scale_measure_s: float
     throughput_rounds: int
-    """Setpoint and the bare task are measured this many times, alternately; the best of each counts."""
+    """Setpoint and the bare task are measured this many times each, alternately (S, C, S, C, …); the medians
+    are compared, and the range of each is reported."""
     scale_interval_s: float = 300.0
     hold_resources: int = 10_000
     hold_interval_s: float = 60.0
@@ -54,9 +56,11 @@ class Plan:
     """How long the load is held (0: not at all)."""
 
 
-QUICK = Plan("quick", 600, 40, 0.3, 20, 100, (10_000,), 8.0, 2, hold_s=0)
-FULL = Plan("full", 5_000, 300, 0.5, 40, 500, (10_000, 100_000), 30.0, 3)
+QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, hold_s=0)
+FULL = Plan("full", 5_000, 300, 1.0, 40, 500, (10_000, 100_000), 30.0, 5)
 ROUNDTRIP_WARMUP = 20
+REACTION_WARMUP = 3
+"""Changes sent through each reaction chain before any is counted: the bare chain's processes connect lazily."""
 NAIVE_RESOURCES = 10
 STACK_INTERVAL_S = 3600
 """The stack's resources are due only when the benchmark says so: the stack is idle between measurements."""
@@ -94,6 +98,7 @@ def wait_converged(database_url: str, timeout_s: float) -> None:
 
 def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     load_at_start = os.getloadavg()[0]
+    date = datetime.now(UTC).isoformat(timespec="seconds")
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     logs = RESULTS / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -106,6 +111,8 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     url = dbs.clone("stack")
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(resources.INSERT, {"interval_s": STACK_INTERVAL_S, "count": plan.resources})  # type: ignore[arg-type]
+    names = [resources.name(i) for i in range(1, plan.resources + 1)]
+    bare_chain.create(url, names)
     say(f"databases ready on {'embedded' if found.embedded else 'local'} servers ({tag})")
 
     admin = make_url(found.admin_url)
@@ -135,21 +142,26 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
         child.wait_for(processes.WORKER_READY)
     say("workers ready, scale databases filled")
     sender = bare.make_app(Settings(broker_url=found.broker_url, queue=queues["main"], database_url=url))
-    names = [resources.name(i) for i in range(1, plan.resources + 1)]
 
     # The naive peer first, while Setpoint's scheduler is not running: nothing but the loop sends reconciles.
     naive_names = names[:NAIVE_RESOURCES]
     with reaction.PeriodicLoop(sender, queues["main"], naive_names, plan.naive_period_s) as loop:
         time.sleep(plan.naive_period_s)
-        naive = reaction.measure(url, naive_names, plan.naive_samples, loop.phases(plan.naive_samples))
+        pause = loop.phases(plan.naive_samples)
+        [naive] = reaction.measure(url, [reaction.SETPOINT], naive_names, plan.naive_samples, pause)
     say(f"naive loop reaction measured at a {plan.naive_period_s:g} s period")
 
     scheduler = start(processes.scheduler(env("main"), logs))
     scheduler.wait_for(processes.SCHEDULER_LEADING)
     wait_converged(url, 60 + plan.resources / 50)
     say(f"{plan.resources:,} resources converged")
-    reacted = reaction.measure(url, names, plan.reaction_samples, reaction.random_pause(0.01, 0.05))
-    say("reaction measured")
+    listener = start(processes.Child("bare-listener", [sys.executable, "-m", "bench.bare_chain"], env("bare"), logs))
+    listener.wait_for(bare_chain.LISTENING)
+    chains = [reaction.SETPOINT, reaction.BARE]
+    pause = reaction.random_pause(0.01, 0.05)
+    reacted, bare_reacted = reaction.measure(url, chains, names, plan.reaction_samples, pause, REACTION_WARMUP)
+    listener.stop()
+    say("reaction and the bare-chain ceiling measured, change by change alternately")
     main_worker, bare_worker = workers[0], workers[1]
     ours_watched = {
         "worker": processes.family(main_worker.pid),
@@ -159,12 +171,14 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     bare_watched = {"worker": processes.family(bare_worker.pid), "benchmark": [os.getpid()]}
     timeout_s = 60 + plan.resources / 20
     ours, ceiling = [], []
-    for _ in range(plan.throughput_rounds):  # alternating, so that a busy spell of the machine hits both
+    for i in range(plan.throughput_rounds):  # interleaved, so that a busy spell of the machine hits both
         ours.append(throughput.setpoint(url, ours_watched, timeout_s))
         ceiling.append(throughput.ceiling(url, sender, queues["bare"], names, bare_watched, timeout_s))
+        say(f"round {i + 1}: Setpoint {ours[-1].steady_per_s:.0f}/s, bare task {ceiling[-1].steady_per_s:.0f}/s")
     say(f"throughput and the bare-task ceiling measured ({plan.throughput_rounds} rounds each)")
     counted = names[: ROUNDTRIP_WARMUP + plan.roundtrip_samples]
     trips = roundtrips.measure(url, proxy, sender, queues["roundtrips"], counted, ROUNDTRIP_WARMUP)
+    bare_trips = roundtrips.measure_bare(url, proxy, counted, ROUNDTRIP_WARMUP)
     say("round trips counted")
     processes.stop_all([scheduler, *workers])  # the hold and the scale scenarios run on an otherwise quiet machine
     dbs.drop(url)
@@ -184,17 +198,18 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
         say(f"APScheduler measured at {count:,} jobs")
     return Results(
         mode=plan.mode,
+        date=date,
         machine=machine(load_at_start),
         servers="embedded PostgreSQL and Redis" if found.embedded else "local PostgreSQL and Redis",
         stack_resources=plan.resources,
         reaction=Latency.of(reacted),
+        reaction_ceiling=Latency.of(bare_reacted),
         naive_loop=Latency.of(naive),
         naive_loop_period_s=plan.naive_period_s,
-        throughput=throughput.best(ours),
-        ceiling=throughput.best(ceiling),
         throughput_rounds=ours,
         ceiling_rounds=ceiling,
         round_trips=trips,
+        bare_round_trips=bare_trips,
         scale=loads,
         hold=held,
         duration_s=time.monotonic() - _started,
@@ -207,7 +222,7 @@ def _interrupt(*_: object) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a scaled-down run, under a minute")
+    parser.add_argument("--quick", action="store_true", help="a scaled-down run, about two minutes")
     parser.add_argument(
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )

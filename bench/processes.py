@@ -89,6 +89,9 @@ def worker(env: dict[str, str], logs: Path, label: str, app: str = "worker") -> 
     """`celery -A <app> worker -c 2` as Setpoint runs it (prefork, two processes)."""
     argv = worker_argv(2, f"{label}-{env['SETPOINT_QUEUE']}")
     argv[argv.index("-A") + 1] = app
+    # A metrics folder of its own in the run's logs, not a temporary one: on a shared machine, another Setpoint
+    # version's clean-up of "dead" temporary folders could take a running worker's files away.
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(logs / f"metrics-{label}")}
     return Child(label, argv, env, logs)
 
 

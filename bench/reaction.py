@@ -1,12 +1,15 @@
 """Reaction: from an SQL UPDATE of a desired row to its status showing that generation observed and ready.
 
-Setpoint reacts through the desired table's NOTIFY. The naive peer (a Celery beat entry, a cron job, one
-APScheduler job per resource) does not know that anything changed: it sends a reconcile of every resource once
-per period, so a change waits for the next pass. `PeriodicLoop` is that peer, run for real at a short period.
+Setpoint reacts through the desired table's NOTIFY; its ceiling is the bare chain (bench/bare_chain.py), the
+same trip with no Setpoint code, measured alternately with it (change by change) so that both see the same
+machine. The naive peer (a Celery beat entry, a cron job, one APScheduler job per resource) does not know that
+anything changed: it sends a reconcile of every resource once per period, so a change waits for the next pass.
+`PeriodicLoop` is that peer, run for real at a short period.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -16,26 +19,51 @@ from collections.abc import Callable, Sequence
 import psycopg
 from celery import Celery
 
-from bench import resources
+from bench import bare_chain, resources
 from models.database import libpq_url
 from worker.celery_app import TASK
 
 POLL_S = 0.002
 """How often the status is read while waiting: the measurement's resolution."""
 
-_CHANGE = f"UPDATE {resources.TABLE} SET payload = payload + 1 WHERE name = %s RETURNING generation"
-_SHOWN = "SELECT observed_generation = %s AND ready FROM statuses WHERE kind = %s AND name = %s"
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """A way from a change to its status: how to make the change, and how to see it shown."""
+
+    change: str
+    """SQL making a new generation of the resource %(name)s, RETURNING it."""
+    shown: str
+    """SQL answering whether generation %(generation)s of %(name)s is observed and ready."""
+
+
+SETPOINT = Chain(
+    f"UPDATE {resources.TABLE} SET payload = payload + 1 WHERE name = %(name)s RETURNING generation",
+    f"SELECT observed_generation = %(generation)s AND ready FROM statuses WHERE kind = '{resources.KIND}' "
+    "AND name = %(name)s",
+)
+BARE = Chain(bare_chain.CHANGE, bare_chain.SHOWN)
 
 
 def measure(
-    database_url: str, names: Sequence[str], samples: int, pause: Callable[[int], None], timeout_s: float = 30.0
-) -> list[float]:
-    """Change one resource at a time, after `pause(i)`, and time each change until its status shows it."""
-    latencies = []
+    database_url: str,
+    chains: Sequence[Chain],
+    names: Sequence[str],
+    samples: int,
+    pause: Callable[[int], None],
+    warmup: int = 0,
+    timeout_s: float = 30.0,
+) -> list[list[float]]:
+    """For each of `samples` (after `warmup` uncounted ones), pause(i), then change one resource through each
+    chain in turn and time it until its status shows it; one list of latencies per chain."""
+    latencies: list[list[float]] = [[] for _ in chains]
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        for i in range(samples):
+        for i in range(warmup + samples):
             pause(i)
-            latencies.append(_react(conn, names[i % len(names)], timeout_s))
+            for chain, measured in zip(chains, latencies, strict=True):
+                latency = _react(conn, chain, names[i % len(names)], timeout_s)
+                if i >= warmup:
+                    measured.append(latency)
     return latencies
 
 
@@ -45,13 +73,14 @@ def random_pause(low_s: float, high_s: float) -> Callable[[int], None]:
     return lambda _: time.sleep(rng.uniform(low_s, high_s))
 
 
-def _react(conn: psycopg.Connection, name: str, timeout_s: float) -> float:
+def _react(conn: psycopg.Connection, chain: Chain, name: str, timeout_s: float) -> float:
     started = time.perf_counter()
-    row = conn.execute(_CHANGE, (name,)).fetchone()
+    row = conn.execute(chain.change, {"name": name}).fetchone()  # type: ignore[arg-type]
     assert row is not None, f"no resource named {name}"
     deadline = started + timeout_s
+    asked = {"generation": row[0], "name": name}
     while True:
-        shown = conn.execute(_SHOWN, (row[0], resources.KIND, name)).fetchone()
+        shown = conn.execute(chain.shown, asked).fetchone()  # type: ignore[arg-type]
         if shown and shown[0]:
             return time.perf_counter() - started
         if time.perf_counter() > deadline:

@@ -14,6 +14,7 @@ from bench import hold  # noqa: E402
 from bench.hold import Hold  # noqa: E402
 from bench.results_model import NAIVE_PERIOD_S, Results  # noqa: E402
 from bench.scale import SchedulerLoad  # noqa: E402
+from bench.stats import Spread  # noqa: E402
 from bench.throughput import Rate  # noqa: E402
 from setpoint.settings import Settings  # noqa: E402
 
@@ -109,33 +110,48 @@ def _lateness(load: SchedulerLoad) -> str:
     return f"{_ms(load.lateness.p50_s)} / {_ms(load.lateness.p99_s)} / {_ms(load.lateness.max_s)}"
 
 
+def _range(spread: Spread, fmt: str = "{:.0f}/s") -> str:
+    return f"{fmt.format(spread.median)} ({fmt.format(spread.low)}–{fmt.format(spread.high)})"
+
+
 def markdown(r: Results) -> str:
-    rt, ratio = r.round_trips, r.throughput_ratio
+    rt, ratio, (p50_x, p99_x) = r.round_trips, r.throughput_ratio, r.reaction_ratio
+    ours_cpu, bare_cpu = r.cpu_ms_per_task(r.throughput_rounds), r.cpu_ms_per_task(r.ceiling_rounds)
+    ours_median = sorted(r.throughput_rounds, key=lambda rate: rate.steady_per_s)[len(r.throughput_rounds) // 2]
+    bare_median = sorted(r.ceiling_rounds, key=lambda rate: rate.steady_per_s)[len(r.ceiling_rounds) // 2]
+    rounds = r.throughput.count
     lines = [
-        f"# Setpoint benchmark ({r.mode})",
+        f"# Setpoint benchmark ({r.mode}, {r.date})",
         "",
         f"Machine: {r.machine}. Servers: {r.servers}. Run took {r.duration_s:.0f} s.",
         "",
         "| measure | Setpoint | naive peer / ceiling | target | met |",
         "|---|---|---|---|---|",
         f"| reaction p50, idle stack ({r.stack_resources:,} resources) | {_ms(r.reaction.p50_s)} | "
-        f"{_ms(r.naive.p50_s)} (loop every {NAIVE_PERIOD_S:g} s) | ≤ 50 ms | "
+        f"bare chain {_ms(r.reaction_ceiling.p50_s)}: Setpoint takes **{p50_x:.1f}×** as long | ≤ 50 ms | "
         f"{_met(r.reaction.p50_s <= REACTION_P50_S)} |",
-        f"| reaction p99 (max {_ms(r.reaction.max_s)}, {r.reaction.count} changes) | {_ms(r.reaction.p99_s)} | "
-        f"{_ms(r.naive.p99_s)} | ≤ 250 ms | {_met(r.reaction.p99_s <= REACTION_P99_S)} |",
-        f"| naive loop measured for real at a {r.naive_loop_period_s:g} s period ({r.naive_loop.count} changes), "
+        f"| reaction p99 (max {_ms(r.reaction.max_s)}; bare chain max {_ms(r.reaction_ceiling.max_s)}; "
+        f"{r.reaction.count} changes each) | {_ms(r.reaction.p99_s)} | "
+        f"bare chain {_ms(r.reaction_ceiling.p99_s)}: **{p99_x:.1f}×** | ≤ 250 ms | "
+        f"{_met(r.reaction.p99_s <= REACTION_P99_S)} |",
+        f"| naive loop every {NAIVE_PERIOD_S:g} s, p50 / p99: derived from the period, not measured | – | "
+        f"{_ms(r.naive.p50_s)} / {_ms(r.naive.p99_s)} | – | – |",
+        f"| naive loop measured at a {r.naive_loop_period_s:g} s period ({r.naive_loop.count} changes), "
         "p50 / p99 | – | "
         f"{_ms(r.naive_loop.p50_s)} / {_ms(r.naive_loop.p99_s)} "
         f"({r.naive_loop.p50_s / r.naive_loop_period_s:.2f} / {r.naive_loop.p99_s / r.naive_loop_period_s:.2f} "
         f"of a period) | – | – |",
-        f"| no-op reconciles/s, 2 worker processes ({r.throughput.count:,}; best round) | "
-        f"{r.throughput.steady_per_s:.0f}/s | "
-        f"bare task {r.ceiling.steady_per_s:.0f}/s: **{ratio:.0%}** of it | ≥ 60% | "
-        f"{_met(ratio >= THROUGHPUT_RATIO)} |",
-        f"| every round, Setpoint / bare task | {_rounds(r.throughput_rounds)} | {_rounds(r.ceiling_rounds)} | – | – |",
-        f"| best round, from the UPDATE (or first send) to the last commit | {r.throughput.end_to_end_per_s:.0f}/s | "
-        f"bare task {r.ceiling.end_to_end_per_s:.0f}/s | – | – |",
-        f"| database round trips per no-op reconcile ({rt.reconciles} counted) | {rt.per_reconcile:.2f} | – | ≤ 3 | "
+        f"| no-op reconciles/s, 2 worker processes ({ours_median.count:,} a round; median of {rounds} rounds, "
+        f"min–max) | {_range(r.throughput)} | bare task, one statement: {_range(r.ceiling)}: "
+        f"**{ratio:.0%}** of it (median / median) | ≥ 60% | {_met(ratio >= THROUGHPUT_RATIO)} |",
+        f"| each Setpoint round / the bare round after it, median (min–max) | – | {_range(r.round_ratios, '{:.0%}')} "
+        "| – | – |",
+        f"| every round in order, Setpoint / bare task | {_rounds(r.throughput_rounds)} | "
+        f"{_rounds(r.ceiling_rounds)} | – | – |",
+        f"| median round, from the UPDATE (or first send) to the last commit | {ours_median.end_to_end_per_s:.0f}/s | "
+        f"bare task {bare_median.end_to_end_per_s:.0f}/s | – | – |",
+        f"| database round trips per no-op reconcile ({rt.reconciles} counted) | {rt.per_reconcile:.2f} | "
+        f"bare task {r.bare_round_trips:.2f} | ≤ 3 | "
         f"{_met(rt.per_reconcile <= ROUND_TRIPS + 0.005)} |",
     ]
     for ours in (s for s in r.scale if s.peer == "Setpoint"):
@@ -147,17 +163,15 @@ def markdown(r: Results) -> str:
     lines += [
         "",
         f"Headroom: 10,000 resources at a 60 s interval (the load held) need {needed:.0f} no-op "
-        f"reconciles/s, {needed / r.throughput.steady_per_s:.0%} of the throughput measured here. Setpoint's "
+        f"reconciles/s, {needed / r.throughput.median:.0%} of the median throughput measured here. Setpoint's "
         f"scheduler enqueues on a {TICK_S:g} s tick (a NOTIFY wakes it at once for changed rows, not for rows "
         "that merely fall due), so its due → enqueued lateness is spread over one tick.",
     ]
-    lines += ["", "CPU per task in the best throughput rounds (milliseconds, all processes of each group):", ""]
+    lines += ["", "CPU per task over all throughput rounds (milliseconds, all processes of each group):", ""]
     lines += ["| processes | Setpoint | bare task |", "|---|---|---|"]
-    groups = dict.fromkeys([*r.throughput.cpu_ms_per_task, *r.ceiling.cpu_ms_per_task])
-    for group in groups:
-        ours_ms, bare_ms = r.throughput.cpu_ms_per_task.get(group), r.ceiling.cpu_ms_per_task.get(group)
-        lines.append(f"| {group} | {_cpu_ms(ours_ms)} | {_cpu_ms(bare_ms)} |")
-    ours_total, bare_total = sum(r.throughput.cpu_ms_per_task.values()), sum(r.ceiling.cpu_ms_per_task.values())
+    for group in dict.fromkeys([*ours_cpu, *bare_cpu]):
+        lines.append(f"| {group} | {_cpu_ms(ours_cpu.get(group))} | {_cpu_ms(bare_cpu.get(group))} |")
+    ours_total, bare_total = sum(ours_cpu.values()), sum(bare_cpu.values())
     lines += [
         f"| all | {ours_total:.2f} | {bare_total:.2f} |",
         "",
@@ -176,20 +190,27 @@ METHOD = """## How each figure was measured
 - **Reaction**: one `UPDATE bench_noops SET payload = payload + 1` at a time (autocommit), after a random pause,
   then the status row read every 2 ms until it shows that generation observed and ready; the time from sending
   the UPDATE to that read. Real `python -m scheduler` and `celery -A worker worker -c 2`, production settings.
+  **Ceiling**: the bare chain (bench/bare_chain.py), the same trip with no Setpoint code: an UPDATE of a plain
+  table whose row trigger NOTIFYs the name, a listener process sending one Celery task per notification, and a
+  bare task (same worker settings, `-c 2`) doing one status UPDATE; timed the same way. The two are measured
+  change by change alternately (Setpoint, bare, Setpoint, …), after 3 uncounted changes each.
 - **Naive reaction**: a periodic loop (Celery beat, cron, one APScheduler job per resource) does not know a row
   changed, so a change waits for the next pass at a random point of the period: p50 half a period, p99 0.99 of
-  it, here for Setpoint's default 30 s. A real loop sending a reconcile of every resource each period (the same
-  worker, Setpoint's scheduler not running) was measured at a short period to check that shape, with the
-  changes placed at evenly spread points of the period.
+  it. The figures for Setpoint's default 30 s are derived from that, not measured (a measured run would take
+  hours). A real loop sending a reconcile of every resource each period (the same worker, Setpoint's scheduler
+  not running) is measured at a short period to confirm the shape, with the changes placed at evenly spread
+  points of the period.
 - **Throughput**: `UPDATE statuses SET next_reconcile_at = now()` for every resource; the scheduler claims and
   sends them while the worker drains them. Rate = completions between the first and the last commit (database
-  clock, `last_reconcile_at`). **Ceiling**: a bare Celery task (bench/bare.py) that reads the status row, writes
-  the same status columns and inserts a run row in one transaction, sent by the benchmark for the same
+  clock, `last_reconcile_at`). **Ceiling**: a bare Celery task (bench/bare.py) doing the same writes the
+  cheapest way, one autocommit statement (a CTE that updates the status row, reading its generation, and
+  inserts a run row: one round trip, where Setpoint's reconcile makes two), sent by the benchmark for the same
   resources (in Redis pipelines of 500, as the scheduler sends) to a worker with Setpoint's Celery settings
-  (`-c 2` prefork, acks late, prefetch 1, events on). The two are run alternately, several rounds each, and
-  the best round of each is compared (other load on the machine only ever slows a round down).
+  (`-c 2` prefork, acks late, prefetch 1, events on). Rounds are interleaved (Setpoint, bare, Setpoint, bare,
+  …), at least five each; each side's median is reported with its range, and the ratio is median over median.
 - **Round trips**: a worker of its own connects through a counting TCP proxy (bench/wire.py); after a warm-up,
   its client→server turns are divided by the reconciles done. Statements are read from the protocol messages.
+  The bare task's writes are counted through the same proxy, run by the benchmark on one connection.
 - **Scheduler scale**: N resources at a 5-minute interval, first due times spread evenly over it; the first
   part of the interval is measured with no worker: a drain takes messages off Redis as they arrive (arrival −
   due = lateness) and marks the resource done as a worker would. CPU = process CPU seconds ÷ wall seconds
@@ -203,21 +224,23 @@ METHOD = """## How each figure was measured
   length in Redis, how many resources are overdue, how many went longer than an interval plus 10% jitter
   without a reconcile, and the run history's size. Reconciles per resource come from each one's claim counter
   (one per message sent), the span's first against its last.
-- **CPU per task**: CPU seconds (psutil) of each group of processes over a throughput run, divided by the tasks
-  done: the worker (main process and pool), the scheduler, the PostgreSQL sessions on the benchmark's
+- **CPU per task**: CPU seconds (psutil) of each group of processes over all throughput rounds, divided by the
+  tasks done: the worker (main process and pool), the scheduler, the PostgreSQL sessions on the benchmark's
   database, and the benchmark itself (polling; for the ceiling, also sending the tasks).
-- Other jobs may share the machine: the load averages above say how busy it was. Figures from one run vary by
-  some 10-20% (more for the throughput ratio, whose two halves run one after the other).
+- Other jobs may share the machine: the load averages above say how busy it was, and the ranges of the rounds
+  how much that moved the rates. Figures from one run vary by some 10-20%.
 """
 
 
 def headlines(r: Results) -> list[str]:
+    p50_x, p99_x = r.reaction_ratio
     lines = [
-        f"reaction p50 {_ms(r.reaction.p50_s)} vs naive {_ms(r.naive.p50_s)} "
-        f"({r.naive.p50_s / r.reaction.p50_s:,.0f}x faster); p99 {_ms(r.reaction.p99_s)} vs {_ms(r.naive.p99_s)}",
-        f"throughput {r.throughput.steady_per_s:.0f} no-op reconciles/s = {r.throughput_ratio:.0%} of the "
-        f"bare-task ceiling ({r.ceiling.steady_per_s:.0f}/s)",
-        f"round trips per no-op reconcile: {r.round_trips.per_reconcile:.2f}",
+        f"reaction p50 / p99 {_ms(r.reaction.p50_s)} / {_ms(r.reaction.p99_s)} vs the bare chain "
+        f"{_ms(r.reaction_ceiling.p50_s)} / {_ms(r.reaction_ceiling.p99_s)} ({p50_x:.1f}x / {p99_x:.1f}x); "
+        f"naive loop measured at {r.naive_loop_period_s:g} s: {_ms(r.naive_loop.p50_s)} / {_ms(r.naive_loop.p99_s)}",
+        f"throughput median {_range(r.throughput)} no-op reconciles/s = {r.throughput_ratio:.0%} of the "
+        f"one-statement bare-task ceiling's median {_range(r.ceiling)} over {r.throughput.count} interleaved rounds",
+        f"round trips per no-op reconcile: {r.round_trips.per_reconcile:.2f} (bare task {r.bare_round_trips:.2f})",
     ]
     if r.hold:
         h = r.hold
@@ -240,15 +263,11 @@ def headlines(r: Results) -> list[str]:
 def chart(r: Results, path: Path) -> None:
     rows = 3 if r.hold else 2
     fig, axes = plt.subplots(rows, 3, figsize=(15, 4.25 * rows))
-    fig.suptitle(f"Setpoint benchmark ({r.mode}) — {r.machine}", fontsize=11)
-    _bars(axes[0][0], "reaction: UPDATE → status ready (s, log)",
-          {"Setpoint\np50": r.reaction.p50_s, "Setpoint\np99": r.reaction.p99_s,
-           f"naive {NAIVE_PERIOD_S:g} s\np50": r.naive.p50_s, f"naive {NAIVE_PERIOD_S:g} s\np99": r.naive.p99_s},
-          log=True, targets=[(REACTION_P50_S, "p50 target"), (REACTION_P99_S, "p99 target")])  # fmt: skip
-    _bars(axes[0][1], "no-op reconciles per second (2 processes)",
-          {"Setpoint": r.throughput.steady_per_s, "bare task": r.ceiling.steady_per_s},
-          targets=[(r.ceiling.steady_per_s * THROUGHPUT_RATIO, "60% of ceiling")])  # fmt: skip
-    _bars(axes[0][2], "database round trips per no-op reconcile", {"Setpoint": r.round_trips.per_reconcile},
+    fig.suptitle(f"Setpoint benchmark ({r.mode} run, {r.date}) — {r.machine}", fontsize=10)
+    _reaction(axes[0][0], r)
+    _throughput(axes[0][1], r)
+    _bars(axes[0][2], "database round trips per no-op reconcile",
+          {"Setpoint": r.round_trips.per_reconcile, "bare task\n(one statement)": r.bare_round_trips},
           targets=[(ROUND_TRIPS, "target")])  # fmt: skip
     loads = {f"{s.peer}\n{s.resources // 1000}k": s for s in r.scale}
     _bars(axes[1][0], "scheduler CPU (share of one core)", {k: s.usage.cpu_share for k, s in loads.items()},
@@ -262,6 +281,57 @@ def chart(r: Results, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _reaction(ax: plt.Axes, r: Results) -> None:
+    """p50 and p99 side by side for each way of reacting; the naive 30 s loop's bars are hatched: derived."""
+    groups = [
+        ("Setpoint", r.reaction, "tab:blue", ""),
+        ("bare chain\n(ceiling)", r.reaction_ceiling, "tab:gray", ""),
+        (f"naive loop {r.naive_loop_period_s:g} s\n(measured)", r.naive_loop, "tab:gray", ""),
+        (f"naive loop {NAIVE_PERIOD_S:g} s\n(derived)", r.naive, "white", "//"),
+    ]
+    width = 0.38
+    for i, (_, latency, color, hatch) in enumerate(groups):
+        for offset, value, alpha in ((-width / 2, latency.p50_s, 1.0), (width / 2, latency.p99_s, 0.55)):
+            bar = ax.bar(i + offset, value, width, color=color, alpha=alpha, hatch=hatch, edgecolor="tab:gray")
+            ax.bar_label(bar, labels=[_ms(value).replace(" ", "")], fontsize=7)
+    ax.set_xticks(range(len(groups)), [label for label, *_ in groups])
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.001, top=NAIVE_PERIOD_S * 4)  # from 1 ms, so that every bar's height reads
+    for value, label in ((REACTION_P50_S, "p50 target"), (REACTION_P99_S, "p99 target")):
+        _target(ax, value, label, where=0.5)
+    p50_x, p99_x = r.reaction_ratio
+    ax.set_title(f"reaction: UPDATE → status ready (s, log; left p50, right p99)\n"
+                 f"Setpoint takes {p50_x:.1f}× (p50) / {p99_x:.1f}× (p99) the bare chain's time",
+                 fontsize=10)  # fmt: skip
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _throughput(ax: plt.Axes, r: Results) -> None:
+    """Each side's median as a bar, its range as an error bar, every round as a dot."""
+    sides = [("Setpoint", r.throughput, r.throughput_rounds, "tab:blue"),
+             ("bare task\n(one statement)", r.ceiling, r.ceiling_rounds, "tab:gray")]  # fmt: skip
+    for i, (_, spread, rounds, color) in enumerate(sides):
+        error = [[spread.median - spread.low], [spread.high - spread.median]]
+        bar = ax.bar(i, spread.median, 0.6, color=color, yerr=error, capsize=6, ecolor="black")
+        ax.bar_label(bar, labels=[f"{spread.median:.0f}/s\n({spread.low:.0f}–{spread.high:.0f})"], fontsize=8,
+                     padding=8)  # fmt: skip
+        ax.plot([i + 0.22] * len(rounds), [rate.steady_per_s for rate in rounds], "o", color="black", markersize=3)
+    ax.set_xticks(range(len(sides)), [label for label, *_ in sides])
+    ax.set_ylim(top=max(rate.steady_per_s for rate in [*r.throughput_rounds, *r.ceiling_rounds]) * 1.3)
+    _target(ax, r.ceiling.median * THROUGHPUT_RATIO, "60% of the ceiling's median")
+    ax.set_title(f"no-op reconciles/s (2 processes), median of {r.throughput.count} interleaved rounds\n"
+                 f"Setpoint at {r.throughput_ratio:.0%} of the ceiling (dots: rounds)", fontsize=10)  # fmt: skip
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _target(ax: plt.Axes, value: float, label: str, where: float = 1.0) -> None:
+    """A dashed red line at `value`, labelled at `where` (0 left, 1 right) of the plot, readable over bars."""
+    ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
+    align = {0.0: "left", 1.0: "right"}.get(where, "center")
+    ax.text(where, value, f" {label} ", transform=ax.get_yaxis_transform(), ha=align, va="bottom", color="tab:red",
+            fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})  # fmt: skip
 
 
 def _hold_chart(axes: list[plt.Axes], h: Hold) -> None:
@@ -300,10 +370,10 @@ def _bars(ax: plt.Axes, title: str, values: dict[str, float], log: bool = False,
     bars = ax.bar(list(values), list(values.values()), color=colors)
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in values.values()], fontsize=8)
     for value, label in targets or []:
-        ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
-        ax.text(1.0, value, label + " ", transform=ax.get_yaxis_transform(), ha="right", va="bottom", color="tab:red",
-                fontsize=8)  # fmt: skip
+        _target(ax, value, label)
     if log:
         ax.set_yscale("log")
+        every = [*values.values(), *(value for value, _ in targets or [])]
+        ax.set_ylim(bottom=min(every) / 10, top=max(every) * 3)  # room below the smallest bar, above the highest
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelsize=8)

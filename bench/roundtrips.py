@@ -2,7 +2,8 @@
 
 A worker of its own (bench/wire.py's proxy in its database URL) is sent reconciles of distinct resources: a
 first batch warms its connection pool up, then the round trips of the next batch are counted and divided by
-the number of reconciles. Connections opened while counting are counted with their handshakes.
+the number of reconciles. Connections opened while counting are counted with their handshakes. The bare
+task's writes (bench/bare.py) are counted the same way, run in this process on a connection through the proxy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import psycopg
 from celery import Celery
 from sqlalchemy.engine import make_url
 
-from bench import resources
+from bench import bare, resources
 from bench.wire import CountingProxy
 from models.database import libpq_url
 from worker.celery_app import TASK
@@ -55,6 +56,19 @@ def measure(
     n = len(counted)
     per = {statement: count / n for statement, count in sorted(traffic.statements.items(), key=lambda s: -s[1])}
     return RoundTrips(n, traffic.round_trips / n, traffic.connections, per)
+
+
+def measure_bare(database_url: str, proxy: CountingProxy, names: Sequence[str], warmup: int) -> float:
+    """Round trips per bare task: its writes for `warmup` of `names` uncounted (psycopg prepares a statement on
+    its fifth run, a turn of its own), then for the rest counted, all on one connection."""
+    with psycopg.connect(libpq_url(proxied(database_url, proxy)), autocommit=True) as conn:
+        for name in names[:warmup]:
+            bare.record(conn, resources.KIND, name)
+        proxy.take()
+        for name in names[warmup:]:
+            bare.record(conn, resources.KIND, name)
+        traffic = proxy.take()
+    return traffic.round_trips / len(names[warmup:])
 
 
 def _reconcile(conn: psycopg.Connection, app: Celery, queue: str, names: Sequence[str], timeout_s: float = 60) -> None:

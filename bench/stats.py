@@ -28,3 +28,29 @@ class Latency:
     @classmethod
     def of(cls, samples: Sequence[float]) -> Latency:
         return cls(len(samples), percentile(samples, 50), percentile(samples, 99), max(samples, default=math.nan))
+
+
+def median(samples: Sequence[float]) -> float:
+    """The middle value (the mean of the two middle ones for an even count)."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """Repeated measurements of one figure (say rounds of a throughput run): their median and their range.
+
+    The median, not the best: other load on a shared machine slows some rounds down, and which round it hits
+    is luck, so the best round flatters whichever side was lucky. The range says how much luck there was."""
+
+    count: int
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Spread:
+        return cls(len(samples), median(samples), min(samples, default=math.nan), max(samples, default=math.nan))

@@ -1,8 +1,9 @@
 """Throughput: no-op reconciles per second with two worker processes, beside the bare-task ceiling.
 
 Setpoint is driven the way an admin would: one UPDATE makes every resource due at once, and the scheduler claims
-and sends them in batches while the worker drains them. The ceiling is the bare task (bench/bare.py), sent by
-this process for the same resources. Times come from the database's clock, in the rows the tasks write.
+and sends them in batches while the worker drains them. The ceiling is the bare task (bench/bare.py: the same
+writes in one statement), sent by this process for the same resources. Each call is one round; the caller
+alternates them and reports medians. Times come from the database's clock, in the rows the tasks write.
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ FROM statuses WHERE kind = %(kind)s AND last_reconcile_at >= %(start)s"""
 _BARE_DONE = """SELECT count(*), extract(epoch FROM min(finished_at) - %(start)s),
        extract(epoch FROM max(finished_at) - %(start)s)
 FROM runs WHERE worker = %(worker)s AND started_at >= %(start)s"""
-
-
-def best(rates: Sequence[Rate]) -> Rate:
-    """The fastest of several runs: other load on the machine only ever slows a run down."""
-    return max(rates, key=lambda rate: rate.steady_per_s)
 
 
 def setpoint(database_url: str, watched: dict[str, list[int]], timeout_s: float) -> Rate:
