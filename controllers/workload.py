@@ -63,9 +63,12 @@ class WorkloadState:
         return [r for r in self.replicas if r.alive]
 
 
-def version_of(desired: Workload) -> str:
-    """What a replica runs: a change of command, environment or directory makes a new version."""
-    spec = {"command": desired.command, "env": desired.env, "cwd": desired.working_dir}
+def version_of(desired: Workload, run_as: str | None = None) -> str:
+    """What a replica runs: a change of command, environment or directory makes a new version, and so does a change
+    of SETPOINT_RUN_AS, so replicas started as another user are rolled over to the one now set."""
+    spec: dict[str, object] = {"command": desired.command, "env": desired.env, "cwd": desired.working_dir}
+    if run_as:
+        spec["run_as"] = run_as.strip()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -204,7 +207,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
                         processes.log_tail(ended[-1].log),
                     )
                 )
-        version = version_of(desired)
+        version = version_of(desired, self.settings.run_as)
         try:
             user = identity.user(self.settings.run_as)
         except errors.PermanentError:  # being deleted (else validate said so): check nothing as root
@@ -214,7 +217,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         return WorkloadState(now, replicas, tuple(waiting), health.check_all(probe, current))
 
     def plan(self, desired: Workload, actual: WorkloadState) -> list[Action]:
-        version = version_of(desired)
+        version = version_of(desired, self.settings.run_as)
         grace = desired.stop_grace_seconds
         actions: list[Action] = []
         keep: dict[int, Replica] = {}
@@ -247,7 +250,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
 
     def _settled(self, desired: Workload, actual: WorkloadState) -> bool:
         """Whether every replica of the new version has run long enough, and passes its check, to roll on."""
-        version = version_of(desired)
+        version = version_of(desired, self.settings.run_as)
         fresh = [r for r in actual.alive() if r.version == version]
         failing = {c.slot for c in actual.checks if not c.healthy}
         min_ready = self.settings.rollout_min_ready_seconds
@@ -261,7 +264,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
     def health(self, desired: Workload, actual: WorkloadState) -> Health:
         """Failing (a crash loop, a check failing past its start) is Degraded; starting replicas, a rollout and
         a new replica's check not passing yet within `rollout_min_ready_seconds` are Progressing."""
-        version = version_of(desired)
+        version = version_of(desired, self.settings.run_as)
         running = [r for r in actual.alive() if r.version == version and r.slot < desired.replicas]
         if actual.waiting:
             w = actual.waiting[0]
@@ -298,7 +301,7 @@ class WorkloadController(Controller[Workload, WorkloadState]):
         """Look again soon while starting or rolling out, or when a back-off ends; an unhealthy but settled
         workload waits for its interval (its checks are not hammered)."""
         soon = [w.start_at - actual.now for w in actual.waiting]
-        version = version_of(desired)
+        version = version_of(desired, self.settings.run_as)
         current = [r for r in actual.alive() if r.version == version and r.slot < desired.replicas]
         starting = len(current) + len(actual.waiting) < desired.replicas
         if self.plan(desired, actual) or starting or len(actual.alive()) > len(current):

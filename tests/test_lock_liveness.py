@@ -75,7 +75,15 @@ def test_a_worker_whose_lock_session_ended_stops_and_another_reconcile_finishes(
 def test_no_action_runs_once_the_lock_is_known_lost(tmp_path: Path) -> None:
     log = tmp_path / "steps.log"
     desired = Steps(name="pure", log_path=str(log), steps=3, step_seconds=0)
-    checks = iter([True, False])
+    checks = iter([True, True, False])
     with pytest.raises(LockLost, match="after 2 of 3 actions"):
         run_controller(StepsController(), desired, deleting=False, still_locked=lambda: next(checks))
     assert [line.split()[0] for line in step_lines(str(log))] == ["0", "1"]
+
+
+def test_a_lock_lost_while_observing_runs_no_action_at_all(tmp_path: Path) -> None:
+    log = tmp_path / "steps.log"
+    desired = Steps(name="pure", log_path=str(log), steps=1, step_seconds=0)
+    with pytest.raises(LockLost, match="after 0 of 1 actions"):
+        run_controller(StepsController(), desired, deleting=False, still_locked=lambda: False)
+    assert step_lines(str(log)) == []

@@ -142,3 +142,11 @@ def test_a_failing_check_is_progressing_only_while_its_replica_is_new() -> None:
     settled = WorkloadState(NOW, (replica(0, v, started_at=NOW - 6),), checks=failing)
     health = controller.health(want(replicas=1), settled)
     assert (health.progressing, health.reason) == (False, "Unhealthy")
+
+
+def test_setting_run_as_rolls_replicas_started_as_another_user() -> None:
+    assert version_of(want(), None) == version_of(want()), "unset: replicas started before keep running"
+    started_as_worker = WorkloadState(NOW, tuple(replica(s, version_of(want())) for s in range(3)))
+    contained = WorkloadController(Settings(state_dir="/nonexistent", run_as="nobody"))
+    actions = contained.plan(want(), started_as_worker)
+    assert kinds_of(actions) == [("StartReplica", 0), ("StopReplica", 0)], "rolled over to the user now set"

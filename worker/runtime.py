@@ -50,7 +50,8 @@ def run_controller(
     controller: Controller[Any, Any], desired: Any, *, deleting: bool, still_locked: Callable[[], bool] | None = None
 ) -> Result:
     """Validate, observe, plan and act, turning every error into a Result: nothing escapes but interrupts, and
-    LockLost when `still_locked` says, before an action after the first, that the resource is no longer ours."""
+    LockLost when `still_locked` says, before any action, that the resource is no longer ours (observing may
+    have taken seconds: a session ended meanwhile must not act even once)."""
     done: list[str] = []
     drift: tuple[str, ...] = ()
     observed: dict[str, Any] = {}
@@ -66,7 +67,7 @@ def run_controller(
         if desired.paused and not deleting:
             return Result("paused", drift=drift, observed=observed, health=health)
         for action in actions:
-            if done and still_locked is not None and not still_locked():
+            if still_locked is not None and not still_locked():
                 raise LockLost(f"lock lost after {len(done)} of {len(actions)} actions")
             action.run()
             done.append(str(action))

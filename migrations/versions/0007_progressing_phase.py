@@ -1,6 +1,6 @@
 """statuses: the `Progressing` phase, for a workload starting or rolling out (`Degraded` is for health failing)
 
-Revision ID: 0007_progressing
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-01 19:45:00.000000
 """
@@ -8,7 +8,7 @@ from typing import Sequence, Union
 
 from alembic import op
 
-revision: str = '0007_progressing'
+revision: str = '0007'
 down_revision: Union[str, None] = '0006'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
