@@ -245,17 +245,18 @@ CREATE OR REPLACE VIEW resource_status AS
 SELECT s.kind, s.name, s.generation, s.observed_generation,
        s.ready AND s.observed_generation IS NOT DISTINCT FROM s.generation AS ready, s.phase,
        CASE WHEN s.deleted_at IS NULL AND s.observed_generation IS DISTINCT FROM s.generation
-            THEN format('generation %s not yet observed (observed %s)', s.generation,
-                        COALESCE(s.observed_generation::text, 'none'))
-            ELSE COALESCE(
-                (SELECT c->>'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c->>'type' = 'Ready'),
-                s.last_error, '') END AS message,
+                 AND (s.ready OR said.message = '')
+            THEN format('generation %s not yet observed', s.generation)
+                 || COALESCE(' (observed ' || s.observed_generation || ')', '')
+            ELSE said.message END AS message,
        s.consecutive_failures, s.last_reconcile_at, s.last_success_at, s.next_reconcile_at,
        s.deleted_at IS NOT NULL AS deleting, s.uid
-FROM statuses AS s;
+FROM statuses AS s, LATERAL (SELECT COALESCE(
+    (SELECT c->>'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c->>'type' = 'Ready'),
+    s.last_error, '') AS message) AS said;
 """
 """A resource whose current generation no worker has observed yet is not ready, whatever its last reconcile
-said, and its message says so."""
+said, and its message says so (unless it is a failure's, which says more)."""
 
 DROP_STATUS_VIEW = "DROP VIEW IF EXISTS resource_status;"
 

@@ -213,7 +213,7 @@ def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> 
     """`{kind, name, uid, spec, status}`: the same shape from the CLI and the API.
 
     A generation no reconcile has observed yet is not ready, whatever the last reconcile found, as in
-    resource_status."""
+    resource_status; its message says so unless it is a failure's."""
     shown = {k: v for k, v in (status or {}).items() if k not in HIDDEN_STATUS}
     shown["generation"] = desired["generation"]
     ready = next((c for c in shown.get("conditions") or [] if c.get("type") == "Ready"), None)
@@ -222,8 +222,11 @@ def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> 
     shown.setdefault("ready", False)
     observed = shown.get("observed_generation")
     if observed != desired["generation"]:
+        if shown["ready"] or not shown["message"]:  # a failure's own message says more than this
+            shown["message"] = f"generation {desired['generation']} not yet observed" + (
+                f" (observed {observed})" if observed is not None else ""
+            )
         shown["ready"] = False
-        shown["message"] = f"generation {desired['generation']} not yet observed (observed {observed or 'none'})"
     spec = {field: desired.get(field) for field in kind.spec_fields}
     return {"kind": kind.name, "name": desired["name"], "uid": desired["uid"], "spec": spec, "status": shown}
 

@@ -118,6 +118,7 @@ def test_a_patch_answers_not_ready_until_its_generation_is_observed(
 
 def test_resource_status_is_not_ready_while_a_generation_is_unobserved(engine: Engine, unique: str) -> None:
     unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/unobserved-' || CAST(:n AS varchar))", unique)
+    assert view(engine, unique)["message"] == "generation 1 not yet observed"  # type: ignore[index]
     unwatched(
         engine,
         "UPDATE statuses SET observed_generation = 1, ready = true, phase = 'Ready' WHERE kind = 'File' AND name = :n",
@@ -128,6 +129,8 @@ def test_resource_status_is_not_ready_while_a_generation_is_unobserved(engine: E
     row = view(engine, unique)
     assert row is not None and (row["generation"], row["observed_generation"], row["ready"]) == (2, 1, False)
     assert row["message"] == "generation 2 not yet observed (observed 1)" and row["phase"] == "Ready"
+    unwatched(engine, "UPDATE statuses SET ready = false, last_error = 'disk full' WHERE name = :n", unique)
+    assert view(engine, unique)["message"] == "disk full", "a failure's message says more"  # type: ignore[index]
 
 
 def test_the_upgrade_gives_each_resource_a_uid_and_its_runs_since_its_creation(servers: tuple[str, str]) -> None:
