@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -21,6 +22,8 @@ from scheduler import retention
 from setpoint.settings import Settings
 from tests.conftest import ROOT, alembic, scratch_database, wait_for
 from tests.helpers import ready_at, runs, sql, status, unwatched, view
+from worker import store
+from worker.outcome import StatusUpdate
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +156,24 @@ def test_the_upgrade_gives_each_resource_a_uid_and_its_runs_since_its_creation(s
             kept = conn.execute("SELECT uid FROM runs WHERE name = 'motd' ORDER BY started_at").fetchall()
         assert kept == [(None,), (uids["motd"],)]
         alembic("downgrade", "0006", database_url=url)
+
+
+def test_a_reconcile_of_an_earlier_life_writes_nothing_into_the_next_ones_status(engine: Engine, unique: str) -> None:
+    insert = (
+        "INSERT INTO files (name, path, deletion_policy) VALUES (:n, '/tmp/lives-' || CAST(:n AS varchar), 'orphan')"
+    )
+    unwatched(engine, insert, unique)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        snapshot = store.begin(conn, "files", "File", unique)
+        assert snapshot.locked and snapshot.status is not None
+        # While it works: the row is deleted (orphaned, so its status goes at once) and its name used again.
+        unwatched(engine, "DELETE FROM files WHERE name = :n", unique)
+        unwatched(engine, insert, unique)
+        now = datetime.now(UTC)
+        found = StatusUpdate(1, True, "Ready", [], {}, [], 0, None, now, 60, 60, True)
+        run = store.RunRecord(snapshot.status["uid"], 1, now, now, "noop", [], None, "w", None, 0)
+        store.finish(conn, "File", unique, None, found, run, deleting=False)
+    row = status(engine, unique)
+    assert row is not None and str(row["uid"]) != snapshot.status["uid"]
+    assert (row["observed_generation"], row["ready"], row["phase"]) == (None, False, "Pending")
+    assert [str(run["uid"]) for run in runs(engine, unique)] == [snapshot.status["uid"]]
