@@ -3,7 +3,8 @@
 Autogenerate cannot see functions, triggers and grants, so migrations call these by hand. A new kind's
 migration runs `op.execute(triggers.attach("files", "File"))` and then `op.execute(triggers.grant("files"))`,
 so the database roles of migration 0003 may use the table; its downgrade runs `triggers.detach(...)` (dropping
-the table drops its grants).
+the table drops its grants). The table's `uid` column comes from models.base.Resource with CreateTable; migration
+0007 added it to every table attached before it, users' kinds included.
 """
 
 from __future__ import annotations
