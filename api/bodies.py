@@ -119,6 +119,13 @@ def bodies(kind: Kind) -> Bodies:
         __doc__=f"A {kind.name}: its desired state and the status workers report.",
         kind=(Literal[kind.name], ...),  # type: ignore[arg-type]
         name=(str, ...),
+        uid=(
+            str,
+            Field(
+                description="Assigned by the database at creation, never changed: a name deleted and created again "
+                "is another resource, with another uid and none of the earlier one's status or history."
+            ),
+        ),
         spec=(kind.spec, ...),
         status=(Status, ...),
     )

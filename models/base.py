@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import CheckConstraint, FetchedValue, MetaData, text
+from sqlalchemy import CheckConstraint, FetchedValue, MetaData, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict
 from sqlmodel import DateTime, Field, SQLModel
@@ -76,8 +77,9 @@ def common_constraints(table: str) -> tuple[Any, ...]:
 class Resource(SQLModel):
     """What every kind's table has besides its own desired columns.
 
-    `generation` and `updated_at` belong to the database: a trigger sets them whenever a desired column
-    changes, by raw SQL or the ORM, so the ORM only reads them back.
+    `uid`, `generation` and `updated_at` belong to the database: a trigger assigns the uid at INSERT (whatever
+    was given) and refuses to change it, and sets the others whenever a desired column changes, by raw SQL or
+    the ORM, so the ORM only reads them back.
     """
 
     kind: ClassVar[str]
@@ -85,6 +87,13 @@ class Resource(SQLModel):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=253, unique=True, nullable=False, schema_extra={"pattern": NAME_PATTERN})
+    uid: uuid.UUID | None = Field(
+        default=None,
+        nullable=False,
+        sa_type=Uuid,  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("gen_random_uuid()"), "server_onupdate": FetchedValue()},
+        description="This resource's identity for its whole life and no longer: a name used again is a new uid.",
+    )
     generation: int = Field(
         default=1,
         sa_column_kwargs={"server_default": text("1"), "server_onupdate": FetchedValue()},

@@ -1,11 +1,12 @@
-"""Run history: one row per reconcile attempt, pruned by the scheduler's retention rule."""
+"""Run history: one row per reconcile attempt, pruned by the scheduler's retention rule, each for one resource's uid."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import ClassVar
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, text
+from sqlalchemy import BigInteger, CheckConstraint, Index, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import DateTime, Field, SQLModel
 
@@ -22,6 +23,9 @@ class Run(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)  # type: ignore[call-overload]
     kind: str = Field(max_length=63)
     name: str = Field(max_length=253)
+    uid: uuid.UUID | None = Field(default=None, sa_type=Uuid)  # type: ignore[call-overload]
+    """The uid of the resource the run was for (from the status row the worker read); NULL for runs recorded before
+    migration 0007 that could not be told apart from an earlier resource of the same name."""
     generation: int | None = None
     started_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     finished_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

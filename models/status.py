@@ -8,10 +8,11 @@ row, with its last desired state, until its controller has torn the real thing d
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import CheckConstraint, Index, text
+from sqlalchemy import CheckConstraint, Index, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import DateTime, Field, SQLModel
 
@@ -44,6 +45,9 @@ class Status(SQLModel, table=True):
 
     kind: str = Field(primary_key=True, max_length=63)
     name: str = Field(primary_key=True, max_length=253)
+    uid: uuid.UUID = Field(sa_type=Uuid)  # type: ignore[call-overload]
+    """The desired row's uid, copied by its trigger at INSERT and kept by its tombstone: which life of the name
+    this status belongs to."""
     generation: int = Field(default=1)
     """The desired row's generation, copied by its trigger."""
     observed_generation: int | None = None

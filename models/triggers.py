@@ -3,7 +3,8 @@
 Autogenerate cannot see functions, triggers and grants, so migrations call these by hand. A new kind's
 migration runs `op.execute(triggers.attach("files", "File"))` and then `op.execute(triggers.grant("files"))`,
 so the database roles of migration 0003 may use the table; its downgrade runs `triggers.detach(...)` (dropping
-the table drops its grants).
+the table drops its grants). The table's `uid` column comes from models.base.Resource with CreateTable; migration
+0007 added it to every table attached before it, users' kinds included.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ identical notifications in one transaction, so an UPDATE of 100,000 rows wakes t
 BOOKKEEPING = "ARRAY['id', 'generation', 'created_at', 'updated_at']"
 
 FUNCTIONS = f"""
-CREATE FUNCTION setpoint_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION setpoint_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         NEW.generation := 1;
@@ -43,7 +44,7 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         IF OLD.deletion_policy = 'orphan' THEN
@@ -74,12 +75,89 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION setpoint_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION setpoint_wake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('{CHANNEL}', '');
     RETURN NULL;
 END $$;
 """
+
+"""The trigger functions as migration 0001 made them; migration 0007 replaces two of them (IDENTITY_FUNCTIONS),
+and its downgrade puts these back."""
+
+IDENTITY_FUNCTIONS = f"""
+CREATE OR REPLACE FUNCTION setpoint_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.uid := gen_random_uuid();  -- whatever was given: an old uid inserted again would be a stolen life
+        NEW.generation := 1;
+        NEW.created_at := now();
+        NEW.updated_at := now();
+        RETURN NEW;
+    END IF;
+    IF NEW.name IS DISTINCT FROM OLD.name THEN
+        RAISE EXCEPTION 'name is immutable: % % cannot become %', TG_ARGV[0], OLD.name, NEW.name
+            USING ERRCODE = 'check_violation', HINT = 'Delete the row and insert a new one instead.';
+    END IF;
+    IF NEW.uid IS DISTINCT FROM OLD.uid THEN
+        RAISE EXCEPTION 'uid is immutable: % % keeps uid %', TG_ARGV[0], OLD.name, OLD.uid
+            USING ERRCODE = 'check_violation', HINT = 'A uid is assigned at INSERT and lasts as long as the row.';
+    END IF;
+    IF (to_jsonb(NEW) ->> 'node') IS DISTINCT FROM (to_jsonb(OLD) ->> 'node') THEN
+        RAISE EXCEPTION 'node is immutable: % % stays on %', TG_ARGV[0], OLD.name, to_jsonb(OLD) ->> 'node'
+            USING ERRCODE = 'check_violation', HINT = 'Delete the row and insert it with the new node.';
+    END IF;
+    NEW.id := OLD.id;
+    NEW.created_at := OLD.created_at;
+    IF (to_jsonb(NEW) - {BOOKKEEPING}) IS DISTINCT FROM (to_jsonb(OLD) - {BOOKKEEPING}) THEN
+        NEW.generation := OLD.generation + 1;
+        NEW.updated_at := now();
+    ELSE
+        NEW.generation := OLD.generation;
+        NEW.updated_at := OLD.updated_at;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.deletion_policy = 'orphan' THEN
+            DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = OLD.name AND uid = OLD.uid;
+        ELSE
+            UPDATE statuses SET deleted_at = now(), last_desired = to_jsonb(OLD), phase = 'Deleting',
+                ready = false, consecutive_failures = 0, next_reconcile_at = now()
+            WHERE kind = TG_ARGV[0] AND name = OLD.name AND uid = OLD.uid;
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.generation = OLD.generation THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF EXISTS (SELECT 1 FROM statuses
+                WHERE kind = TG_ARGV[0] AND name = NEW.name AND deleted_at IS NOT NULL) THEN
+            RAISE EXCEPTION '% % is still being deleted', TG_ARGV[0], NEW.name
+                USING ERRCODE = 'unique_violation',
+                      HINT = 'Insert it again once its teardown has finished (its row is gone from statuses).';
+        END IF;
+        -- A status an earlier life of the name left without a row or tombstone (a TRUNCATE) says nothing of this one.
+        DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = NEW.name AND uid <> NEW.uid;
+    END IF;
+    -- A new or changed desired state: due now, with a clean slate of failures (it may fix them).
+    INSERT INTO statuses (kind, name, uid, generation, phase, next_reconcile_at, interval_seconds, node)
+    VALUES (TG_ARGV[0], NEW.name, NEW.uid, NEW.generation, 'Pending', now(), NEW.interval_seconds,
+            to_jsonb(NEW) ->> 'node')
+    ON CONFLICT (kind, name) DO UPDATE SET
+        generation = EXCLUDED.generation, next_reconcile_at = now(), consecutive_failures = 0,
+        interval_seconds = COALESCE(EXCLUDED.interval_seconds, statuses.interval_seconds),
+        node = COALESCE(EXCLUDED.node, statuses.node);  -- a host-local resource stays where it was pinned
+    RETURN NULL;
+END $$;
+"""
+"""Since migration 0007 every resource has a `uid`, assigned by the database at INSERT and immutable, copied
+into its status row (which its tombstone keeps) and from there into every run: a name deleted and used again
+is another resource, whose status and history start empty."""
 
 DROP_FUNCTIONS = """
 DROP FUNCTION IF EXISTS setpoint_wake();
@@ -160,6 +238,26 @@ SELECT s.kind, s.name, s.generation, s.observed_generation, s.ready, s.phase,
        s.deleted_at IS NOT NULL AS deleting
 FROM statuses AS s;
 """
+
+"""As migration 0001 made it; migration 0007 replaces it with IDENTITY_VIEW."""
+
+IDENTITY_VIEW = """
+CREATE OR REPLACE VIEW resource_status AS
+SELECT s.kind, s.name, s.generation, s.observed_generation,
+       s.ready AND s.observed_generation IS NOT DISTINCT FROM s.generation AS ready, s.phase,
+       CASE WHEN s.deleted_at IS NULL AND s.observed_generation IS DISTINCT FROM s.generation
+                 AND (s.ready OR said.message = '')
+            THEN format('generation %s not yet observed', s.generation)
+                 || COALESCE(' (observed ' || s.observed_generation || ')', '')
+            ELSE said.message END AS message,
+       s.consecutive_failures, s.last_reconcile_at, s.last_success_at, s.next_reconcile_at,
+       s.deleted_at IS NOT NULL AS deleting, s.uid
+FROM statuses AS s, LATERAL (SELECT COALESCE(
+    (SELECT c->>'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c->>'type' = 'Ready'),
+    s.last_error, '') AS message) AS said;
+"""
+"""A resource whose current generation no worker has observed yet is not ready, whatever its last reconcile
+said, and its message says so (unless it is a failure's, which says more)."""
 
 DROP_STATUS_VIEW = "DROP VIEW IF EXISTS resource_status;"
 

@@ -1,4 +1,4 @@
-"""Desired state read and written as documents `{kind, name, spec}`, with the status workers report.
+"""Desired state read and written as documents `{kind, name, uid, spec}`, with the status workers report.
 
 Writes go to the kinds' tables, so the database's triggers bump generations and wake the scheduler
 exactly as for an admin's SQL; a write that changes nothing leaves the generation alone.
@@ -21,7 +21,7 @@ from resources.kinds import Kind, resolve
 from resources.manifest import Document
 from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, PreconditionFailed, UnknownKind
 
-HIDDEN_STATUS = ("kind", "name", "claim", "enqueued_at", "picked_at", "last_desired", "node")
+HIDDEN_STATUS = ("kind", "name", "uid", "claim", "enqueued_at", "picked_at", "last_desired", "node")
 """Scheduling bookkeeping that says nothing to an operator."""
 
 
@@ -205,20 +205,30 @@ def _require(kind: Kind, name: str, generation: int, if_generation: Collection[i
 def _select(kind: Kind, where: str = "") -> str:
     return (
         f"SELECT to_jsonb(d) AS desired, to_jsonb(s) AS status FROM {kind.plural} AS d "
-        f"LEFT JOIN statuses AS s ON s.kind = :kind AND s.name = d.name {where}"
+        f"LEFT JOIN statuses AS s ON s.kind = :kind AND s.name = d.name AND s.uid = d.uid {where}"
     )
 
 
 def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
-    """`{kind, name, spec, status}`: the same shape from the CLI and the API."""
+    """`{kind, name, uid, spec, status}`: the same shape from the CLI and the API.
+
+    A generation no reconcile has observed yet is not ready, whatever the last reconcile found, as in
+    resource_status; its message says so unless it is a failure's."""
     shown = {k: v for k, v in (status or {}).items() if k not in HIDDEN_STATUS}
     shown["generation"] = desired["generation"]
     ready = next((c for c in shown.get("conditions") or [] if c.get("type") == "Ready"), None)
     shown["message"] = (ready or {}).get("message") or shown.get("last_error") or ""
     shown.setdefault("phase", "Pending")
     shown.setdefault("ready", False)
+    observed = shown.get("observed_generation")
+    if observed != desired["generation"]:
+        if shown["ready"] or not shown["message"]:  # a failure's own message says more than this
+            shown["message"] = f"generation {desired['generation']} not yet observed" + (
+                f" (observed {observed})" if observed is not None else ""
+            )
+        shown["ready"] = False
     spec = {field: desired.get(field) for field in kind.spec_fields}
-    return {"kind": kind.name, "name": desired["name"], "spec": spec, "status": shown}
+    return {"kind": kind.name, "name": desired["name"], "uid": desired["uid"], "spec": spec, "status": shown}
 
 
 def get(engine: Engine, kind: Kind, name: str) -> dict[str, Any]:
@@ -261,16 +271,24 @@ def listing(
     return [view(kind, row.desired, row.status) for row in rows]
 
 
-def runs(engine: Engine, kind: Kind, name: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The latest reconcile attempts of a resource, newest first."""
+_RUNS = """
+SELECT started_at, generation, outcome, actions, error, worker, duration_ms, task_id FROM runs
+WHERE kind = :kind AND name = :name AND uid = COALESCE(
+    CAST(:uid AS uuid),
+    (SELECT uid FROM {table} WHERE name = :name),
+    (SELECT uid FROM statuses WHERE kind = :kind AND name = :name))  -- a tombstone's, while it is torn down
+ORDER BY started_at DESC, id DESC LIMIT :limit
+"""
+
+
+def runs(engine: Engine, kind: Kind, name: str, limit: int = 10, uid: str | None = None) -> list[dict[str, Any]]:
+    """The latest reconcile attempts of a resource, newest first: of the one with `uid`, by default of the one
+    that has the name now (never an earlier, deleted resource that had the same name)."""
     with engine.connect() as conn:
         rows = (
             conn.execute(
-                text(
-                    "SELECT started_at, generation, outcome, actions, error, worker, duration_ms, task_id FROM runs "
-                    "WHERE kind = :kind AND name = :name ORDER BY started_at DESC, id DESC LIMIT :limit"
-                ),
-                {"kind": kind.name, "name": name, "limit": limit},
+                text(_RUNS.format(table=kind.plural)),
+                {"kind": kind.name, "name": name, "limit": limit, "uid": uid},
             )
             .mappings()
             .all()

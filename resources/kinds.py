@@ -14,7 +14,7 @@ from setpoint.errors import UnknownKind
 from worker import registry
 from worker.controller import Controller
 
-NOT_SPEC = ("id", "name", "generation", "created_at", "updated_at")
+NOT_SPEC = ("id", "name", "uid", "generation", "created_at", "updated_at")
 """Columns that identify a resource or belong to the database, never part of what users declare."""
 
 

@@ -1,4 +1,8 @@
-"""Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days."""
+"""Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days.
+
+A resource is one life of a name (its uid): the runs of an earlier resource that had the name count apart, and go
+once they are older than D days. Runs recorded before uids (uid NULL) count by name, as they always did.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from sqlalchemy import Engine, text
 _PRUNE = text("""
 DELETE FROM runs WHERE id IN (
     SELECT id FROM (
-        SELECT id, kind, name, outcome, started_at,
-               row_number() OVER (PARTITION BY kind, name, outcome IN ('noop', 'paused')
+        SELECT id, kind, name, uid, outcome, started_at,
+               row_number() OVER (PARTITION BY kind, name, uid, outcome IN ('noop', 'paused')
                                   ORDER BY started_at DESC, id DESC) AS newest
         FROM runs
     ) AS ranked
@@ -16,7 +20,8 @@ DELETE FROM runs WHERE id IN (
            AND (outcome IN ('noop', 'paused') OR started_at < now() - make_interval(days => :days)))
        -- a resource that is gone keeps nothing past the retention period
        OR (started_at < now() - make_interval(days => :days)
-           AND NOT EXISTS (SELECT 1 FROM statuses AS s WHERE s.kind = ranked.kind AND s.name = ranked.name))
+           AND NOT EXISTS (SELECT 1 FROM statuses AS s WHERE s.kind = ranked.kind AND s.name = ranked.name
+                                                          AND (ranked.uid IS NULL OR s.uid = ranked.uid)))
 )
 """)
 

@@ -201,7 +201,7 @@ def describe(kind: KindArg, name: NameArg) -> None:
         if status.get("last_error"):
             out.print(f"[bold]Last error[/]\n  {status['last_error']}")
         table = Table("STARTED", "GEN", "OUTCOME", "ACTIONS", "ERROR", "WORKER", box=None, title="Last runs")
-        for run in documents.runs(engine, found, name):
+        for run in documents.runs(engine, found, name, uid=item["uid"]):
             table.add_row(
                 str(run["started_at"])[:19],
                 str(run["generation"]),

@@ -197,6 +197,7 @@ def _run(
     )
     finished_at = now()
     run = store.RunRecord(
+        uid=status["uid"],
         generation=desired.generation,
         started_at=started,
         finished_at=finished_at,

@@ -33,6 +33,8 @@ class Snapshot:
 
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
+    uid: str | None
+    """The resource's uid, from the status row the reconcile read: which life of the name the run was for."""
     generation: int | None
     started_at: datetime
     finished_at: datetime
@@ -80,9 +82,9 @@ def unlock(conn: Connection, kind: str, name: str) -> None:
     conn.execute(text(f"SELECT pg_advisory_unlock({LOCK_KEY})"), {"kind": kind, "name": name})
 
 
-_RUN = """INSERT INTO runs (kind, name, generation, started_at, finished_at, duration_ms, outcome, actions,
+_RUN = """INSERT INTO runs (kind, name, uid, generation, started_at, finished_at, duration_ms, outcome, actions,
                      error, worker, task_id, attempt)
-     VALUES (:kind, :name, :generation, :started_at, :finished_at, :duration_ms, :outcome, :actions,
+     VALUES (:kind, :name, CAST(:uid AS uuid), :generation, :started_at, :finished_at, :duration_ms, :outcome, :actions,
              :error, :worker, :task_id, :attempt)"""
 
 _FINISH = f"""
@@ -102,7 +104,8 @@ WITH status AS (
             ELSE now() + make_interval(secs => :next_in_s) END,
         -- only the message holding the current claim frees it; an older or hand-sent one must not
         enqueued_at = CASE WHEN :release_claim AND claim = :claim THEN NULL ELSE enqueued_at END
-    WHERE kind = :kind AND name = :name
+    -- what a reconcile of one life of the name found is never written into another's status
+    WHERE kind = :kind AND name = :name AND uid = CAST(:uid AS uuid)
 ), run AS ({_RUN})
 SELECT pg_advisory_unlock({LOCK_KEY})
 """
