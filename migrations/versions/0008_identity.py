@@ -7,8 +7,8 @@ that now holds their name if they started after it was created; older ones stay 
 which retention treats as they were before. resource_status gains `uid`, and `ready` is false while the
 current generation has not been observed.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-01 20:00:00.000000
 """
 from typing import Sequence, Union
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from models import triggers
 
-revision: str = '0007'
-down_revision: Union[str, None] = '0006'
+revision: str = '0008'
+down_revision: Union[str, None] = '0007'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
