@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
@@ -10,6 +12,8 @@ from sqlmodel import Session, select
 
 from models import File
 from models.database import libpq_url
+from resources import documents
+from resources.manifest import Document
 from tests.conftest import alembic, scratch_database
 from tests.helpers import sql, status, unwatched
 
@@ -29,6 +33,41 @@ def test_raw_sql_update_bumps_generation_only_when_desired_columns_change(engine
     sql(engine, "UPDATE files SET generation = 99 WHERE name = :n", n=unique)
     assert generation(engine, unique) == 2, "generation belongs to the database"
     assert status(engine, unique)["generation"] == 2  # type: ignore[index]
+
+
+def status_row(engine: Engine, name: str) -> str:
+    """The whole statuses row, every column, as PostgreSQL prints it."""
+    with engine.connect() as conn:
+        query = "SELECT to_jsonb(s)::text FROM statuses AS s WHERE kind = 'File' AND name = :n"
+        return str(conn.execute(text(query), {"n": name}).scalar_one())
+
+
+def test_an_update_that_changes_nothing_leaves_a_failing_resource_in_back_off(
+    engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:  # one transaction: the session's stack never sees it due
+        conn.execute(
+            text("INSERT INTO files (name, path, content) VALUES (:n, :p, 'a')"), {"n": unique, "p": str(tmp_path)}
+        )
+        conn.execute(
+            text(
+                "UPDATE statuses SET phase = 'Failed', consecutive_failures = 4, last_error = 'disk full', "
+                "last_reconcile_at = now() - interval '1 minute', next_reconcile_at = now() + interval '1 hour', "
+                "observed_generation = 1 WHERE kind = 'File' AND name = :n"
+            ),
+            {"n": unique},
+        )
+    backing_off = status_row(engine, unique)
+    for unchanged in (
+        "UPDATE files SET content = content WHERE name = :n",
+        "UPDATE files SET content = 'a', path = path, mode = mode, labels = labels WHERE name = :n",
+        "UPDATE files SET generation = generation + 1, updated_at = now() WHERE name = :n",
+    ):
+        sql(engine, unchanged, n=unique)
+        assert status_row(engine, unique) == backing_off, f"{unchanged} changed the status"
+    documents.apply(engine, [Document("File", unique, {"path": str(tmp_path), "content": "a"}, "test")])
+    assert status_row(engine, unique) == backing_off, "applying the same spec changed the status"
+    assert generation(engine, unique) == 1
 
 
 def test_orm_edits_bump_generation_including_in_place_json(engine: Engine, unique: str) -> None:
