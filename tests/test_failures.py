@@ -101,7 +101,7 @@ def test_reinserting_a_resource_still_being_deleted_is_refused(
 ) -> None:
     delete_with_failing_teardown(engine, unique, tmp_path / "count")
     try:
-        sql(engine, "INSERT INTO flakies (name, counter_path) VALUES (:n, '/tmp/other')", n=unique)
+        sql(engine, "INSERT INTO flakies (name, counter_path) VALUES (:n, :c)", n=unique, c=str(tmp_path / "other"))
     except IntegrityError as error:
         assert "still being deleted" in str(error)
     else:
