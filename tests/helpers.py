@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -57,3 +58,9 @@ def ready_at(engine: Engine, name: str, generation: int, kind: str = "File") -> 
     if row and row["observed_generation"] == generation and row["ready"]:
         return row
     return None
+
+
+def stack_log(stack: dict[str, str], process: str = "worker") -> str:
+    """What the shared stack's `worker` or `scheduler` has logged so far (tests.conftest.stack writes the logs
+    next to its state folder)."""
+    return (Path(stack["SETPOINT_STATE_DIR"]).parent / f"{process}.log").read_text(errors="replace")

@@ -94,8 +94,11 @@ def client(database_url: str) -> Iterator[TestClient]:
         yield client
 
 
-def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(client: TestClient, unique: str) -> None:
-    body = b'{"name": "%s", "spec": {"path": "/tmp/x", "content": "%s"}}' % (unique.encode(), b"x" * 1_100_000)
+def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(
+    client: TestClient, unique: str, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "x").encode()
+    body = b'{"name": "%s", "spec": {"path": "%s", "content": "%s"}}' % (unique.encode(), path, b"x" * 1_100_000)
     declared = client.post("/v1/files", content=body, headers={"content-type": "application/json"})
     streamed = client.post(
         "/v1/files", content=iter([body[:1000], body[1000:]]), headers={"content-type": "application/json"}
@@ -120,11 +123,11 @@ def served(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         api.stop()
 
 
-def test_concurrent_patches_of_different_fields_both_land(served: str, unique: str) -> None:
+def test_concurrent_patches_of_different_fields_both_land(served: str, unique: str, tmp_path: Path) -> None:
     with httpx.Client(base_url=served, timeout=30) as http:
         names = [f"{unique}-{i}" for i in range(12)]
         for name in names:
-            created = http.post("/v1/files", json={"name": name, "spec": {"path": f"/tmp/never/{name}"}})
+            created = http.post("/v1/files", json={"name": name, "spec": {"path": str(tmp_path / name)}})
             assert created.status_code == 201, created.text
 
     answers: list[int] = []
@@ -153,8 +156,9 @@ def test_concurrent_patches_of_different_fields_both_land(served: str, unique: s
     assert lost == [], f"{len(lost)} of {len(names)} pairs lost an update"
 
 
-def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique: str) -> None:
-    created = client.post("/v1/files", json={"name": unique, "spec": {"path": f"/tmp/sp/{unique}", "content": "a"}})
+def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "x")
+    created = client.post("/v1/files", json={"name": unique, "spec": {"path": path, "content": "a"}})
     assert created.headers["etag"] == '"1"'
     assert client.get(f"/v1/files/{unique}").headers["etag"] == '"1"'
     for accepted in ('"1"', "1", 'W/"1"'):
@@ -163,16 +167,10 @@ def test_if_match_writes_only_at_the_generation_given(client: TestClient, unique
     moved = client.patch(f"/v1/files/{unique}", json={"spec": {"content": "b"}}, headers={"If-Match": '"1"'})
     assert moved.status_code == 200 and moved.headers["etag"] == '"2"'
     for write in (client.patch, client.put):
-        stale = write(
-            f"/v1/files/{unique}",
-            json={"spec": {"path": f"/tmp/sp/{unique}", "content": "c"}},
-            headers={"If-Match": '"1"'},
-        )
+        stale = write(f"/v1/files/{unique}", json={"spec": {"path": path, "content": "c"}}, headers={"If-Match": '"1"'})
         assert stale.status_code == 412 and "generation 2" in stale.json()["detail"], stale.text
     assert client.get(f"/v1/files/{unique}").json()["spec"]["content"] == "b", "a refused write changes nothing"
-    replaced = client.put(
-        f"/v1/files/{unique}", json={"spec": {"path": f"/tmp/sp/{unique}"}}, headers={"If-Match": 'W/"2"'}
-    )
+    replaced = client.put(f"/v1/files/{unique}", json={"spec": {"path": path}}, headers={"If-Match": 'W/"2"'})
     assert replaced.status_code == 200 and replaced.headers["etag"] == '"3"'
     assert client.delete(f"/v1/files/{unique}", headers={"If-Match": '"2"'}).status_code == 412
     assert client.get(f"/v1/files/{unique}").status_code == 200, "a refused delete deletes nothing"
@@ -196,8 +194,10 @@ def refused_at(answer: Any) -> list[list[Any]]:
     return [error["loc"] for error in answer.json()["detail"]]
 
 
-def test_labels_nested_too_deep_are_422_and_every_listing_still_answers(client: TestClient, unique: str) -> None:
-    body = {"name": unique, "spec": {"path": f"/tmp/sp/{unique}", "labels": nested(900)}}
+def test_labels_nested_too_deep_are_422_and_every_listing_still_answers(
+    client: TestClient, unique: str, tmp_path: Path
+) -> None:
+    body = {"name": unique, "spec": {"path": str(tmp_path / "x"), "labels": nested(900)}}
     assert refused_at(client.post("/v1/files", json=body)) == [["body", "spec", "labels"]]
     assert client.get(f"/v1/files/{unique}").status_code == 404, "nothing stored"
     assert client.get("/v1/files").status_code == 200
@@ -223,19 +223,18 @@ def test_labels_nested_too_deep_are_422_and_every_listing_still_answers(client: 
     ],
 )
 def test_unstorable_values_are_422_naming_the_field(
-    client: TestClient, unique: str, spec: str, field: str, said: str
+    client: TestClient, unique: str, tmp_path: Path, spec: str, field: str, said: str
 ) -> None:
-    answer = post(client, f'{{"name": "{unique}", "spec": {{"path": "/tmp/sp/{unique}", {spec}}}}}')
+    answer = post(client, f'{{"name": "{unique}", "spec": {{"path": "{tmp_path / "x"}", {spec}}}}}')
     assert refused_at(answer) == [["body", "spec", field]]
     assert said in answer.text
     assert client.get(f"/v1/files/{unique}").status_code == 404
     assert client.get("/v1/files").status_code == 200
 
 
-def test_an_interval_of_a_week_is_the_longest_accepted(client: TestClient, unique: str) -> None:
+def test_an_interval_of_a_week_is_the_longest_accepted(client: TestClient, unique: str, tmp_path: Path) -> None:
     answer = client.post(
-        "/v1/files",
-        json={"name": unique, "spec": {"path": f"/tmp/sp/{unique}", "interval_seconds": 604800}},
+        "/v1/files", json={"name": unique, "spec": {"path": str(tmp_path / "x"), "interval_seconds": 604800}}
     )
     assert answer.status_code == 201 and answer.json()["spec"]["interval_seconds"] == 604800
 
@@ -291,7 +290,7 @@ def test_migrating_clamps_intervals_above_a_week(servers: tuple[str, str]) -> No
             sql(
                 limits,
                 "INSERT INTO files (name, path, interval_seconds) "
-                "VALUES ('far', '/x1', 2147483647), ('near', '/x2', 60)",
+                "VALUES ('far', '/srv/far', 2147483647), ('near', '/srv/near', 60)",
             )
             alembic("upgrade", "head", database_url=url)
             with limits.connect() as conn:

@@ -8,7 +8,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import wait_for
-from tests.helpers import ready_at, runs, sql, status
+from tests.helpers import ready_at, runs, sql, stack_log, status
+from tests.kinds import attempts
 
 
 def insert_flaky(engine: Engine, name: str, counter: Path, fail_times: int, hang_seconds: float = 0) -> None:
@@ -100,7 +101,7 @@ def test_reinserting_a_resource_still_being_deleted_is_refused(
 ) -> None:
     delete_with_failing_teardown(engine, unique, tmp_path / "count")
     try:
-        sql(engine, "INSERT INTO flakies (name, counter_path) VALUES (:n, '/tmp/other')", n=unique)
+        sql(engine, "INSERT INTO flakies (name, counter_path) VALUES (:n, :c)", n=unique, c=str(tmp_path / "other"))
     except IntegrityError as error:
         assert "still being deleted" in str(error)
     else:
@@ -126,3 +127,37 @@ def test_one_reconcile_of_a_resource_at_a_time(stack: dict, engine: Engine, uniq
     wait_for(lambda: len(runs(engine, unique, "Flaky")) >= 5, 40, "all of them run")
     spans = sorted((r["started_at"], r["finished_at"]) for r in runs(engine, unique, "Flaky"))
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), spans
+
+
+def test_a_message_whose_claim_was_superseded_runs_nothing(
+    stack: dict, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    from setpoint.settings import Settings
+    from worker.celery_app import TASK, make_app
+
+    counter = tmp_path / "count"
+    sql(
+        engine,
+        "INSERT INTO flakies (name, counter_path, interval_seconds) VALUES (:n, :c, 3600)",
+        n=unique,
+        c=str(counter),
+    )
+    wait_for(lambda: ready_at(engine, unique, 1, kind="Flaky"), 20, "ready")
+    before = status(engine, unique, "Flaky")
+    assert before is not None and before["claim"] >= 1 and before["enqueued_at"] is None
+    history = runs(engine, unique, "Flaky")
+    # A duplicate as the scheduler would have sent it: a message carrying an older claim.
+    app = make_app(Settings(broker_url=stack["SETPOINT_BROKER_URL"], queue=stack["SETPOINT_QUEUE"]))
+    stale = app.send_task(TASK, args=["Flaky", unique], kwargs={"claim": before["claim"] - 1})
+    done = wait_for(
+        lambda: [line for line in stack_log(stack).splitlines() if f"[{stale.id}] succeeded" in line],
+        20,
+        "the worker done with the duplicate",
+    )
+    assert runs(engine, unique, "Flaky") == history, "no run is recorded for a superseded message"
+    assert ": 'superseded'" in done[0], done
+    assert attempts(str(counter)) == 1
+    after = status(engine, unique, "Flaky")
+    assert after is not None
+    # Only the pick-up time moves (store.begin stamps it before it can tell the claim is old).
+    assert {**after, "picked_at": None} == {**before, "picked_at": None}

@@ -92,6 +92,15 @@ CASES = {
         "kind: file\nname: {name}-i\nspec: {{path: /tmp/never/i, interval_seconds: 2147483647}}\n",
         ["document 2", "field 'spec.interval_seconds'", "604800"],
     ),
+    # Refused only by the database, after the first document was written in the same transaction.
+    "path another document takes": (
+        "kind: file\nname: {name}-twin\nspec:\n  path: /tmp/never/{name}\n",
+        ["file/{name}-twin", "document 2", "field 'spec.path'", "a path no other File manages"],
+    ),
+    "path not normalized": (
+        "kind: file\nname: {name}-dots\nspec:\n  path: /tmp/never/../{name}\n",
+        ["file/{name}-dots", "document 2", "field 'spec.path'", "a normalized absolute path"],
+    ),
     "env value": (
         "kind: workload\nname: {name}-w\nspec: {{command: 'true', env: {{DEBUG: yes}}}}\n",
         ["workload/{name}-w", "document 2", "field 'spec.env.DEBUG"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +11,7 @@ from controllers.file import FileController, FileState, LeaveFile, RemoveFile, S
 from models import File
 from setpoint.errors import InvalidSpec
 from setpoint.settings import Settings
-from worker import timing
+from worker import outcome, timing
 
 controller = FileController(Settings(state_dir="/state"))
 
@@ -69,3 +70,43 @@ def test_next_due_stays_within_the_jitter() -> None:
     dues = [timing.jittered(60, 0.1, rng) for _ in range(200)]
     assert min(dues) >= 54 and max(dues) <= 66
     assert len(set(dues)) > 100, "jitter spreads resources out"
+
+
+@pytest.mark.parametrize(("failures", "doubled"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0)])
+def test_backoff_is_jittered_up_to_a_fifth_above_the_doubling(failures: int, doubled: float) -> None:
+    delays = [timing.backoff_seconds(failures, 1.0, 300.0, random.Random(seed)) for seed in range(300)]
+    assert doubled <= min(delays) and max(delays) <= doubled * 1.2
+    assert len(set(delays)) > 250, "resources failing together do not retry in lockstep"
+    assert max(delays) - min(delays) > doubled * 0.15, "the jitter uses its whole spread"
+
+
+def test_backoff_at_the_cap_stays_at_the_cap() -> None:
+    assert {timing.backoff_seconds(12, 1.0, 300.0, random.Random(seed)) for seed in range(50)} == {300.0}
+
+
+def test_next_due_spreads_both_ways_within_a_tenth() -> None:
+    dues = [timing.jittered(60, 0.1, random.Random(seed)) for seed in range(300)]
+    assert 54 <= min(dues) < 56 and 64 < max(dues) <= 66
+    assert sum(d < 60 for d in dues) > 100 and sum(d > 60 for d in dues) > 100
+
+
+def test_a_worker_backs_off_each_failing_resource_by_its_own_jittered_delay() -> None:
+    settings = Settings(state_dir="/state")
+    failed = outcome.Result("failed", error="connection refused", transient=True)
+    now = datetime.now(UTC)
+    updates = [
+        outcome.status_update(
+            failed,
+            generation=1,
+            previous={"consecutive_failures": 1},
+            interval_seconds=60,
+            settings=settings,
+            now=now,
+            rng=random.Random(seed),
+        )
+        for seed in range(100)
+    ]
+    delays = [update.next_in_s for update, _ in updates]
+    assert all(d is not None and 2.0 <= d <= 2.4 for d in delays), delays
+    assert len(set(delays)) > 80
+    assert [retry.countdown_s for _, retry in updates if retry] == delays, "Celery's quick retry waits as long"

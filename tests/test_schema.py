@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
@@ -10,6 +12,8 @@ from sqlmodel import Session, select
 
 from models import File
 from models.database import libpq_url
+from resources import documents
+from resources.manifest import Document
 from tests.conftest import alembic, scratch_database
 from tests.helpers import sql, status, unwatched
 
@@ -19,8 +23,10 @@ def generation(engine: Engine, name: str) -> int:
         return conn.execute(text("SELECT generation FROM files WHERE name = :n"), {"n": name}).scalar_one()
 
 
-def test_raw_sql_update_bumps_generation_only_when_desired_columns_change(engine: Engine, unique: str) -> None:
-    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/x-' || CAST(:n AS varchar), 'a')", n=unique)
+def test_raw_sql_update_bumps_generation_only_when_desired_columns_change(
+    engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    sql(engine, "INSERT INTO files (name, path, content) VALUES (:n, :p, 'a')", n=unique, p=str(tmp_path / "f"))
     assert generation(engine, unique) == 1
     sql(engine, "UPDATE files SET content = 'b' WHERE name = :n", n=unique)
     assert generation(engine, unique) == 2
@@ -31,9 +37,44 @@ def test_raw_sql_update_bumps_generation_only_when_desired_columns_change(engine
     assert status(engine, unique)["generation"] == 2  # type: ignore[index]
 
 
-def test_orm_edits_bump_generation_including_in_place_json(engine: Engine, unique: str) -> None:
+def status_row(engine: Engine, name: str) -> str:
+    """The whole statuses row, every column, as PostgreSQL prints it."""
+    with engine.connect() as conn:
+        query = "SELECT to_jsonb(s)::text FROM statuses AS s WHERE kind = 'File' AND name = :n"
+        return str(conn.execute(text(query), {"n": name}).scalar_one())
+
+
+def test_an_update_that_changes_nothing_leaves_a_failing_resource_in_back_off(
+    engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:  # one transaction: the session's stack never sees it due
+        conn.execute(
+            text("INSERT INTO files (name, path, content) VALUES (:n, :p, 'a')"), {"n": unique, "p": str(tmp_path)}
+        )
+        conn.execute(
+            text(
+                "UPDATE statuses SET phase = 'Failed', consecutive_failures = 4, last_error = 'disk full', "
+                "last_reconcile_at = now() - interval '1 minute', next_reconcile_at = now() + interval '1 hour', "
+                "observed_generation = 1 WHERE kind = 'File' AND name = :n"
+            ),
+            {"n": unique},
+        )
+    backing_off = status_row(engine, unique)
+    for unchanged in (
+        "UPDATE files SET content = content WHERE name = :n",
+        "UPDATE files SET content = 'a', path = path, mode = mode, labels = labels WHERE name = :n",
+        "UPDATE files SET generation = generation + 1, updated_at = now() WHERE name = :n",
+    ):
+        sql(engine, unchanged, n=unique)
+        assert status_row(engine, unique) == backing_off, f"{unchanged} changed the status"
+    documents.apply(engine, [Document("File", unique, {"path": str(tmp_path), "content": "a"}, "test")])
+    assert status_row(engine, unique) == backing_off, "applying the same spec changed the status"
+    assert generation(engine, unique) == 1
+
+
+def test_orm_edits_bump_generation_including_in_place_json(engine: Engine, unique: str, tmp_path: Path) -> None:
     with Session(engine) as session:
-        row = File(name=unique, path="/tmp/orm", content="a", labels={"team": "ops"})
+        row = File(name=unique, path=str(tmp_path / "orm"), content="a", labels={"team": "ops"})
         session.add(row)
         session.commit()
         session.refresh(row)
@@ -49,13 +90,13 @@ def test_orm_edits_bump_generation_including_in_place_json(engine: Engine, uniqu
         assert again.labels == {"team": "platform"} and again.generation == 3
 
 
-def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> None:
-    sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x-' || CAST(:n AS varchar))", n=unique)
+def test_names_are_immutable_and_constrained(engine: Engine, unique: str, tmp_path: Path) -> None:
+    sql(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", n=unique, p=str(tmp_path / "f"))
     with pytest.raises(IntegrityError, match="name is immutable"):
         sql(engine, "UPDATE files SET name = 'other' WHERE name = :n", n=unique)
     for bad in ["Has Space", "quote'd", "ünïcode", "", "x" * 300, "-leading"]:
         with pytest.raises((IntegrityError, DataError)):
-            sql(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/x')", n=bad)
+            sql(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", n=bad, p=str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize(
@@ -68,9 +109,9 @@ def test_names_are_immutable_and_constrained(engine: Engine, unique: str) -> Non
     ],
 )
 def test_bad_values_are_refused_by_constraints(
-    engine: Engine, unique: str, column: str, value: object, constraint: str
+    engine: Engine, unique: str, tmp_path: Path, column: str, value: object, constraint: str
 ) -> None:
-    values = {"name": unique, "path": "/tmp/x", column: value}
+    values = {"name": unique, "path": str(tmp_path / "f"), column: value}
     with pytest.raises(IntegrityError, match=constraint):
         sql(
             engine,
@@ -80,16 +121,17 @@ def test_bad_values_are_refused_by_constraints(
     assert status(engine, unique) is None, "a refused row leaves nothing behind"
 
 
-def test_delete_keeps_a_tombstone_with_the_last_desired_state(engine: Engine, unique: str) -> None:
-    unwatched(engine, "INSERT INTO files (name, path, content) VALUES (:n, '/tmp/tomb', 'last words')", unique)
+def test_delete_keeps_a_tombstone_with_the_last_desired_state(engine: Engine, unique: str, tmp_path: Path) -> None:
+    insert = "INSERT INTO files (name, path, content) VALUES (:n, :p, 'last words')"
+    unwatched(engine, insert, unique, p=str(tmp_path / "tomb"))
     unwatched(engine, "DELETE FROM files WHERE name = :n", unique)
     row = status(engine, unique)
     assert row is not None and row["deleted_at"] is not None and row["phase"] == "Deleting"
     assert row["last_desired"]["content"] == "last words"
 
 
-def test_resource_status_view_shows_every_resource(engine: Engine, unique: str) -> None:
-    unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, '/tmp/view')", unique)
+def test_resource_status_view_shows_every_resource(engine: Engine, unique: str, tmp_path: Path) -> None:
+    unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, :p)", unique, p=str(tmp_path / "view"))
     with engine.connect() as conn:
         row = conn.execute(
             text(
@@ -120,12 +162,12 @@ def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: t
 @pytest.mark.parametrize(
     ("statement", "params"),
     [
-        ("INSERT INTO files (name, path) VALUES (NULL, '/tmp/x')", {}),
+        ("INSERT INTO files (name, path) VALUES (NULL, :p)", {}),
         ("INSERT INTO files (name, path) VALUES (:n, NULL)", {}),
-        ("INSERT INTO files (name, path, mode) VALUES (:n, '/tmp/x', NULL)", {}),
-        ("INSERT INTO files (name, path, interval_seconds) VALUES (:n, '/tmp/x', 'soon')", {}),
-        ("INSERT INTO files (name, path, interval_seconds) VALUES (:n, '/tmp/x', 99999999999)", {}),
-        ("INSERT INTO files (name, path, labels) VALUES (:n, '/tmp/x', '[1, 2]')", {}),
+        ("INSERT INTO files (name, path, mode) VALUES (:n, :p, NULL)", {}),
+        ("INSERT INTO files (name, path, interval_seconds) VALUES (:n, :p, 'soon')", {}),
+        ("INSERT INTO files (name, path, interval_seconds) VALUES (:n, :p, 99999999999)", {}),
+        ("INSERT INTO files (name, path, labels) VALUES (:n, :p, '[1, 2]')", {}),
         ("INSERT INTO files (name, path) VALUES (:n, :huge)", {"huge": "/" + "x" * 5000}),
         ("INSERT INTO workloads (name, command, replicas) VALUES (:n, 'sleep 1', -1)", {}),
         ("INSERT INTO workloads (name, command, replicas) VALUES (:n, '   ', 1)", {}),
@@ -133,8 +175,8 @@ def test_alembic_builds_and_removes_everything_and_matches_the_models(servers: t
     ],
 )
 def test_bad_sql_is_refused_and_leaves_nothing_behind(
-    engine: Engine, unique: str, statement: str, params: dict
+    engine: Engine, unique: str, tmp_path: Path, statement: str, params: dict
 ) -> None:
     with pytest.raises((IntegrityError, DataError, ProgrammingError)):
-        sql(engine, statement, n=unique, **params)
+        sql(engine, statement, n=unique, p=str(tmp_path / "f"), **params)
     assert status(engine, unique) is None and status(engine, unique, "Workload") is None

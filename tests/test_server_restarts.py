@@ -5,7 +5,9 @@ so restarting them disturbs nothing else on the machine."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -14,6 +16,8 @@ from models.database import make_engine
 from setpoint import embedded
 from tests.conftest import alembic, create_test_kinds, stack_env, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, runs, sql
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -48,12 +52,12 @@ def test_the_stack_reconnects_after_postgresql_and_redis_restart(tmp_path: Path)
             assert (again.database_url, again.broker_url) == (servers.database_url, servers.broker_url)
             engine = make_engine(again.database_url)
             wait_for(
-                lambda: _try(lambda: sql(engine, "UPDATE files SET content = 'two' WHERE name = 'motd'")),
+                lambda: succeeds(lambda: sql(engine, "UPDATE files SET content = 'two' WHERE name = 'motd'")),
                 30,
                 "the database back",
             )
             wait_for(lambda: target.exists() and target.read_text() == "two", 120, "a change after the restart applied")
-            wait_for(lambda: _try(lambda: ready_at(engine, "motd", 2)), 60, "status reported after the restart")
+            wait_for(lambda: answer(lambda: ready_at(engine, "motd", 2)), 60, "status reported after the restart")
             target.write_text("drifted")
             wait_for(lambda: target.read_text() == "two", 60, "drift healed after the restart")
             engine.dispose()
@@ -62,12 +66,22 @@ def test_the_stack_reconnects_after_postgresql_and_redis_restart(tmp_path: Path)
         scheduler.kill()
 
 
-def _try(check):  # type: ignore[no-untyped-def]
+def succeeds(action: Callable[[], object]) -> bool:
+    """Whether `action` ran without raising (the database may still be starting)."""
     try:
-        result = check()
-        return True if result is None else result
+        action()
     except Exception:
         return False
+    return True
+
+
+def answer(check: Callable[[], T]) -> T | None:
+    """What `check` returns, or None while the database cannot answer it: a check that finds nothing stays
+    falsy, so waiting on it waits for what it looks for."""
+    try:
+        return check()
+    except Exception:
+        return None
 
 
 @pytest.mark.timeout(120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -33,6 +34,11 @@ def start_slow_action(engine: Engine, worker: Process, counter: Path, interval_s
     wait_for(lambda: attempts(str(counter)) == 1, 20, "the action under way")
 
 
+def received_task_ids(worker: Process) -> list[str]:
+    """The ids of the reconcile messages the worker has taken, in order, from its log."""
+    return re.findall(r"Task setpoint\.reconcile\[([0-9a-f-]+)\] received", worker.output())
+
+
 def test_pool_process_killed_mid_action_is_redelivered_at_once(fresh: dict, tmp_path: Path) -> None:
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
     scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
@@ -41,11 +47,16 @@ def test_pool_process_killed_mid_action_is_redelivered_at_once(fresh: dict, tmp_
     try:
         # Interval of an hour: only Celery's redelivery (acks_late + reject_on_worker_lost) can bring it back.
         start_slow_action(engine, worker, counter, interval_seconds=3600)
+        killed = wait_for(lambda: received_task_ids(worker), 10, "the message under way, in the worker's log")
         for child in pool_children(worker.popen.pid):
             os.kill(child, signal.SIGKILL)
         wait_for(lambda: ready_at(engine, "victim", 1, kind="Flaky"), 30, "reconciled again after the kill")
         # The killed attempt left no run; its redelivered message found the action done (idempotent).
-        assert [r["outcome"] for r in runs(engine, "victim", kind="Flaky")] == ["noop"]
+        history = runs(engine, "victim", kind="Flaky")
+        assert [r["outcome"] for r in history] == ["noop"]
+        # The very message that was under way, not one the scheduler sent later in its place (its lost-message
+        # rule would rescue the resource too, only later).
+        assert killed == [history[0]["task_id"]], (killed, history[0]["task_id"])
         assert "WorkerLostError" in worker.output()
     finally:
         worker.stop()
