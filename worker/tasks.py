@@ -54,10 +54,12 @@ def _serve_metrics(**_: Any) -> None:
 
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    """A forked pool process must never share its parent's database connections, nor its metrics port."""
+    """A forked pool process must never share its parent's database connections, nor its metrics port, nor its
+    random sequence (else every pool process would jitter its resources' due times in step)."""
     if _engine is not None:
         _engine.dispose(close=False)
     metrics.forget_server()
+    _rng.seed()
 
 
 @worker_process_shutdown.connect
