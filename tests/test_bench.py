@@ -20,7 +20,9 @@ KIND = "BenchCeilingTest"
 def test_the_bare_ceiling_does_a_noop_reconciles_writes_in_one_round_trip(database_url: str, unique: str) -> None:
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO statuses (kind, name, generation, phase) VALUES (%s, %s, 3, 'Pending')", (KIND, unique)
+            "INSERT INTO statuses (kind, name, uid, generation, phase) "
+            "VALUES (%s, %s, gen_random_uuid(), 3, 'Pending')",
+            (KIND, unique),
         )
     admin = make_url(database_url)
     with CountingProxy(admin.host or "127.0.0.1", admin.port or 5432) as proxy:
