@@ -25,7 +25,7 @@ class Run(SQLModel, table=True):
     name: str = Field(max_length=253)
     uid: uuid.UUID | None = Field(default=None, sa_type=Uuid)  # type: ignore[call-overload]
     """The uid of the resource the run was for (from the status row the worker read); NULL for runs recorded before
-    migration 0007 that could not be told apart from an earlier resource of the same name."""
+    migration 0008 that could not be told apart from an earlier resource of the same name."""
     generation: int | None = None
     started_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     finished_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

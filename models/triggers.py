@@ -4,7 +4,7 @@ Autogenerate cannot see functions, triggers and grants, so migrations call these
 migration runs `op.execute(triggers.attach("files", "File"))` and then `op.execute(triggers.grant("files"))`,
 so the database roles of migration 0003 may use the table; its downgrade runs `triggers.detach(...)` (dropping
 the table drops its grants). The table's `uid` column comes from models.base.Resource with CreateTable; migration
-0007 added it to every table attached before it, users' kinds included.
+0008 added it to every table attached before it, users' kinds included.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ BEGIN
 END $$;
 """
 
-"""The trigger functions as migration 0001 made them; migration 0007 replaces two of them (IDENTITY_FUNCTIONS),
+"""The trigger functions as migration 0001 made them; migration 0008 replaces two of them (IDENTITY_FUNCTIONS),
 and its downgrade puts these back."""
 
 IDENTITY_FUNCTIONS = f"""
@@ -155,7 +155,7 @@ BEGIN
     RETURN NULL;
 END $$;
 """
-"""Since migration 0007 every resource has a `uid`, assigned by the database at INSERT and immutable, copied
+"""Since migration 0008 every resource has a `uid`, assigned by the database at INSERT and immutable, copied
 into its status row (which its tombstone keeps) and from there into every run: a name deleted and used again
 is another resource, whose status and history start empty."""
 
@@ -239,7 +239,7 @@ SELECT s.kind, s.name, s.generation, s.observed_generation, s.ready, s.phase,
 FROM statuses AS s;
 """
 
-"""As migration 0001 made it; migration 0007 replaces it with IDENTITY_VIEW."""
+"""As migration 0001 made it; migration 0008 replaces it with IDENTITY_VIEW."""
 
 IDENTITY_VIEW = """
 CREATE OR REPLACE VIEW resource_status AS
