@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import statistics
 import time
 import uuid
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from models.database import make_engine
 from tests.conftest import (
@@ -27,6 +29,8 @@ from tests.conftest import (
     wait_for,
 )
 from tests.helpers import ready_at, runs, sql
+from worker import registry, watches
+from worker.controller import Watch
 
 HOUR = 3600
 
@@ -112,6 +116,16 @@ def test_a_file_replaced_by_rename_or_deleted_is_healed_at_once(watched: Stack, 
     wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "deleted file back")
 
 
+def test_a_deleted_folder_is_healed_at_once_and_watched_again(watched: Stack, tmp_path: Path) -> None:
+    target = tmp_path / "app" / "app.conf"
+    target.parent.mkdir()
+    managed_file(watched, target)
+    shutil.rmtree(target.parent)
+    wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "folder and file back")
+    target.write_text("tampered in the new folder\n")  # the watch followed the folder's new incarnation
+    wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
+
+
 def test_heal_latency_of_twenty_tampers(watched: Stack, tmp_path: Path) -> None:
     """Reports the median tamper-to-healed time; each heal must be far inside the hour's interval."""
     target = tmp_path / "motd"
@@ -191,3 +205,17 @@ def test_with_watching_off_a_tampered_file_waits_for_its_interval(servers: tuple
         wait_for(lambda: target.read_text() == "desired", 15, "healed at the interval")
         assert time.monotonic() - written_at > 4.0, "healed before its interval although watching is off"
         assert "watching is off" in stack.worker.output()
+
+
+def test_the_watcher_needs_no_right_the_worker_role_lacks(watched: Stack, tmp_path: Path) -> None:
+    target = tmp_path / "motd"
+    name = managed_file(watched, target)
+    node = socket.gethostname()
+    with watched.engine.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE setpoint_worker"))
+        found = watches.load(conn, node, registry.controllers())
+        marked = watches.mark_due(conn, node, {("File", name)})
+        due = conn.execute(text("SELECT next_reconcile_at <= now() FROM statuses WHERE name = :n"), {"n": name})
+        assert due.scalar() is True
+    assert found[("File", name)] == (Watch(str(target)),)
+    assert marked.due == {("File", name)} and not marked.running

@@ -67,15 +67,20 @@ def _placed(event: str, key: Key, folder: str) -> None:
 class _Folder(FileSystemEventHandler):
     """The handler for one watched folder: which resources' watches are anchored there."""
 
-    def __init__(self, watcher: Watcher) -> None:
+    def __init__(self, watcher: Watcher, path: str) -> None:
         self.watcher = watcher
+        self.path = path
         self.watches: dict[Key, tuple[Watch, ...]] = {}
         self.scheduled: ObservedWatch | None = None
+        self.stale = False
+        """The folder itself was deleted: its inotify watch is dead, even if a folder of that name comes back."""
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = [os.fsdecode(event.src_path)]
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
+        if paths[0] == self.path and event.event_type in GONE:
+            self.stale = True
         hit = {
             key
             for key, kept in list(self.watches.items())
@@ -197,6 +202,9 @@ class Watcher:
                     _placed("watching", key, path)
                 folder.watches[key] = tuple(here)
         for path, folder in list(self._folders.items()):
+            if folder.stale and folder.scheduled is not None:
+                self._observer.unschedule(folder.scheduled)
+                folder.scheduled, folder.stale = None, False
             if not folder.watches:
                 if folder.scheduled is not None:
                     self._observer.unschedule(folder.scheduled)
@@ -209,7 +217,7 @@ class Watcher:
 
     def _folder(self, path: str) -> _Folder:
         if path not in self._folders:
-            self._folders[path] = _Folder(self)
+            self._folders[path] = _Folder(self, path)
         return self._folders[path]
 
     def _keep_observer(self) -> None:
