@@ -219,3 +219,22 @@ def test_the_watcher_needs_no_right_the_worker_role_lacks(watched: Stack, tmp_pa
         assert due.scalar() is True
     assert found[("File", name)] == (Watch(str(target)),)
     assert marked.due == {("File", name)} and not marked.running
+
+
+def test_a_crash_looping_replica_still_backs_off_when_watched(watched: Stack) -> None:
+    """Each exit is an event, but the restarts still wait out the doubling back-off (0.5 s, 1 s, 2 s here)."""
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    sql(
+        watched.engine,
+        "INSERT INTO workloads (name, command, replicas, interval_seconds) VALUES (:n, 'sh -c \"exit 3\"', 1, :i)",
+        n=name,
+        i=HOUR,
+    )
+
+    def starts() -> list:
+        found = runs(watched.engine, name, "Workload")
+        return [r["started_at"] for r in found if any("start replica" in a for a in r["actions"])]
+
+    seen = wait_for(lambda: len(s := starts()) >= 4 and s, 30, "four starts")
+    gaps = [(b - a).total_seconds() for a, b in zip(seen, seen[1:], strict=False)]
+    assert all(gap >= 0.5 * 2**k for k, gap in enumerate(gaps[:3])), f"restarts must wait out the back-off: {gaps}"
