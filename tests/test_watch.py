@@ -238,3 +238,34 @@ def test_a_crash_looping_replica_still_backs_off_when_watched(watched: Stack) ->
     seen = wait_for(lambda: len(s := starts()) >= 4 and s, 30, "four starts")
     gaps = [(b - a).total_seconds() for a, b in zip(seen, seen[1:], strict=False)]
     assert all(gap >= 0.5 * 2**k for k, gap in enumerate(gaps[:3])), f"restarts must wait out the back-off: {gaps}"
+
+
+def test_a_replica_that_died_while_its_worker_was_down_is_replaced_when_it_is_back(
+    fresh: dict, tmp_path: Path, unique: str
+) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    replacement = None
+    try:
+        sql(
+            engine,
+            "INSERT INTO workloads (name, command, replicas, interval_seconds) VALUES (:n, 'sleep 300', 2, :i)",
+            n=unique,
+            i=HOUR,
+        )
+        wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 30, "two replicas running")
+        first = wait_for(lambda: len(found := replicas_of(unique)) == 2 and found, 10, "two processes")
+        worker.stop()
+        os.kill(first[0].pid, signal.SIGKILL)  # nobody watches now: the shim records the exit all the same
+        replacement = start_worker(fresh, tmp_path / "replacement.log", name="w2")
+        wait_for(
+            lambda: len(live := replicas_of(unique)) == 2 and first[0].pid not in {p.pid for p in live},
+            20,
+            "replica replaced once the worker is back, not an hour later",
+        )
+    finally:
+        if replacement:
+            replacement.stop()
+        scheduler.stop()
+        engine.dispose()

@@ -3,7 +3,8 @@
 It keeps, with `watchdog` (inotify on Linux), the watches of the resources pinned to its node (worker/watches.py),
 and when one fires makes that resource due now through PostgreSQL; events within `watch_debounce_seconds` of the
 first are folded into one reconcile. It loads the watches at start, whenever a desired row changes or a resource is
-pinned here (LISTEN), and every `watch_resync_seconds`. Level-triggered all the same: a missed event, or a
+pinned here (LISTEN), and every `watch_resync_seconds`; after its start it looks at each watched resource once,
+since nobody watched while the worker was down. Level-triggered all the same: a missed event, or a
 watcher that cannot watch (inotify's limit, a filesystem without events), only delays healing to the interval,
 and says so in the log, once.
 """
@@ -105,6 +106,8 @@ class Watcher:
         self._pending: dict[Key, float] = {}
         """Resources to make due, with when their first event came (monotonic)."""
         self._resync = True
+        self._look_at_all = True
+        """Events may have been missed (the worker was down, the observer died): look at every watched resource."""
         self._wanted: dict[Key, tuple[Watch, ...]] = {}
         self._folders: dict[str, _Folder] = {}
         self._observer: BaseObserver = Observer()
@@ -146,8 +149,12 @@ class Watcher:
                     self._resync = False
                     last_resync = time.monotonic()
                     self._load()
+                if self._look_at_all:
+                    self._look_at_all = False
+                    self.fired(set(self._wanted))
                 self._flush()
             except Exception as error:  # the database away: the interval heals meanwhile
+                self._resync = True
                 log.warning("watcher failed, trying again", extra={"error": f"{type(error).__name__}: {error}"})
                 self._stop.wait(1.0)
             self._wake.wait(self._next_wait_s(last_resync))
@@ -228,7 +235,7 @@ class Watcher:
         for folder in self._folders.values():
             folder.scheduled = None
         self._observer.start()
-        self._resync = True
+        self._resync = self._look_at_all = True
 
     def _degraded(self, what: str, error: BaseException) -> None:
         """Say once that watching is degraded; healing goes on at each resource's interval."""
