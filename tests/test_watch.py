@@ -127,17 +127,19 @@ def test_a_deleted_folder_is_healed_at_once_and_watched_again(watched: Stack, tm
 
 
 def test_heal_latency_of_twenty_tampers(watched: Stack, tmp_path: Path) -> None:
-    """Reports the median tamper-to-healed time; each heal must be far inside the hour's interval."""
+    """Reports the median tamper-to-healed time (from the tamper to the healed file's mtime, so the test's own
+    polling does not count); each heal must be far inside the hour's interval."""
     target = tmp_path / "motd"
     managed_file(watched, target)
     took = []
     for i in range(20):
-        started = time.monotonic()
+        tampered_at = time.time()
         target.write_text(f"tamper {i}\n")
         wait_for(lambda: target.read_text() == "desired\n", 10, f"tamper {i} healed")
-        took.append(time.monotonic() - started)
-    print(f"tamper -> healed over 20: p50 {statistics.median(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms")
-    assert statistics.median(took) < 2.0
+        took.append(target.stat().st_mtime - tampered_at)
+    took.sort()
+    print(f"tamper -> healed over 20: p50 {statistics.median(took) * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms")
+    assert statistics.median(took) < 1.0, took
 
 
 def test_a_burst_of_writes_gives_a_bounded_number_of_reconciles(watched: Stack, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import psycopg
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from models import triggers
 from models.database import CONNECT_ARGS, libpq_url, make_engine
@@ -34,6 +35,9 @@ log = logging.getLogger("setpoint.watch")
 CHANGES = {"created", "deleted", "modified", "moved", "closed"}
 """Event types that change a file; opens and reads (Setpoint's own observations among them) are not changes."""
 GONE = {"deleted", "moved"}
+MOVE_PAIRING_S = 0.01
+"""How long watchdog holds a rename's first half waiting for its second (its default, 0.5 s, stalls every event
+behind it that long whenever a rename is read in two halves: a rename's halves come together, or not at all)."""
 RUNNING_RETRY_S = 0.05
 """How soon a resource that was being reconciled when its event came is marked again."""
 RUNNING_GIVE_UP_S = 300.0
@@ -118,6 +122,7 @@ class Watcher:
         ]
 
     def start(self) -> None:
+        InotifyMoveEventGrouper.delay = MOVE_PAIRING_S
         self._observer.start()
         for thread in self._threads:
             thread.start()
