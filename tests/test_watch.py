@@ -81,7 +81,7 @@ def watched(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def managed_file(stack: Stack, path: Path, content: str = "desired\n", interval_s: int = HOUR) -> str:
-    """A File, reconciled once and watched; returns its name."""
+    """A File, reconciled once, watched and settled; returns its name."""
     name = f"w-{uuid.uuid4().hex[:10]}"
     sql(
         stack.engine,
@@ -93,6 +93,7 @@ def managed_file(stack: Stack, path: Path, content: str = "desired\n", interval_
     )
     wait_for(lambda: ready_at(stack.engine, name, 1), 20, "file written")
     wait_for(lambda: stack.watching(name, path.parent), 10, "file watched")
+    wait_for(lambda: settled(stack, name), 10, "no reconcile pending, none for half a second")
     return name
 
 
@@ -101,8 +102,28 @@ def test_an_edited_file_is_healed_at_once_not_at_its_interval(watched: Stack, tm
     managed_file(watched, target)
     target.write_text("hot fix at 2 a.m.\n")
     wait_for(lambda: target.read_text() == "desired\n", 10, "content healed")
+
+
+def test_a_chmod_is_healed_at_once(watched: Stack, tmp_path: Path) -> None:
+    target = tmp_path / "motd"
+    managed_file(watched, target)
     os.chmod(target, 0o777)
     wait_for(lambda: target.stat().st_mode & 0o777 == 0o644, 10, "mode healed")
+
+
+def settled(stack: Stack, name: str) -> bool:
+    """Nothing due before the hour's interval, and the last run ended over half a second ago (so no reconcile
+    caused by Setpoint's own write is about to look anyway)."""
+    with stack.engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT s.enqueued_at IS NULL AND s.next_reconcile_at > now() + interval '10 minutes' "
+                "AND (SELECT max(finished_at) FROM runs WHERE name = :n) < now() - interval '0.5 seconds' "
+                "FROM statuses AS s WHERE s.name = :n"
+            ),
+            {"n": name},
+        ).scalar()
+    return bool(row)
 
 
 def test_a_file_replaced_by_rename_or_deleted_is_healed_at_once(watched: Stack, tmp_path: Path) -> None:

@@ -32,8 +32,9 @@ from worker.watches import Key
 
 log = logging.getLogger("setpoint.watch")
 
-CHANGES = {"created", "deleted", "modified", "moved", "closed"}
-"""Event types that change a file; opens and reads (Setpoint's own observations among them) are not changes."""
+CHANGES = {"created", "deleted", "modified", "moved", "closed", "attrib"}
+"""Event types that change a file (`attrib`: chmod, chown); opens and reads (Setpoint's own observations among
+them) are not changes."""
 GONE = {"deleted", "moved"}
 MOVE_PAIRING_S = 0.01
 """How long watchdog holds a rename's first half waiting for its second (its default, 0.5 s, stalls every event
