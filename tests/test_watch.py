@@ -292,3 +292,29 @@ def test_a_replica_that_died_while_its_worker_was_down_is_replaced_when_it_is_ba
             replacement.stop()
         scheduler.stop()
         engine.dispose()
+
+
+def test_beyond_the_folder_limit_watching_is_degraded_once_and_healing_waits_for_the_interval(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    with _stack(servers, tmp_path, SETPOINT_WATCH_MAX_FOLDERS="1") as stack:
+        folders = [tmp_path / f"app{i}" for i in range(3)]
+        for folder in folders:
+            folder.mkdir()
+        managed_file(stack, folders[0] / "conf")
+        for folder in folders[1:]:
+            name = f"w-{uuid.uuid4().hex[:10]}"
+            sql(
+                stack.engine,
+                "INSERT INTO files (name, path, content, interval_seconds) VALUES (:n, :p, 'desired\n', 5)",
+                n=name,
+                p=str(folder / "conf"),
+            )
+            wait_for(lambda n=name: ready_at(stack.engine, n, 1), 20, "file written")
+        wait_for(lambda: "watching degraded" in stack.worker.output(), 10, "degradation reported")
+        unwatched = folders[1] / "conf"
+        unwatched.write_text("tampered\n")
+        wait_for(lambda: unwatched.read_text() == "desired\n", 15, "healed at its interval all the same")
+        assert stack.worker.output().count("watching degraded") == 1, "said once, not at every look"
+        (folders[0] / "conf").write_text("tampered\n")  # the folder within the limit is watched still
+        wait_for(lambda: (folders[0] / "conf").read_text() == "desired\n", 10, "watched file healed")

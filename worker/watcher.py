@@ -223,10 +223,22 @@ class Watcher:
                     self._observer.unschedule(folder.scheduled)
                 del self._folders[path]
             elif folder.scheduled is None:
-                try:
-                    folder.scheduled = self._observer.schedule(folder, path, recursive=False)
-                except OSError as error:  # inotify's limit, most often (fs.inotify.max_user_watches)
-                    self._degraded(path, error)
+                self._schedule(folder)
+        unwatched = sum(folder.scheduled is None for folder in self._folders.values())
+        if self._degraded_said and not unwatched and self._observer.is_alive():
+            self._degraded_said = False
+            log.warning("watching restored", extra={"node": self.node, "folders": len(self._folders)})
+
+    def _schedule(self, folder: _Folder) -> None:
+        if sum(f.scheduled is not None for f in self._folders.values()) >= self.settings.watch_max_folders:
+            self._degraded(folder.path, f"SETPOINT_WATCH_MAX_FOLDERS ({self.settings.watch_max_folders}) reached")
+            return
+        try:
+            folder.scheduled = self._observer.schedule(folder, folder.path, recursive=False)
+        except FileNotFoundError:  # gone since anchored: anchor everything again
+            self._resync = True
+        except OSError as error:  # inotify's limit, most often (fs.inotify.max_user_watches)
+            self._degraded(folder.path, f"{type(error).__name__}: {error}")
 
     def _folder(self, path: str) -> _Folder:
         if path not in self._folders:
@@ -236,20 +248,20 @@ class Watcher:
     def _keep_observer(self) -> None:
         if self._observer.is_alive() or self._stop.is_set():
             return
-        self._degraded("the watchdog observer thread", RuntimeError("it stopped"))
+        self._degraded("the watchdog observer thread", "it stopped")
         self._observer = Observer()
         for folder in self._folders.values():
             folder.scheduled = None
         self._observer.start()
         self._resync = self._look_at_all = True
 
-    def _degraded(self, what: str, error: BaseException) -> None:
-        """Say once that watching is degraded; healing goes on at each resource's interval."""
+    def _degraded(self, what: str, why: str) -> None:
+        """Say once (until watching is whole again) that it is degraded; healing goes on at each interval."""
         if not self._degraded_said:
             self._degraded_said = True
             log.warning(
-                "watching degraded: changes are healed at each resource's interval until the watch works",
-                extra={"node": self.node, "what": what, "error": f"{type(error).__name__}: {error}"},
+                "watching degraded: what is not watched is healed at its resource's interval",
+                extra={"node": self.node, "folder": what, "error": why},
             )
 
     # The listen thread: a desired row changed, or a resource was pinned here.
