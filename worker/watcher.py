@@ -109,12 +109,16 @@ class Watcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pending: dict[Key, float] = {}
-        """Resources to make due, with when their first event came (monotonic)."""
+        """Resources to make due, with when to (monotonic): their first event's time plus the debounce."""
+        self._running_since: dict[Key, float] = {}
+        """Resources whose event came while they were being reconciled, since when."""
         self._resync = True
         self._look_at_all = True
         """Events may have been missed (the worker was down, the observer died): look at every watched resource."""
         self._wanted: dict[Key, tuple[Watch, ...]] = {}
         self._folders: dict[str, _Folder] = {}
+        self._anchored: dict[Key, set[str]] = {}
+        """Which folders each resource's watches are anchored in."""
         self._observer: BaseObserver = Observer()
         self._degraded_said = False
         self._threads = [
@@ -141,7 +145,7 @@ class Watcher:
         now = time.monotonic()
         with self._lock:
             for key in keys:
-                self._pending.setdefault(key, now)
+                self._pending.setdefault(key, now + self.settings.watch_debounce_seconds)
         self._wake.set()
 
     # The watcher thread: make due, load watches, keep watchdog's folders.
@@ -169,23 +173,26 @@ class Watcher:
     def _next_wait_s(self, last_resync: float) -> float:
         with self._lock:
             if self._pending:
-                first = min(self._pending.values())
-                return max(first + self.settings.watch_debounce_seconds - time.monotonic(), 0.0)
+                return max(min(self._pending.values()) - time.monotonic(), 0.0)
         return max(last_resync + self.settings.watch_resync_seconds - time.monotonic(), 0.0)
 
     def _flush(self) -> None:
         now = time.monotonic()
         with self._lock:
-            ready = {k for k, t in self._pending.items() if t + self.settings.watch_debounce_seconds <= now}
+            ready = {key for key, at in self._pending.items() if at <= now}
             if not ready:
                 return
         with self._engine.begin() as conn:
             marked = watches.mark_due(conn, self.node, ready)
         with self._lock:
             for key in ready:
-                first = self._pending.pop(key)
-                if key in marked.running and now - first < RUNNING_GIVE_UP_S:
-                    self._pending[key] = now + RUNNING_RETRY_S - self.settings.watch_debounce_seconds
+                del self._pending[key]
+                if key not in marked.running:
+                    self._running_since.pop(key, None)
+                elif now - self._running_since.setdefault(key, now) < RUNNING_GIVE_UP_S:
+                    self._pending[key] = now + RUNNING_RETRY_S  # once that reconcile has ended
+                else:
+                    del self._running_since[key]  # left to its interval
         if marked.due:
             log.debug("made due by an event", extra={"resources": sorted(f"{k}/{n}" for k, n in marked.due)})
         self._place({key: self._wanted[key] for key in ready if key in self._wanted})  # a folder may have come back
@@ -194,11 +201,15 @@ class Watcher:
         with self._engine.connect() as conn:
             wanted = watches.load(conn, self.node, registry.controllers())
         self._wanted = wanted
-        for path, folder in self._folders.items():
-            for key in [key for key in folder.watches if key not in wanted]:
-                del folder.watches[key]
-                _placed("unwatching", key, path)
+        for key in [key for key in self._anchored if key not in wanted]:
+            for path in self._anchored.pop(key):
+                self._unanchor(key, path)
         self._place(wanted)
+
+    def _unanchor(self, key: Key, path: str) -> None:
+        folder = self._folders.get(path)
+        if folder is not None and folder.watches.pop(key, None) is not None:
+            _placed("unwatching", key, path)
 
     def _place(self, wanted: dict[Key, tuple[Watch, ...]]) -> None:
         """Anchor each resource's watches where they belong now, and watch exactly the folders with a watch."""
@@ -206,39 +217,41 @@ class Watcher:
             at: dict[str, list[Watch]] = {}
             for watch in kept:
                 at.setdefault(anchor(watch), []).append(watch)
-            for path, folder in self._folders.items():
-                if path not in at and folder.watches.pop(key, None) is not None:
-                    _placed("unwatching", key, path)
+            for path in self._anchored.get(key, set()) - set(at):
+                self._unanchor(key, path)
             for path, here in at.items():
                 folder = self._folder(path)
                 if key not in folder.watches:
                     _placed("watching", key, path)
                 folder.watches[key] = tuple(here)
+            self._anchored[key] = set(at)
+        scheduled = sum(folder.scheduled is not None for folder in self._folders.values())
         for path, folder in list(self._folders.items()):
-            if folder.stale and folder.scheduled is not None:
+            if folder.scheduled is not None and (folder.stale or not folder.watches):
                 self._observer.unschedule(folder.scheduled)
                 folder.scheduled, folder.stale = None, False
+                scheduled -= 1
             if not folder.watches:
-                if folder.scheduled is not None:
-                    self._observer.unschedule(folder.scheduled)
                 del self._folders[path]
+            elif folder.scheduled is None and scheduled < self.settings.watch_max_folders:
+                scheduled += self._schedule(folder)
             elif folder.scheduled is None:
-                self._schedule(folder)
-        unwatched = sum(folder.scheduled is None for folder in self._folders.values())
-        if self._degraded_said and not unwatched and self._observer.is_alive():
+                limit = self.settings.watch_max_folders
+                self._degraded(path, f"SETPOINT_WATCH_MAX_FOLDERS ({limit}) reached")
+        if self._degraded_said and scheduled == len(self._folders) and self._observer.is_alive():
             self._degraded_said = False
             log.warning("watching restored", extra={"node": self.node, "folders": len(self._folders)})
 
-    def _schedule(self, folder: _Folder) -> None:
-        if sum(f.scheduled is not None for f in self._folders.values()) >= self.settings.watch_max_folders:
-            self._degraded(folder.path, f"SETPOINT_WATCH_MAX_FOLDERS ({self.settings.watch_max_folders}) reached")
-            return
+    def _schedule(self, folder: _Folder) -> int:
+        """Watch the folder; 1 if it is watched now, else 0."""
         try:
             folder.scheduled = self._observer.schedule(folder, folder.path, recursive=False)
+            return 1
         except FileNotFoundError:  # gone since anchored: anchor everything again
             self._resync = True
         except OSError as error:  # inotify's limit, most often (fs.inotify.max_user_watches)
             self._degraded(folder.path, f"{type(error).__name__}: {error}")
+        return 0
 
     def _folder(self, path: str) -> _Folder:
         if path not in self._folders:
