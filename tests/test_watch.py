@@ -236,11 +236,11 @@ def test_the_watcher_needs_no_right_the_worker_role_lacks(watched: Stack, tmp_pa
     node = socket.gethostname()
     with watched.engine.begin() as conn:
         conn.execute(text("SET LOCAL ROLE setpoint_worker"))
-        found = watches.load(conn, node, registry.controllers())
+        found = watches.load(conn, node, registry.controllers(), {})
         marked = watches.mark_due(conn, node, {("File", name)})
         due = conn.execute(text("SELECT next_reconcile_at <= now() FROM statuses WHERE name = :n"), {"n": name})
         assert due.scalar() is True
-    assert found[("File", name)] == (Watch(str(target)),)
+    assert found[("File", name)].watches == (Watch(str(target)),)
     assert marked.due == {("File", name)} and not marked.running
 
 

@@ -115,6 +115,7 @@ class Watcher:
         self._resync = True
         self._look_at_all = True
         """Events may have been missed (the worker was down, the observer died): look at every watched resource."""
+        self._known: dict[Key, watches.Watched] = {}
         self._wanted: dict[Key, tuple[Watch, ...]] = {}
         self._folders: dict[str, _Folder] = {}
         self._anchored: dict[Key, set[str]] = {}
@@ -199,7 +200,8 @@ class Watcher:
 
     def _load(self) -> None:
         with self._engine.connect() as conn:
-            wanted = watches.load(conn, self.node, registry.controllers())
+            self._known = watches.load(conn, self.node, registry.controllers(), self._known)
+        wanted = {key: watched.watches for key, watched in self._known.items()}
         self._wanted = wanted
         for key in [key for key in self._anchored if key not in wanted]:
             for path in self._anchored.pop(key):
