@@ -4,9 +4,10 @@ It keeps, with `watchdog` (inotify on Linux), the watches of the resources pinne
 and when one fires makes that resource due now through PostgreSQL; events within `watch_debounce_seconds` of the
 first are folded into one reconcile. It loads the watches at start, whenever a desired row changes or a resource is
 pinned here (LISTEN), and every `watch_resync_seconds`; after its start it looks at each watched resource once,
-since nobody watched while the worker was down. Level-triggered all the same: a missed event, or a
-watcher that cannot watch (inotify's limit, a filesystem without events), only delays healing to the interval,
-and says so in the log, once.
+since nobody watched while the worker was down. Level-triggered all the same: a missed event only delays healing
+to the interval; so does a watch that cannot be kept (inotify's limit, SETPOINT_WATCH_MAX_FOLDERS, the observer
+thread gone), which the log says once. A filesystem that gives no events (NFS, FUSE) cannot be told from a quiet
+one: what lives there heals at its interval.
 """
 
 from __future__ import annotations
