@@ -14,7 +14,7 @@ import hashlib
 from controllers import ownership, safepath
 from models.file import File
 from setpoint import settings as config
-from worker.controller import Action, Controller, InvalidSpec, TransientError
+from worker.controller import Action, Controller, InvalidSpec, TransientError, Watch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +147,13 @@ class FileController(Controller[File, FileState]):
         safepath.check(desired.path, self.roots)
         if len(desired.content.encode()) > safepath.MAX_READ_BYTES:
             raise InvalidSpec("content", f"must be at most {safepath.MAX_READ_BYTES // 2**20} MiB")
+
+    def watches(self, desired: File) -> tuple[Watch, ...]:
+        try:
+            safepath.check(desired.path, self.roots)
+        except InvalidSpec:
+            return ()  # never acted on, so nothing to heal
+        return (Watch(desired.path),)
 
     def observe(self, desired: File) -> FileState:
         try:

@@ -23,7 +23,7 @@ from controllers.processes import Replica
 from models.workload import Workload
 from setpoint import errors
 from setpoint import settings as config
-from worker.controller import Action, Controller, Health, InvalidSpec, TransientError
+from worker.controller import Action, Controller, Health, InvalidSpec, TransientError, Watch
 
 CRASH_WINDOW_S = 10.0
 """A replica that exits sooner than this after starting counts as crashing (as in Kubernetes)."""
@@ -183,6 +183,11 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             raise InvalidSpec("env", f"values must be strings and names must not be empty or contain '=': {bad}")
         if desired.working_dir and not os.path.isdir(desired.working_dir):  # may appear later: not permanent
             raise TransientError(f"working_dir {desired.working_dir} is not a directory on this host")
+
+    def watches(self, desired: Workload) -> tuple[Watch, ...]:
+        """The replicas' records: each shim writes `<record>.exit` the moment its replica ends, however it died."""
+        folder = processes.workload_dir(self.settings.state_dir, desired.name)
+        return (Watch(str(folder), names=("*.exit",)),)  # see shim.exit_file
 
     def observe(self, desired: Workload) -> WorkloadState:
         now = time.time()

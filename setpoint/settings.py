@@ -161,6 +161,21 @@ class Settings(BaseSettings):
     """The least severe log lines the scheduler and workers print (`setpoint up` prints WARNING and above from
     them, and one line per change itself, unless `-v`)."""
 
+    watch: bool = True
+    """Whether workers watch what host-local resources manage (a File's path, a Workload's replicas, with inotify)
+    and reconcile a resource the moment it changes; off, changes are healed at each resource's interval only."""
+
+    watch_debounce_seconds: float = Field(0.02, ge=0, le=5)
+    """Events for one resource within this time of its first are folded into one reconcile."""
+
+    watch_max_folders: int = Field(10_000, ge=1)
+    """The most folders one worker watches (each costs an inotify watch and a thread of about 20 KiB); beyond it,
+    watching is degraded (logged once) and the rest is healed at its interval."""
+
+    watch_resync_seconds: float = Field(30.0, gt=0)
+    """How often a worker reloads its node's watches even without a notification (a resource moved to another
+    node, a missed notification): the watcher's safety net, as the interval is the reconciles'."""
+
     _url_origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("log_level", mode="before")

@@ -16,6 +16,8 @@ Optional: `health(desired, actual)` says whether what runs is healthy (a `Health
 `Synced`, as Argo CD separates them; `Health(progressing=True)` for one on its way, such as a rollout, which is
 phase `Progressing`, never `Degraded`), and `requeue_after(desired, actual)` asks for the next look sooner
 than the interval (while a rollout progresses, or when a crash-loop backoff ends).
+`watches(desired)` names the paths whose change should make the resource due at once (worker/watcher.py keeps
+them on the resource's node); the interval stays the safety net for any event missed.
 
 Errors: raise `TransientError` (or let any exception escape) for what may work later; it is retried with
 backoff. Raise `PermanentError` or `InvalidSpec(field, message)` for what cannot work until the desired
@@ -30,7 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from models.base import Resource
 from setpoint.errors import InvalidSpec, PermanentError, TransientError
 
-__all__ = ["Action", "Controller", "Health", "InvalidSpec", "PermanentError", "TransientError"]
+__all__ = ["Action", "Controller", "Health", "InvalidSpec", "PermanentError", "TransientError", "Watch"]
 
 D = TypeVar("D", bound=Resource)
 O = TypeVar("O")  # noqa: E741 - the observed state, often a frozen dataclass
@@ -53,6 +55,16 @@ class Health:
     message: str
     progressing: bool = False
     """Not healthy yet but on its way (starting, rolling out): phase Progressing, not Degraded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Watch:
+    """A path whose change makes the resource due at once: the path itself (edited, chmod-ed, deleted, renamed
+    over) and the folders above it; with `names`, also the files in the folder at `path` whose names match one
+    of these globs (a replica's `*.exit` record, not its chatty log)."""
+
+    path: str
+    names: tuple[str, ...] = ()
 
 
 class Controller(Generic[D, O]):
@@ -86,6 +98,11 @@ class Controller(Generic[D, O]):
     def requeue_after(self, desired: D, actual: O) -> float | None:
         """Seconds until the next reconcile should look again, if sooner than the interval."""
         return None
+
+    def watches(self, desired: D) -> tuple[Watch, ...]:
+        """What to watch on the resource's node so a change there is healed at once; nothing by default. It
+        depends on the desired row alone, so the watcher keeps watches without observing anything."""
+        return ()
 
     def describe(self, actual: O) -> dict[str, Any]:
         """The observed state as JSON for status.observed; dataclasses are converted for you."""

@@ -153,7 +153,11 @@ def forget(conn: Connection, kind: str, name: str) -> None:
 
 def pin(conn: Connection, kind: str, name: str, node: str) -> None:
     """Keep a host-local resource with this worker's node from now on; a resource already on a node stays there."""
-    conn.execute(text("SELECT setpoint_pin_node(:kind, :name, :node)"), {"kind": kind, "name": name, "node": node})
+    # The node's watcher hears it and starts watching the resource (worker/watches.py).
+    conn.execute(
+        text("SELECT setpoint_pin_node(:kind, :name, :node), pg_notify('setpoint_watch', '')"),
+        {"kind": kind, "name": name, "node": node},
+    )
 
 
 _HOLDS_LOCK = text(f"""

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from models.database import make_engine
 from setpoint import settings as config
-from worker import metrics, registry
+from worker import metrics, registry, watcher
 from worker.celery_app import TASK, app
 from worker.heartbeat import Heartbeat
 from worker.runtime import Request, reconcile
@@ -89,6 +89,22 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
 def _stop_heartbeat(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+
+
+_watcher: watcher.Watcher | None = None
+
+
+@worker_ready.connect
+def _start_watcher(**_: Any) -> None:
+    """In the main process only, like the heartbeat: one watcher per node, whatever the pool."""
+    global _watcher
+    _watcher = watcher.start(config.get())
+
+
+@worker_shutdown.connect
+def _stop_watcher(**_: Any) -> None:
+    if _watcher is not None:
+        _watcher.stop()
 
 
 def _now() -> datetime:

@@ -1,0 +1,313 @@
+"""The watcher: a thread in each worker's main process that heals at the speed of the event, not of the interval.
+
+It keeps, with `watchdog` (inotify on Linux), the watches of the resources pinned to its node (worker/watches.py),
+and when one fires makes that resource due now through PostgreSQL; events within `watch_debounce_seconds` of the
+first are folded into one reconcile. It loads the watches at start, whenever a desired row changes or a resource is
+pinned here (LISTEN), and every `watch_resync_seconds`; after its start it looks at each watched resource once,
+since nobody watched while the worker was down. Level-triggered all the same: a missed event only delays healing
+to the interval; so does a watch that cannot be kept (inotify's limit, SETPOINT_WATCH_MAX_FOLDERS, the observer
+thread gone), which the log says once. A filesystem that gives no events (NFS, FUSE) cannot be told from a quiet
+one: what lives there heals at its interval.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+import time
+
+import psycopg
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+from models import triggers
+from models.database import CONNECT_ARGS, libpq_url, make_engine
+from setpoint.settings import Settings
+from worker import registry, watches
+from worker.controller import Watch
+from worker.watches import Key
+
+log = logging.getLogger("setpoint.watch")
+
+CHANGES = {"created", "deleted", "modified", "moved", "closed", "attrib"}
+"""Event types that change a file (`attrib`: chmod, chown); opens and reads (Setpoint's own observations among
+them) are not changes."""
+GONE = {"deleted", "moved"}
+MOVE_PAIRING_S = 0.01
+"""How long watchdog holds a rename's first half waiting for its second (its default, 0.5 s, stalls every event
+behind it that long whenever a rename is read in two halves: a rename's halves come together, or not at all)."""
+RUNNING_RETRY_S = 0.05
+"""How soon a resource that was being reconciled when its event came is marked again."""
+RUNNING_GIVE_UP_S = 300.0
+"""After this, a resource still being reconciled is left to its interval."""
+
+
+def anchor(watch: Watch) -> str:
+    """The folder to watch for `watch`: the file's folder (or, with names, the folder itself), else the nearest
+    folder above that exists, so a deleted folder is noticed when it comes back."""
+    folder = watch.path if watch.names else os.path.dirname(watch.path)
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def matches(watch: Watch, event_type: str, path: str) -> bool:
+    """Whether an event of `event_type` at `path` changes what `watch` names."""
+    if event_type not in CHANGES:
+        return False
+    if path == watch.path:
+        return event_type in GONE or not watch.names  # a folder's own "modified" is any entry's change
+    if watch.path.startswith(path.rstrip("/") + "/"):  # a folder above: gone, or back again
+        return event_type in GONE or event_type == "created"
+    folder, name = os.path.split(path)
+    return folder == watch.path and any(fnmatch.fnmatchcase(name, pattern) for pattern in watch.names)
+
+
+def _placed(event: str, key: Key, folder: str) -> None:
+    log.debug(event, extra={"kind": key[0], "resource": key[1], "folder": folder})
+
+
+class _Folder(FileSystemEventHandler):
+    """The handler for one watched folder: which resources' watches are anchored there."""
+
+    def __init__(self, watcher: Watcher, path: str) -> None:
+        self.watcher = watcher
+        self.path = path
+        self.watches: dict[Key, tuple[Watch, ...]] = {}
+        self.scheduled: ObservedWatch | None = None
+        self.stale = False
+        """The folder itself was deleted: its inotify watch is dead, even if a folder of that name comes back."""
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [os.fsdecode(event.src_path)]
+        if event.dest_path:
+            paths.append(os.fsdecode(event.dest_path))
+        if paths[0] == self.path and event.event_type in GONE:
+            self.stale = True
+        hit = {
+            key
+            for key, kept in list(self.watches.items())
+            for watch in kept
+            for path in paths
+            if matches(watch, event.event_type, path)
+        }
+        if hit:
+            self.watcher.fired(hit)
+
+
+class Watcher:
+    """Started from the worker's main process; `stop()` ends its threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node = settings.node_name
+        self._engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pending: dict[Key, float] = {}
+        """Resources to make due, with when to (monotonic): their first event's time plus the debounce."""
+        self._running_since: dict[Key, float] = {}
+        """Resources whose event came while they were being reconciled, since when."""
+        self._resync = True
+        self._look_at_all = True
+        """Events may have been missed (the worker was down, the observer died): look at every watched resource."""
+        self._known: dict[Key, watches.Watched] = {}
+        self._wanted: dict[Key, tuple[Watch, ...]] = {}
+        self._folders: dict[str, _Folder] = {}
+        self._anchored: dict[Key, set[str]] = {}
+        """Which folders each resource's watches are anchored in."""
+        self._observer: BaseObserver = Observer()
+        self._degraded_said = False
+        self._threads = [
+            threading.Thread(target=self._run, name="setpoint-watcher", daemon=True),
+            threading.Thread(target=self._listen, name="setpoint-watch-listen", daemon=True),
+        ]
+
+    def start(self) -> None:
+        InotifyMoveEventGrouper.delay = MOVE_PAIRING_S
+        self._observer.start()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._observer.stop()
+        for thread in self._threads:
+            thread.join(5)
+        self._engine.dispose()
+
+    def fired(self, keys: set[Key]) -> None:
+        """Called from watchdog's thread: remember, and let the watcher thread make them due."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._pending.setdefault(key, now + self.settings.watch_debounce_seconds)
+        self._wake.set()
+
+    # The watcher thread: make due, load watches, keep watchdog's folders.
+
+    def _run(self) -> None:
+        last_resync = 0.0
+        while not self._stop.is_set():
+            try:
+                self._keep_observer()
+                if self._resync or time.monotonic() - last_resync >= self.settings.watch_resync_seconds:
+                    self._resync = False
+                    last_resync = time.monotonic()
+                    self._load()
+                if self._look_at_all:
+                    self._look_at_all = False
+                    self.fired(set(self._wanted))
+                self._flush()
+            except Exception as error:  # the database away: the interval heals meanwhile
+                self._resync = True
+                log.warning("watcher failed, trying again", extra={"error": f"{type(error).__name__}: {error}"})
+                self._stop.wait(1.0)
+            self._wake.wait(self._next_wait_s(last_resync))
+            self._wake.clear()
+
+    def _next_wait_s(self, last_resync: float) -> float:
+        with self._lock:
+            if self._pending:
+                return max(min(self._pending.values()) - time.monotonic(), 0.0)
+        return max(last_resync + self.settings.watch_resync_seconds - time.monotonic(), 0.0)
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            ready = {key for key, at in self._pending.items() if at <= now}
+            if not ready:
+                return
+        with self._engine.begin() as conn:
+            marked = watches.mark_due(conn, self.node, ready)
+        with self._lock:
+            for key in ready:
+                del self._pending[key]
+                if key not in marked.running:
+                    self._running_since.pop(key, None)
+                elif now - self._running_since.setdefault(key, now) < RUNNING_GIVE_UP_S:
+                    self._pending[key] = now + RUNNING_RETRY_S  # once that reconcile has ended
+                else:
+                    del self._running_since[key]  # left to its interval
+        if marked.due:
+            log.debug("made due by an event", extra={"resources": sorted(f"{k}/{n}" for k, n in marked.due)})
+        self._place({key: self._wanted[key] for key in ready if key in self._wanted})  # a folder may have come back
+
+    def _load(self) -> None:
+        with self._engine.connect() as conn:
+            self._known = watches.load(conn, self.node, registry.controllers(), self._known)
+        wanted = {key: watched.watches for key, watched in self._known.items()}
+        self._wanted = wanted
+        for key in [key for key in self._anchored if key not in wanted]:
+            for path in self._anchored.pop(key):
+                self._unanchor(key, path)
+        self._place(wanted)
+
+    def _unanchor(self, key: Key, path: str) -> None:
+        folder = self._folders.get(path)
+        if folder is not None and folder.watches.pop(key, None) is not None:
+            _placed("unwatching", key, path)
+
+    def _place(self, wanted: dict[Key, tuple[Watch, ...]]) -> None:
+        """Anchor each resource's watches where they belong now, and watch exactly the folders with a watch."""
+        for key, kept in wanted.items():
+            at: dict[str, list[Watch]] = {}
+            for watch in kept:
+                at.setdefault(anchor(watch), []).append(watch)
+            for path in self._anchored.get(key, set()) - set(at):
+                self._unanchor(key, path)
+            for path, here in at.items():
+                folder = self._folder(path)
+                if key not in folder.watches:
+                    _placed("watching", key, path)
+                folder.watches[key] = tuple(here)
+            self._anchored[key] = set(at)
+        scheduled = sum(folder.scheduled is not None for folder in self._folders.values())
+        for path, folder in list(self._folders.items()):
+            if folder.scheduled is not None and (folder.stale or not folder.watches):
+                self._observer.unschedule(folder.scheduled)
+                folder.scheduled, folder.stale = None, False
+                scheduled -= 1
+            if not folder.watches:
+                del self._folders[path]
+            elif folder.scheduled is None and scheduled < self.settings.watch_max_folders:
+                scheduled += self._schedule(folder)
+            elif folder.scheduled is None:
+                limit = self.settings.watch_max_folders
+                self._degraded(path, f"SETPOINT_WATCH_MAX_FOLDERS ({limit}) reached")
+        if self._degraded_said and scheduled == len(self._folders) and self._observer.is_alive():
+            self._degraded_said = False
+            log.warning("watching restored", extra={"node": self.node, "folders": len(self._folders)})
+
+    def _schedule(self, folder: _Folder) -> int:
+        """Watch the folder; 1 if it is watched now, else 0."""
+        try:
+            folder.scheduled = self._observer.schedule(folder, folder.path, recursive=False)
+            return 1
+        except FileNotFoundError:  # gone since anchored: anchor everything again
+            self._resync = True
+        except OSError as error:  # inotify's limit, most often (fs.inotify.max_user_watches)
+            self._degraded(folder.path, f"{type(error).__name__}: {error}")
+        return 0
+
+    def _folder(self, path: str) -> _Folder:
+        if path not in self._folders:
+            self._folders[path] = _Folder(self, path)
+        return self._folders[path]
+
+    def _keep_observer(self) -> None:
+        if self._observer.is_alive() or self._stop.is_set():
+            return
+        self._degraded("the watchdog observer thread", "it stopped")
+        self._observer = Observer()
+        for folder in self._folders.values():
+            folder.scheduled = None
+        self._observer.start()
+        self._resync = self._look_at_all = True
+
+    def _degraded(self, what: str, why: str) -> None:
+        """Say once (until watching is whole again) that it is degraded; healing goes on at each interval."""
+        if not self._degraded_said:
+            self._degraded_said = True
+            log.warning(
+                "watching degraded: what is not watched is healed at its resource's interval",
+                extra={"node": self.node, "folder": what, "error": why},
+            )
+
+    # The listen thread: a desired row changed, or a resource was pinned here.
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(libpq_url(self.settings.database_url), autocommit=True, **CONNECT_ARGS) as conn:
+                    conn.execute(f"LISTEN {triggers.CHANNEL}")
+                    conn.execute(f"LISTEN {watches.CHANNEL}")
+                    self._want_resync()  # whatever changed while nobody listened
+                    while not self._stop.is_set():
+                        heard = conn.notifies(timeout=1.0, stop_after=1)
+                        if any(note.payload != watches.MARKED for note in heard):
+                            self._stop.wait(self.settings.watch_debounce_seconds)  # let a burst arrive
+                            self._want_resync()
+            except psycopg.Error as error:
+                log.warning("watch listen connection lost", extra={"error": str(error)})
+                self._stop.wait(1.0)
+
+    def _want_resync(self) -> None:
+        self._resync = True
+        self._wake.set()
+
+
+def start(settings: Settings) -> Watcher | None:
+    """A started watcher, unless SETPOINT_WATCH is off."""
+    if not settings.watch:
+        log.info("watching is off (SETPOINT_WATCH=false): changes are healed at each resource's interval")
+        return None
+    watcher = Watcher(settings)
+    watcher.start()
+    return watcher
