@@ -108,18 +108,20 @@ def test_describe_plan_reconcile_pause_and_resume(stack: dict, engine: Engine, u
     wait_for(lambda: ready_at(engine, unique, 1), 20, "ready")
     in_sync = setpoint(stack, "plan", "file", unique)
     assert "is in sync" in in_sync.stdout and in_sync.returncode == 0
+    # Paused (and so no longer watched), the tampering stays for plan to see and a reconcile only reports it.
+    assert setpoint(stack, "pause", "file", unique).returncode == 0
+    wait_for(lambda: (s := status(engine, unique)) and s["observed_generation"] == 2, 20, "pause observed")
     target.write_text("tampered")
+    assert setpoint(stack, "reconcile", "file", unique).returncode == 0
+    wait_for(lambda: (s := status(engine, unique)) and s["phase"] == "Drifted", 20, "drift reported while paused")
     planned = setpoint(stack, "plan", "file", unique)
     assert f"write 1 bytes to {target}" in planned.stdout and target.read_text() == "tampered", "plan acts on nothing"
     assert planned.returncode == 3, "changes pending: exit 3, as scripts can tell apart from 0 (in sync) and 1, 2"
-    described = setpoint(stack, "describe", "file", unique).stdout
-    assert "Ready=True" in described and "changed" in described and "write 1 bytes" in described
-    assert setpoint(stack, "pause", "file", unique).returncode == 0
-    assert setpoint(stack, "reconcile", "file", unique).returncode == 0
-    wait_for(lambda: (s := status(engine, unique)) and s["phase"] == "Drifted", 20, "drift reported while paused")
-    assert target.read_text() == "tampered"
     assert setpoint(stack, "resume", "file", unique).returncode == 0
     wait_for(lambda: target.read_text() == "x", 20, "healed once resumed")
+    wait_for(lambda: ready_at(engine, unique, 3), 20, "ready once resumed")
+    described = setpoint(stack, "describe", "file", unique).stdout
+    assert "Ready=True" in described and "changed" in described and "write 1 bytes" in described
 
 
 def test_kinds_lists_every_kind_and_its_fields(stack: dict) -> None:
