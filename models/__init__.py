@@ -1,10 +1,11 @@
 """Desired state, status and run history as SQLModel tables: the bottom layer, importing nothing above it."""
 
 from models.base import Resource, metadata
+from models.dependency import Dependency
 from models.file import File
 from models.node import Node
 from models.run import Run
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]
+__all__ = ["Dependency", "File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]

@@ -166,9 +166,14 @@ DROP FUNCTION IF EXISTS setpoint_stamp();
 """
 
 
-def attach(table: str, kind: str) -> str:
-    """The triggers that make `table` a kind named `kind` (run after creating the table)."""
-    return f"""
+def attach(table: str, kind: str, templated: tuple[str, ...] = ()) -> str:
+    """The triggers that make `table` a kind named `kind` (run after creating the table), with the links of
+    models/links.py: `templated` names the fields whose strings may reference other resources' outputs."""
+    from models import links
+
+    return (
+        links.attach(table, kind, templated)
+        + f"""
 CREATE TRIGGER setpoint_stamp BEFORE INSERT OR UPDATE ON {table}
     FOR EACH ROW EXECUTE FUNCTION setpoint_stamp('{kind}');
 CREATE TRIGGER setpoint_track AFTER INSERT OR UPDATE OR DELETE ON {table}
@@ -176,11 +181,14 @@ CREATE TRIGGER setpoint_track AFTER INSERT OR UPDATE OR DELETE ON {table}
 CREATE TRIGGER setpoint_wake AFTER INSERT OR UPDATE OR DELETE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION setpoint_wake();
 """
+    )
 
 
 def detach(table: str) -> str:
     """Undo attach(): drop the kind's triggers (its statuses stay until their rows are gone)."""
-    return "".join(
+    from models import links
+
+    return links.detach(table) + "".join(
         f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
         for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
     )
@@ -345,9 +353,10 @@ scheduler's role needs no right to write status columns."""
 SCHEDULER_FUNCTION_SIGNATURES = ("setpoint_mark_nodes_lost(double precision)",)
 
 
-def as_owner(signatures: tuple[str, ...], role: str) -> str:
+def as_owner(signatures: tuple[str, ...], role: str | None) -> str:
     """Make functions SECURITY DEFINER, their search path fixed to the tables' schema (pg_temp last, so nobody's
-    temporary table stands in for statuses), callable by `role` alone."""
+    temporary table stands in for statuses), callable by `role` alone (None: by their owner alone, as for trigger
+    functions: firing a trigger needs no right, attaching one to a table does)."""
     return "\n".join(
         f"""
 DO $$ BEGIN
@@ -356,8 +365,8 @@ DO $$ BEGIN
                     WHERE c.oid = 'statuses'::regclass));
 END $$;
 REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION {signature} TO {role};
 """
+        + (f"GRANT EXECUTE ON FUNCTION {signature} TO {role};\n" if role else "")
         for signature in signatures
     )
 

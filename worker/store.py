@@ -29,6 +29,10 @@ class Snapshot:
     locked: bool
     desired: dict[str, Any] | None
     status: dict[str, Any] | None
+    needs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The resources it depends on (worker/needs.py), each with whether it is ready and its outputs."""
+    dependents: list[str] = dataclasses.field(default_factory=list)
+    """The resources (Kind/name) that depend on it, deleting ones included: it is torn down after them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +67,21 @@ picked AS (
 )
 SELECT (SELECT locked FROM lock) AS locked,
        (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
-       (SELECT status FROM picked) AS status
+       (SELECT status FROM picked) AS status,
+       (SELECT jsonb_agg(jsonb_build_object(
+            'ref', d.on_kind || '/' || d.on_name,
+            'exists', s.kind IS NOT NULL AND s.deleted_at IS NULL,
+            'ready', COALESCE(s.ready AND s.observed_generation = s.generation AND s.deleted_at IS NULL, false),
+            'phase', s.phase,
+            'message', COALESCE(
+                (SELECT c ->> 'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c ->> 'type' = 'Ready'),
+                s.last_error, ''),
+            'generation', s.generation, 'observed_generation', s.observed_generation,
+            'outputs', s.outputs) ORDER BY d.on_kind, d.on_name)
+        FROM dependencies AS d LEFT JOIN statuses AS s ON s.kind = d.on_kind AND s.name = d.on_name
+        WHERE d.kind = :kind AND d.name = :name) AS needs,
+       (SELECT jsonb_agg(d.kind || '/' || d.name ORDER BY d.kind, d.name)
+        FROM dependencies AS d WHERE d.on_kind = :kind AND d.on_name = :name) AS dependents
 """
 
 
@@ -75,7 +93,7 @@ def _begin_statement(table: str) -> TextClause:
 
 def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
     row = conn.execute(_begin_statement(table), {"kind": kind, "name": name}).one()
-    return Snapshot(bool(row.locked), row.desired, row.status)
+    return Snapshot(bool(row.locked), row.desired, row.status, row.needs or [], row.dependents or [])
 
 
 def unlock(conn: Connection, kind: str, name: str) -> None:
@@ -92,7 +110,7 @@ WITH status AS (
     UPDATE statuses SET
         observed_generation = :observed_generation, ready = :ready,
         phase = CASE WHEN deleted_at IS NOT NULL THEN 'Deleting' ELSE :phase END,
-        conditions = :conditions, observed = :observed, drift = :drift,
+        conditions = :conditions, observed = :observed, drift = :drift, outputs = COALESCE(:outputs, outputs),
         consecutive_failures = :consecutive_failures, last_error = :last_error,
         last_reconcile_at = :finished_at, last_success_at = :last_success_at,
         interval_seconds = :interval_seconds,
@@ -100,6 +118,14 @@ WITH status AS (
         -- the due time is the database's clock plus an offset, so worker clocks never matter
         next_reconcile_at = CASE
             WHEN generation IS DISTINCT FROM :observed_generation OR (deleted_at IS NOT NULL AND NOT :deleting)
+            THEN now()
+            -- made due while we worked (a dependency became ready, a dependent went): that look is still owed
+            WHEN next_reconcile_at > picked_at THEN now()
+            -- we waited for dependencies that are all ready by now (their wake-up came before we started)
+            WHEN :waiting AND NOT EXISTS (
+                SELECT FROM dependencies AS d LEFT JOIN statuses AS n ON n.kind = d.on_kind AND n.name = d.on_name
+                WHERE d.kind = :kind AND d.name = :name AND NOT COALESCE(
+                    n.ready AND n.observed_generation = n.generation AND n.deleted_at IS NULL, false))
             THEN now()
             ELSE now() + make_interval(secs => :next_in_s) END,
         -- only the message holding the current claim frees it; an older or hand-sent one must not
@@ -116,7 +142,7 @@ WITH run AS ({_RUN})
 SELECT setpoint_teardown_done(:kind, :name), pg_advisory_unlock({LOCK_KEY})
 """
 
-_JSON = ("conditions", "observed", "drift", "actions")
+_JSON = ("conditions", "observed", "drift", "outputs", "actions")
 _FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON))
 _FINISH_DELETE_STATEMENT = text(_FINISH_DELETE).bindparams(bindparam("actions", type_=JSONB))
 

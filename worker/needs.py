@@ -1,0 +1,78 @@
+"""What a resource waits for: its dependencies as the reconcile's first statement read them (worker/store.py).
+
+A resource acts only when every resource it depends on (its `depends_on` and the references in its templated
+fields) exists, has observed its current generation and is ready, as Flux's `dependsOn`; until then it observes
+and reports (phase Waiting). A resource being deleted waits, in turn, until nothing depends on it any more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """One dependency's state: `ref` is `Kind/name`."""
+
+    ref: str
+    exists: bool
+    ready: bool
+    phase: str | None
+    message: str
+    outputs: dict[str, Any]
+    generation: int | None = None
+    observed_generation: int | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Need:
+        return cls(
+            row["ref"],
+            bool(row.get("exists")),
+            bool(row.get("ready")),
+            row.get("phase"),
+            row.get("message") or "",
+            row.get("outputs") or {},
+            row.get("generation"),
+            row.get("observed_generation"),
+        )
+
+    def why_not(self) -> str:
+        """Why it is not ready, as status says it: `File/app-conf: Invalid: path must be absolute`."""
+        if not self.exists:
+            return f"{self.ref}: being deleted" if self.phase == "Deleting" else f"{self.ref}: does not exist"
+        if self.observed_generation != self.generation:
+            return f"{self.ref}: {self.phase}: generation {self.generation} not yet observed"
+        return f"{self.ref}: {self.phase}: {self.message}".rstrip(": ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    """Why a resource does not act now: a condition's reason and message."""
+
+    reason: str
+    message: str
+
+
+def of(rows: Iterable[dict[str, Any]]) -> tuple[Need, ...]:
+    return tuple(Need.of(row) for row in rows)
+
+
+def hold(needs: tuple[Need, ...], unresolved: tuple[str, ...] = ()) -> Hold | None:
+    """Whether to hold back, and why, naming each dependency that is not ready and each reference not resolved."""
+    waiting = [need for need in needs if not need.ready]
+    if waiting:
+        missing = all(not need.exists and need.phase != "Deleting" for need in waiting)
+        reason = "DependencyMissing" if missing else "DependencyNotReady"
+        return Hold(reason, "waiting for " + "; ".join(need.why_not() for need in waiting))
+    if unresolved:
+        return Hold("ReferenceUnresolved", "cannot resolve " + "; ".join(unresolved))
+    return None
+
+
+def dependents_hold(dependents: list[str]) -> Hold | None:
+    """A resource being deleted waits for the resources that depend on it to be gone first."""
+    if not dependents:
+        return None
+    return Hold("DependentsExist", "waiting for dependents to be deleted first: " + ", ".join(dependents))
