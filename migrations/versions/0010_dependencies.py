@@ -46,13 +46,48 @@ def _kinds() -> list[tuple[str, str, str]]:
     return [(row.desired, row.relname, row.kind) for row in op.get_bind().execute(sa.text(KINDS))]
 
 
+MARK = "added by Setpoint migration 0010 (dependencies); its downgrade drops it"
+WITH_COLUMNS = MARK + ", and depends_on and owned_by"
+"""The comment on the constraint this migration adds to a kind's table, saying whether it added the columns too:
+a user's kind created from today's models.base.Resource has them already, from its own CreateTable, and the
+downgrade leaves those (a comment on the columns themselves would show in every `alembic check`)."""
+
+HAS = """
+SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) AND attname = 'depends_on'
+               AND NOT attisdropped) AS columns,
+       EXISTS (SELECT FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND conname = :c) AS size
+"""
+
+ADDED = """
+SELECT conname::text AS name, obj_description(oid, 'pg_constraint') = :with_columns AS columns FROM pg_constraint
+WHERE conrelid = CAST(:t AS regclass) AND obj_description(oid, 'pg_constraint') IN (:mark, :with_columns)
+"""
+
+
+def _add_columns(desired: str, relname: str) -> None:
+    has = op.get_bind().execute(sa.text(HAS), {"t": desired, "c": f"ck_{relname}_depends_on_size"}).one()
+    if not has.columns:
+        op.execute(f"ALTER TABLE {desired} ADD COLUMN depends_on text[] DEFAULT '{{}}'::text[] NOT NULL, "
+                   "ADD COLUMN owned_by varchar(320)")
+    if not has.size:
+        op.execute(f"ALTER TABLE {desired} ADD CONSTRAINT ck_{relname}_depends_on_size "
+                   f"CHECK (cardinality(depends_on) <= {MAX_DEPENDENCIES})")
+        mark = MARK if has.columns else WITH_COLUMNS
+        op.execute(f"COMMENT ON CONSTRAINT ck_{relname}_depends_on_size ON {desired} IS '{mark}'")
+
+
+def _drop_columns(desired: str) -> None:
+    params = {"t": desired, "mark": MARK, "with_columns": WITH_COLUMNS}
+    for added in op.get_bind().execute(sa.text(ADDED), params).all():
+        op.execute(f"ALTER TABLE {desired} DROP CONSTRAINT {added.name}")
+        if added.columns:
+            op.execute(f"ALTER TABLE {desired} DROP COLUMN depends_on, DROP COLUMN owned_by")
+
+
 def upgrade() -> None:
     kinds = _kinds()
     for desired, relname, _ in kinds:
-        op.execute(f"ALTER TABLE {desired} ADD COLUMN depends_on text[] DEFAULT '{{}}'::text[] NOT NULL, "
-                   "ADD COLUMN owned_by varchar(320)")
-        op.execute(f"ALTER TABLE {desired} ADD CONSTRAINT ck_{relname}_depends_on_size "
-                   f"CHECK (cardinality(depends_on) <= {MAX_DEPENDENCIES})")
+        _add_columns(desired, relname)
     op.create_table('dependencies',
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
@@ -70,7 +105,7 @@ def upgrade() -> None:
     op.execute(links.functions(MAX_DEPENDENCIES))
     op.execute(triggers.as_owner(links.AS_OWNER, None))
     for desired, relname, kind in kinds:
-        op.execute(links.attach(desired, kind, TEMPLATED.get(relname, ())))
+        op.execute(links.detach(desired) + links.attach(desired, kind, TEMPLATED.get(relname, ())))
     op.execute(f"GRANT SELECT ON dependencies TO {ROLES}")
     op.execute("GRANT UPDATE (outputs) ON statuses TO setpoint_worker")
 
@@ -90,6 +125,5 @@ def downgrade() -> None:
     op.drop_column('statuses', 'outputs')
     op.drop_index('ix_dependencies_on', table_name='dependencies')
     op.drop_table('dependencies')
-    for desired, relname, _ in kinds:
-        op.execute(f"ALTER TABLE {desired} DROP CONSTRAINT IF EXISTS ck_{relname}_depends_on_size, "
-                   "DROP COLUMN depends_on, DROP COLUMN owned_by")
+    for desired, _, _ in kinds:
+        _drop_columns(desired)
