@@ -202,3 +202,36 @@ def test_deleting_a_chain_in_one_statement_tears_it_down_leaves_first(
         ).scalars()
         assert list(order) == list(reversed(names))
     assert not any((tmp_path / name).exists() for name in names)
+
+
+def test_a_reference_to_an_output_that_does_not_exist_holds_the_resource_naming_it(
+    stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    conf = f"{unique}-conf"
+    _file(engine, conf, tmp_path / "app.conf")
+    _workload(engine, unique, [], env=f'{{"X": "{{{{ files/{conf}.outputs.colour }}}}"}}')
+    row = wait_for(
+        lambda: _waiting(engine, unique, "Workload", "ReferenceUnresolved", f"File/{conf} has no output 'colour'"),
+        20,
+        "held on the unresolved reference",
+    )
+    assert "(it publishes path, sha256)" in _ready_condition(row)["message"]
+    assert replicas_of(unique) == []
+
+
+def test_references_resolve_in_templated_fields_only_and_the_escape_writes_a_literal_brace_pair() -> None:
+    from models.file import File
+    from worker import references
+    from worker.needs import Need
+
+    needs = (Need("File/conf", True, True, "Ready", "", {"sha256": "abc", "n": 3}),)
+    desired = File(
+        name="x",
+        path="/srv/{{ File/conf.outputs.sha256 }}",  # not templated: left as written
+        content='sha={{ file/conf.outputs.sha256 }} n={{File/conf.outputs.n}} {{ "{{" }} jinja {{ user }}',
+    )
+    resolved = references.resolve(desired, needs)
+    assert resolved.unresolved == ()
+    assert resolved.desired.content == "sha=abc n=3 {{ jinja {{ user }}"
+    assert resolved.desired.path == "/srv/{{ File/conf.outputs.sha256 }}"
+    assert desired.content.startswith("sha={{")  # the row as the user wrote it is untouched
