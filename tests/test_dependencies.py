@@ -197,7 +197,9 @@ def test_deleting_a_chain_in_one_statement_tears_it_down_leaves_first(
     wait_for(lambda: all(status(engine, name) is None for name in names), 30, "all torn down")
     with engine.connect() as conn:
         order = conn.execute(
-            text("SELECT name FROM runs WHERE kind = 'File' AND name = ANY(:names) AND outcome = 'deleted' ORDER BY id"),
+            text(
+                "SELECT name FROM runs WHERE kind = 'File' AND name = ANY(:names) AND outcome = 'deleted' ORDER BY id"
+            ),
             {"names": names},
         ).scalars()
         assert list(order) == list(reversed(names))
