@@ -4,6 +4,7 @@ before its interval (an hour here), through real scheduler and worker processes 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from controllers import processes, shim, workload
 from models.database import make_engine
 from tests.conftest import (
     Process,
@@ -320,3 +322,79 @@ def test_beyond_the_folder_limit_watching_is_degraded_once_and_healing_waits_for
         assert stack.worker.output().count("watching degraded") == 1, "said once, not at every look"
         (folders[0] / "conf").write_text("tampered\n")  # the folder within the limit is watched still
         wait_for(lambda: (folders[0] / "conf").read_text() == "desired\n", 10, "watched file healed")
+
+
+def _exit_recorded_at(folder: Path, deadline_s: float) -> float:
+    """When the shim says its replica ended, read from its exit record as soon as it appears (the next reconcile
+    forgets it, so this looks every 2 ms rather than at wait_for's 50 ms)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for record in folder.glob("*.exit"):
+            with contextlib.suppress(OSError, ValueError):
+                return float(json.loads(record.read_text())["ended_at"])
+        time.sleep(0.002)
+    raise AssertionError(f"no exit record in {folder} within {deadline_s}s")
+
+
+def test_a_replica_killed_after_its_crash_window_is_replaced_within_a_quarter_second(watched: Stack) -> None:
+    """A replica that ran past the crash window (10 s) is no crash loop: its SIGKILL is replaced at once. Prints
+    the chain's timings from the kill: the shim's exit record, the reconcile that noticed it, the replacement
+    running (its record's time, written by its shim once it runs: the test's own polling does not count)."""
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    sql(
+        watched.engine,
+        "INSERT INTO workloads (name, command, replicas, interval_seconds) VALUES (:n, 'sleep 300', 1, :i)",
+        n=name,
+        i=HOUR,
+    )
+    wait_for(lambda: ready_at(watched.engine, name, 1, "Workload"), 30, "the replica running")
+    folder = (watched.state_dir / "workloads" / name).resolve()
+    wait_for(lambda: watched.watching(name, folder), 10, "replicas watched")
+    (victim,) = wait_for(lambda: len(found := replicas_of(name)) == 1 and found, 10, "one process")
+    window = workload.CRASH_WINDOW_S + 0.5
+    wait_for(lambda: time.time() - victim.create_time() > window, window + 5, "the replica past its crash window")
+    wait_for(lambda: settled(watched, name), 10, "no reconcile pending")
+    before = len(runs(watched.engine, name, "Workload"))
+    killed_at = time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    ended_at = _exit_recorded_at(folder, deadline_s=10)
+    (replacement,) = wait_for(
+        lambda: len(live := replicas_of(name)) == 1 and live[0].pid != victim.pid and live, 10, "replica replaced"
+    )
+    (record,) = [r for r in folder.glob("*.json") if json.loads(r.read_text())["pid"] == replacement.pid]
+    took_s = record.stat().st_mtime - killed_at  # the shim writes the record once the process runs
+    noticed = runs(watched.engine, name, "Workload")[before]
+    print(
+        f"SIGKILL -> exit recorded {(ended_at - killed_at) * 1000:.0f} ms, reconcile started "
+        f"{(noticed['started_at'].timestamp() - killed_at) * 1000:.0f} ms, replacement running "
+        f"{took_s * 1000:.0f} ms"
+    )
+    assert any("start replica 0" in action for action in noticed["actions"]), noticed
+    # What a user reads: the dead replica is not counted as running, and the replacement is, by its pid.
+    seen = wait_for(lambda: ready_at(watched.engine, name, 1, "Workload"), 10, "ready again")
+    alive = [r["pid"] for r in seen["observed"]["replicas"] if r["alive"]]
+    assert alive == [replacement.pid], seen["observed"]
+    assert took_s < 2.0, f"replaced {took_s:.3f} s after the kill"
+
+
+def test_an_exit_is_recorded_at_once_though_an_escaped_child_holds_the_log_pipe(tmp_path: Path) -> None:
+    """The exit record is what the watcher waits for: a child that left the replica's process group (and so
+    outlives it, holding its output pipe) must not hold it up for the log pump's drain (2 s)."""
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    state = str(tmp_path / "state")
+    command = "setsid sleep 60 & exec sleep 300"  # run by /bin/sh -c
+    replica = processes.start(state, name, 0, "v1", command, {"SETPOINT_WORKLOAD": name}, None, 0)
+    try:
+        wait_for(lambda: len(replicas_of(name)) == 2, 10, "the replica and its escaped child")
+        killed_at = time.time()
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGKILL)
+        ended_at = _exit_recorded_at(Path(replica.record).parent, deadline_s=10)
+        recorded_s = os.stat(processes.exit_file(Path(replica.record))).st_mtime - killed_at
+        print(f"SIGKILL -> exit recorded {recorded_s * 1000:.0f} ms with the pipe held")
+        assert ended_at - killed_at < 0.1
+        assert recorded_s < shim.PUMP_DRAIN_S / 2, f"exit recorded {recorded_s:.3f} s after the kill"
+    finally:
+        for process in replicas_of(name):
+            with contextlib.suppress(OSError):
+                process.kill()
