@@ -149,6 +149,17 @@ def test_a_deleted_folder_is_healed_at_once_and_watched_again(watched: Stack, tm
     wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
 
 
+def test_a_renamed_folder_is_healed_at_once_and_watched_again(watched: Stack, tmp_path: Path) -> None:
+    """The folder's inotify watch follows it to its new name: its own rename (IN_MOVE_SELF) must tell."""
+    target = tmp_path / "a" / "b" / "app.conf"
+    target.parent.mkdir(parents=True)
+    managed_file(watched, target)
+    os.rename(target.parent, tmp_path / "a" / "c")
+    wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "folder and file back")
+    target.write_text("tampered in the new folder\n")
+    wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
+
+
 def test_heal_latency_of_twenty_tampers(watched: Stack, tmp_path: Path) -> None:
     """Reports the median tamper-to-healed time (from the tamper to the healed file's mtime, so the test's own
     polling does not count); each heal must be far inside the hour's interval."""

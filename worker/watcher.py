@@ -8,6 +8,11 @@ since nobody watched while the worker was down. Level-triggered all the same: a 
 to the interval; so does a watch that cannot be kept (inotify's limit, SETPOINT_WATCH_MAX_FOLDERS, the observer
 thread gone), which the log says once. A filesystem that gives no events (NFS, FUSE) cannot be told from a quiet
 one: what lives there heals at its interval.
+
+A watched folder that is deleted or renamed is noticed (its own inotify event) and its resources are made due,
+then watched again where they belong. A folder further up renamed (the grandparent of a File, say) gives no event
+to the watch below it, which follows the moved folder: that is healed at the resource's interval, and the
+watches are placed again at the next `watch_resync_seconds`.
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ import threading
 import time
 
 import psycopg
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.events import DirMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
+from watchdog.observers.inotify_c import InotifyConstants, Mask
+from watchdog.observers.inotify_move_event_grouper import (
+    GroupedInotifyEvent,
+    InotifyMoveEventGrouper,
+    PathedInotifyEvent,
+)
 
 from models import triggers
 from models.database import CONNECT_ARGS, libpq_url, make_engine
@@ -67,6 +77,30 @@ def matches(watch: Watch, event_type: str, path: str) -> bool:
     return folder == watch.path and any(fnmatch.fnmatchcase(name, pattern) for pattern in watch.names)
 
 
+class _Emitter(InotifyEmitter):
+    """watchdog's inotify emitter, which also says when a watched folder itself is renamed (IN_MOVE_SELF, which
+    watchdog neither asks the kernel for nor reports): its watch follows the folder's inode to its new name, so
+    what should be at the old path is no longer watched, and is likely gone. Reported as the folder moved to
+    nowhere (`dest_path` empty)."""
+
+    def get_event_mask_from_filter(self) -> Mask:
+        return Mask(super().get_event_mask_from_filter() | InotifyConstants.IN_MOVE_SELF)
+
+    def build_and_queue_event(self, event: GroupedInotifyEvent, *, full_events: bool = False) -> None:
+        if isinstance(event, PathedInotifyEvent) and event.ev.is_move_self:
+            self.queue_event(DirMovedEvent(self._decode_path(event.path), ""))
+            return
+        super().build_and_queue_event(event, full_events=full_events)
+
+
+class _Observer(InotifyObserver):
+    """watchdog's inotify observer, with `_Emitter`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._emitter_class = _Emitter
+
+
 def _placed(event: str, key: Key, folder: str) -> None:
     log.debug(event, extra={"kind": key[0], "resource": key[1], "folder": folder})
 
@@ -80,7 +114,8 @@ class _Folder(FileSystemEventHandler):
         self.watches: dict[Key, tuple[Watch, ...]] = {}
         self.scheduled: ObservedWatch | None = None
         self.stale = False
-        """The folder itself was deleted: its inotify watch is dead, even if a folder of that name comes back."""
+        """The folder itself was deleted or renamed: its inotify watch is dead or follows it elsewhere, even if a
+        folder of that name comes back."""
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = [os.fsdecode(event.src_path)]
@@ -121,7 +156,7 @@ class Watcher:
         self._folders: dict[str, _Folder] = {}
         self._anchored: dict[Key, set[str]] = {}
         """Which folders each resource's watches are anchored in."""
-        self._observer: BaseObserver = Observer()
+        self._observer: BaseObserver = _Observer()
         self._degraded_said = False
         self._threads = [
             threading.Thread(target=self._run, name="setpoint-watcher", daemon=True),
@@ -265,7 +300,7 @@ class Watcher:
         if self._observer.is_alive() or self._stop.is_set():
             return
         self._degraded("the watchdog observer thread", "it stopped")
-        self._observer = Observer()
+        self._observer = _Observer()
         for folder in self._folders.values():
             folder.scheduled = None
         self._observer.start()
