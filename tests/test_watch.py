@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, text
 
 from controllers import processes, shim, workload
 from models.database import make_engine
+from setpoint.settings import Settings
 from tests.conftest import (
     Process,
     replicas_of,
@@ -31,7 +33,8 @@ from tests.conftest import (
     wait_for,
 )
 from tests.helpers import ready_at, runs, sql
-from worker import registry, watches
+from tests.test_metrics import metrics_port, sample, scrape
+from worker import metrics, registry, watcher, watches
 from worker.controller import Watch
 
 HOUR = 3600
@@ -331,6 +334,9 @@ def test_beyond_the_folder_limit_watching_is_degraded_once_and_healing_waits_for
         unwatched.write_text("tampered\n")
         wait_for(lambda: unwatched.read_text() == "desired\n", 15, "healed at its interval all the same")
         assert stack.worker.output().count("watching degraded") == 1, "said once, not at every look"
+        samples = scrape(metrics_port(stack.worker))
+        assert sample(samples, "setpoint_watch_degraded", node=socket.gethostname()) == 1
+        assert sample(samples, "setpoint_watched_folders", node=socket.gethostname()) == 1
         (folders[0] / "conf").write_text("tampered\n")  # the folder within the limit is watched still
         wait_for(lambda: (folders[0] / "conf").read_text() == "desired\n", 10, "watched file healed")
 
@@ -409,3 +415,23 @@ def test_an_exit_is_recorded_at_once_though_an_escaped_child_holds_the_log_pipe(
         for process in replicas_of(name):
             with contextlib.suppress(OSError):
                 process.kill()
+
+
+def test_a_dead_observer_is_said_once_and_replaced(watched: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """watchdog's observer thread gone, events are lost: the log says watching is degraded, once, and the watcher
+    starts a new observer within a second and looks at every resource it watches (what changed meanwhile)."""
+    url = watched.engine.url.render_as_string(hide_password=False)
+    node = f"observer-{uuid.uuid4().hex[:8]}"  # a node of its own: this watcher marks nothing of the stack's
+    keeper = watcher.Watcher(Settings(database_url=url, node=node))
+    caplog.set_level(logging.INFO, logger="setpoint.watch")
+    keeper.start()
+    try:
+        first = keeper._observer
+        first.stop()  # as if it died
+        wait_for(lambda: "watching restored" in caplog.text, 5, "a new observer")
+        assert keeper._observer is not first and keeper._observer.is_alive()
+        assert caplog.text.count("watching degraded") == 1, caplog.text
+        gauge = {s.labels["node"]: s.value for s in next(iter(metrics.WATCH_DEGRADED.collect())).samples}
+        assert gauge[node] == 0, "whole again"
+    finally:
+        keeper.stop()

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("setpoint.metrics")
@@ -45,6 +45,22 @@ RECONCILE_DURATION = Histogram(
     "How long a controller took to observe, plan and act on one resource.",
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=None,
+)
+# Set by the watcher in the main process alone (worker/watcher.py): "max" of one process's value is that value.
+WATCH_DEGRADED = Gauge(
+    "setpoint_watch_degraded",
+    "1 while some watched resource of this node goes unwatched (the folder limit or inotify's reached, the "
+    "watchdog observer restarted): those are healed at their interval only; 0 while watching is whole.",
+    ["node"],
+    multiprocess_mode="max",
+    registry=None,
+)
+WATCHED_FOLDERS = Gauge(
+    "setpoint_watched_folders",
+    "Folders this node's watcher keeps an inotify watch on (SETPOINT_WATCH_MAX_FOLDERS at most).",
+    ["node"],
+    multiprocess_mode="max",
     registry=None,
 )
 

@@ -37,7 +37,7 @@ from watchdog.observers.inotify_move_event_grouper import (
 from models import triggers
 from models.database import CONNECT_ARGS, libpq_url, make_engine
 from setpoint.settings import Settings
-from worker import registry, watches
+from worker import metrics, registry, watches
 from worker.controller import Watch
 from worker.watches import Key
 
@@ -54,6 +54,8 @@ RUNNING_RETRY_S = 0.05
 """How soon a resource that was being reconciled when its event came is marked again."""
 RUNNING_GIVE_UP_S = 300.0
 """After this, a resource still being reconciled is left to its interval."""
+OBSERVER_CHECK_S = 1.0
+"""How often the watcher thread looks whether watchdog's observer thread still runs, even when nothing happens."""
 
 
 def anchor(watch: Watch) -> str:
@@ -158,6 +160,7 @@ class Watcher:
         """Which folders each resource's watches are anchored in."""
         self._observer: BaseObserver = _Observer()
         self._degraded_said = False
+        metrics.WATCH_DEGRADED.labels(node=self.node).set(0)
         self._threads = [
             threading.Thread(target=self._run, name="setpoint-watcher", daemon=True),
             threading.Thread(target=self._listen, name="setpoint-watch-listen", daemon=True),
@@ -211,7 +214,8 @@ class Watcher:
         with self._lock:
             if self._pending:
                 return max(min(self._pending.values()) - time.monotonic(), 0.0)
-        return max(last_resync + self.settings.watch_resync_seconds - time.monotonic(), 0.0)
+        resync_in_s = last_resync + self.settings.watch_resync_seconds - time.monotonic()
+        return min(max(resync_in_s, 0.0), OBSERVER_CHECK_S)
 
     def _flush(self) -> None:
         now = time.monotonic()
@@ -276,8 +280,10 @@ class Watcher:
             elif folder.scheduled is None:
                 limit = self.settings.watch_max_folders
                 self._degraded(path, f"SETPOINT_WATCH_MAX_FOLDERS ({limit}) reached")
+        metrics.WATCHED_FOLDERS.labels(node=self.node).set(scheduled)
         if self._degraded_said and scheduled == len(self._folders) and self._observer.is_alive():
             self._degraded_said = False
+            metrics.WATCH_DEGRADED.labels(node=self.node).set(0)
             log.warning("watching restored", extra={"node": self.node, "folders": len(self._folders)})
 
     def _schedule(self, folder: _Folder) -> int:
@@ -310,6 +316,7 @@ class Watcher:
         """Say once (until watching is whole again) that it is degraded; healing goes on at each interval."""
         if not self._degraded_said:
             self._degraded_said = True
+            metrics.WATCH_DEGRADED.labels(node=self.node).set(1)
             log.warning(
                 "watching degraded: what is not watched is healed at its resource's interval",
                 extra={"node": self.node, "folder": what, "error": why},
