@@ -353,7 +353,7 @@ def _exit_recorded_at(folder: Path, deadline_s: float) -> float:
     raise AssertionError(f"no exit record in {folder} within {deadline_s}s")
 
 
-def test_a_replica_killed_after_its_crash_window_is_replaced_within_a_quarter_second(watched: Stack) -> None:
+def test_a_replica_killed_past_its_crash_window_is_replaced_at_once(watched: Stack) -> None:
     """A replica that ran past the crash window (10 s) is no crash loop: its SIGKILL is replaced at once. Prints
     the chain's timings from the kill: the shim's exit record, the reconcile that noticed it, the replacement
     running (its record's time, written by its shim once it runs: the test's own polling does not count)."""
@@ -380,7 +380,7 @@ def test_a_replica_killed_after_its_crash_window_is_replaced_within_a_quarter_se
     )
     (record,) = [r for r in folder.glob("*.json") if json.loads(r.read_text())["pid"] == replacement.pid]
     took_s = record.stat().st_mtime - killed_at  # the shim writes the record once the process runs
-    noticed = runs(watched.engine, name, "Workload")[before]
+    noticed = wait_for(lambda: (r := runs(watched.engine, name, "Workload")[before:]) and r[0], 10, "its run")
     print(
         f"SIGKILL -> exit recorded {(ended_at - killed_at) * 1000:.0f} ms, reconcile started "
         f"{(noticed['started_at'].timestamp() - killed_at) * 1000:.0f} ms, replacement running "
@@ -426,10 +426,10 @@ def test_a_dead_observer_is_said_once_and_replaced(watched: Stack, caplog: pytes
     caplog.set_level(logging.INFO, logger="setpoint.watch")
     keeper.start()
     try:
-        first = keeper._observer
+        first = keeper._folders.observer
         first.stop()  # as if it died
         wait_for(lambda: "watching restored" in caplog.text, 5, "a new observer")
-        assert keeper._observer is not first and keeper._observer.is_alive()
+        assert keeper._folders.observer is not first and keeper._folders.observer.is_alive()
         assert caplog.text.count("watching degraded") == 1, caplog.text
         gauge = {s.labels["node"]: s.value for s in next(iter(metrics.WATCH_DEGRADED.collect())).samples}
         assert gauge[node] == 0, "whole again"
