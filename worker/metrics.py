@@ -1,4 +1,5 @@
-"""Prometheus metrics of reconciles, gathered from every pool process and served by the worker's main process.
+"""Prometheus metrics of reconciles, gathered from every pool process and served by the worker's main process,
+and of the main process's watcher (whether watching is degraded, how many folders it watches).
 
 Under prefork each pool process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
 multiprocess mode) and the main process serves their sum. The main process sets the folder up before the
@@ -50,8 +51,8 @@ RECONCILE_DURATION = Histogram(
 # Set by the watcher in the main process alone (worker/watcher.py): "max" of one process's value is that value.
 WATCH_DEGRADED = Gauge(
     "setpoint_watch_degraded",
-    "1 while some watched resource of this node goes unwatched (the folder limit or inotify's reached, the "
-    "watchdog observer restarted): those are healed at their interval only; 0 while watching is whole.",
+    "1 while some watched resource of this node goes unwatched (SETPOINT_WATCH_MAX_FOLDERS or inotify's limit "
+    "reached; a moment while a dead observer is replaced): it is healed at its interval only. 0 when whole.",
     ["node"],
     multiprocess_mode="max",
     registry=None,
