@@ -163,6 +163,18 @@ def test_a_renamed_folder_is_healed_at_once_and_watched_again(watched: Stack, tm
     wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
 
 
+def test_a_renamed_grandparent_folder_is_healed_at_once(watched: Stack, tmp_path: Path) -> None:
+    """No event reaches the watch on the file's folder, which moves along: the folders above guard it."""
+    target = tmp_path / "a" / "b" / "app.conf"
+    target.parent.mkdir(parents=True)
+    managed_file(watched, target)
+    os.rename(tmp_path / "a", tmp_path / "d")
+    wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "folders and file back")
+    target.write_text("tampered in the new folder\n")
+    wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
+    (tmp_path / "d" / "b" / "app.conf").write_text("not ours any more\n")  # the old watch is gone with it
+
+
 def test_heal_latency_of_twenty_tampers(watched: Stack, tmp_path: Path) -> None:
     """Reports the median tamper-to-healed time (from the tamper to the healed file's mtime, so the test's own
     polling does not count); each heal must be far inside the hour's interval."""

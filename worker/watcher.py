@@ -11,9 +11,8 @@ says once and the gauge `setpoint_watch_degraded` shows while it lasts. A filesy
 FUSE) cannot be told from a quiet one: what lives there heals at its interval.
 
 A watched folder that is deleted or renamed is noticed (its own inotify event) and its resources are made due,
-then watched again where they belong. A folder further up renamed (the grandparent of a File, say) gives no event
-to the watch below it, which follows the moved folder: that is healed at the resource's interval, and the
-watches are placed again at the next `watch_resync_seconds`.
+then watched again where they belong; so is any folder above it (the folders above guard it: a rename of the
+grandparent of a File gives no event to the watch on the File's folder, which moves along with it).
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 A watch (worker/controller.py) names a path; inotify watches folders, so each watch is anchored in the folder that
 holds its path (or, with names, the folder itself), else in the nearest folder above that exists, so a deleted
-folder is noticed when it comes back. Exactly the folders with a watch anchored in them are watched, one inotify
-watch each, at most `max_folders` of them. A watched folder deleted or renamed is stale: its inotify watch is dead
-or follows the folder's inode elsewhere, so the next placing watches that path anew. The watcher (worker/watcher.py)
-says what to place and hears which resources an event concerns.
+folder is noticed when it comes back. Each folder above an anchor guards it: it is watched for its own deletion or
+rename alone (no event of its entries reaches Setpoint, so guarding a busy /tmp costs nothing), since a folder
+renamed higher up gives no event to the watch below, which follows it to its new name. Exactly the folders that
+anchor or guard a watch are watched, one inotify watch each, at most `max_folders` of them (guards are shared: a
+thousand files in /srv/app/* add three, for /srv/app, /srv and /). A watched folder deleted or renamed is stale:
+its inotify watch is dead or follows the folder's inode elsewhere, so the next placing watches that path anew. The
+watcher (worker/watcher.py) says what to place and hears which resources an event concerns.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from watchdog.events import DirMovedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.events import DirDeletedEvent, DirMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
 from watchdog.observers.inotify_c import InotifyConstants, Mask
@@ -48,6 +51,15 @@ def anchor(watch: Watch) -> str:
     return folder
 
 
+def guards(anchored: str) -> list[str]:
+    """The folders above an anchor, nearest first, up to the root."""
+    above = []
+    while anchored != os.path.dirname(anchored):
+        anchored = os.path.dirname(anchored)
+        above.append(anchored)
+    return above
+
+
 def matches(watch: Watch, event_type: str, path: str) -> bool:
     """Whether an event of `event_type` at `path` changes what `watch` names."""
     if event_type not in CHANGES:
@@ -67,6 +79,8 @@ class _Emitter(InotifyEmitter):
     nowhere (`dest_path` empty)."""
 
     def get_event_mask_from_filter(self) -> Mask:
+        if self._event_filter == set(SELF_ONLY):  # a guard: the folder's own deletion or rename, nothing else
+            return Mask(InotifyConstants.IN_DELETE_SELF | InotifyConstants.IN_MOVE_SELF)
         return Mask(super().get_event_mask_from_filter() | InotifyConstants.IN_MOVE_SELF)
 
     def build_and_queue_event(self, event: GroupedInotifyEvent, *, full_events: bool = False) -> None:
@@ -85,18 +99,26 @@ class _Observer(InotifyObserver):
         self._emitter_class = _Emitter
 
 
+SELF_ONLY = (DirDeletedEvent, DirMovedEvent)
+"""The event filter of a guard, which `_Emitter` watches for the folder's own deletion or rename alone."""
+
+
 def _placed(event: str, key: Key, folder: str) -> None:
     log.debug(event, extra={"kind": key[0], "resource": key[1], "folder": folder})
 
 
 class _Folder(FileSystemEventHandler):
-    """The handler for one watched folder: which resources' watches are anchored there."""
+    """The handler for one watched folder: which resources' watches are anchored there, and which it guards."""
 
     def __init__(self, path: str, fired: Callable[[set[Key]], None]) -> None:
         self.path = path
         self.fired = fired
         self.watches: dict[Key, tuple[Watch, ...]] = {}
+        self.guarded: set[Key] = set()
+        """Resources with a watch anchored below this folder."""
         self.scheduled: ObservedWatch | None = None
+        self.scheduled_whole = False
+        """Whether it is scheduled for every event (it anchors a watch), or for its own deletion or rename alone."""
         self.stale = False
         """The folder itself was deleted or renamed: its inotify watch is dead or follows it elsewhere, even if a
         folder of that name comes back."""
@@ -107,6 +129,8 @@ class _Folder(FileSystemEventHandler):
             paths.append(os.fsdecode(event.dest_path))
         if paths[0] == self.path and event.event_type in GONE:
             self.stale = True
+            if self.guarded:
+                self.fired(set(self.guarded))
         hit = {
             key
             for key, kept in list(self.watches.items())
@@ -131,6 +155,8 @@ class Folders:
         self._folders: dict[str, _Folder] = {}
         self._anchored: dict[Key, set[str]] = {}
         """Which folders each resource's watches are anchored in."""
+        self._guarded: dict[Key, set[str]] = {}
+        """Which folders guard each resource's anchors."""
         self.observer: BaseObserver = _Observer()
         self.scheduled = 0
         """How many folders are watched, as of the last placing."""
@@ -158,6 +184,8 @@ class Folders:
         for key in [key for key in self._anchored if key not in keys]:
             for path in self._anchored.pop(key):
                 self._unanchor(key, path)
+            for path in self._guarded.pop(key, set()):
+                self._unguard(key, path)
 
     def place(self, wanted: dict[Key, tuple[Watch, ...]]) -> bool:
         """Anchor each resource's watches where they belong now, and watch exactly the folders with a watch;
@@ -174,14 +202,25 @@ class Folders:
                     _placed("watching", key, path)
                 folder.watches[key] = tuple(here)
             self._anchored[key] = set(at)
+            above = {path for anchored in at for path in guards(anchored)}
+            for path in self._guarded.get(key, set()) - above:
+                self._unguard(key, path)
+            for path in above:
+                self._folder(path).guarded.add(key)
+            self._guarded[key] = above
         placed = True
         self.scheduled = sum(folder.scheduled is not None for folder in self._folders.values())
-        for path, folder in list(self._folders.items()):
-            if folder.scheduled is not None and (folder.stale or not folder.watches):
+        anchors = [(path, folder) for path, folder in self._folders.items() if folder.watches]
+        guards_only = [(path, folder) for path, folder in self._folders.items() if not folder.watches]
+        for path, folder in anchors + guards_only:  # within the limit, anchors first
+            needed = bool(folder.watches or folder.guarded)
+            if folder.scheduled is not None and (
+                folder.stale or not needed or folder.scheduled_whole != bool(folder.watches)
+            ):
                 self.observer.unschedule(folder.scheduled)
                 folder.scheduled, folder.stale = None, False
                 self.scheduled -= 1
-            if not folder.watches:
+            if not needed:
                 del self._folders[path]
             elif folder.scheduled is None and self.scheduled < self.max_folders:
                 placed = self._schedule(folder) and placed
@@ -194,10 +233,18 @@ class Folders:
         if folder is not None and folder.watches.pop(key, None) is not None:
             _placed("unwatching", key, path)
 
+    def _unguard(self, key: Key, path: str) -> None:
+        folder = self._folders.get(path)
+        if folder is not None:
+            folder.guarded.discard(key)
+
     def _schedule(self, folder: _Folder) -> bool:
         """Watch the folder; False if it is gone since anchored."""
+        whole = bool(folder.watches)
         try:
-            folder.scheduled = self.observer.schedule(folder, folder.path, recursive=False)
+            only = None if whole else list(SELF_ONLY)
+            folder.scheduled = self.observer.schedule(folder, folder.path, recursive=False, event_filter=only)
+            folder.scheduled_whole = whole
             self.scheduled += 1
         except FileNotFoundError:
             return False
