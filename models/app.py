@@ -29,7 +29,8 @@ class App(Resource, table=True):
         *json_limits("env", "environment variables"),
         check("jsonb_typeof(files) = 'object'", "files_object", "an object of absolute path to content"),
         check(
-            """NOT jsonb_path_exists(files, '$.keyvalue() ? (!(@.key starts with "/") || @.value.type() != "string")')""",
+            "NOT jsonb_path_exists(files, "
+            """'$.keyvalue() ? (!(@.key starts with "/") || @.value.type() != "string")')""",
             "files_paths",
             "an object of absolute path to content (a string)",
         ),

@@ -189,9 +189,13 @@ def detach(table: str) -> str:
     """Undo attach(): drop the kind's triggers (its statuses stay until their rows are gone)."""
     from models import links, ownership
 
-    return links.detach(table) + ownership.detach(table) + "".join(
-        f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
-        for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+    return (
+        links.detach(table)
+        + ownership.detach(table)
+        + "".join(
+            f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
+            for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+        )
     )
 
 
@@ -214,13 +218,16 @@ def revoke(table: str) -> str:
     """Undo grant() on a table that stays."""
     from models import ownership
 
-    return ownership.revoke(table) + f"""
+    return (
+        ownership.revoke(table)
+        + f"""
 REVOKE ALL ON {table} FROM setpoint_worker, setpoint_scheduler, setpoint_api;
 DO $$ BEGIN
     EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM setpoint_api, setpoint_worker',
                    pg_get_serial_sequence('{table}', 'id'));
 END $$;
 """
+    )
 
 
 TRACK_AS_OWNER = """
