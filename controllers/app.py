@@ -5,7 +5,8 @@ adding or removing one path renames no other), and one Workload named `web` like
 Files and whose environment has `CONFIG_SHA`: the config files' `{{ File/<name>.outputs.sha256 }}` in path order,
 joined by ','. Editing a file's content changes its digest, which rolls the replicas one at a time (a value the
 app's own `env` gives CONFIG_SHA is replaced). It writes nothing on the host itself: the owned resources do, each
-with its own controller, status and history, and the App is ready when they all are. Deleting the App deletes
+with its own controller, status and history, and the App is ready when they all are (a change of their
+phase or readiness makes it due at once, models/ownership.py). Deleting the App deletes
 them (its teardown waits until they are gone): the Workload first, since it depends on the Files.
 """
 
@@ -19,8 +20,6 @@ from models.app import App
 from worker import owned
 from worker.controller import Action, Controller, Health
 
-RECHECK_S = 1.0
-"""How soon to look again while an owned resource is not ready yet (its readiness does not wake the App)."""
 FAILING = ("Failed", "Invalid", "Degraded")
 """Phases of an owned resource that make the App degraded rather than progressing."""
 
@@ -110,9 +109,6 @@ class AppController(Controller[App, AppState]):
         said += [f"{o.ref}: {o.phase or 'Pending'}: {o.message}".rstrip(": ") for o in unready]
         failing = any(o.phase in FAILING for o in unready)
         return Health(False, "OwnedNotReady", "waiting for " + "; ".join(said), progressing=not failing)
-
-    def requeue_after(self, desired: App, actual: AppState) -> float | None:
-        return None if self.health(desired, actual).healthy else RECHECK_S
 
     def outputs(self, desired: App, actual: AppState) -> dict[str, Any]:
         return {

@@ -4,8 +4,8 @@ As Kubernetes' owner references: deleting an owner deletes what it owns, at any 
 teardown waits until all of it is gone (foreground deletion: the worker calls `setpoint_delete_owned` when it
 reconciles the owner's tombstone, worker/runtime.py). An owner whose `deletion_policy` is 'orphan' leaves what
 it owns in place, with `owned_by` cleared, in the statement that deletes it. An owned row edited by anyone else
-(its generation changes), or deleted, makes its owner due at once, which puts it back; an owned resource torn
-down makes its owner due too, which may be waiting for it.
+(its generation changes), or deleted, makes its owner due at once, which puts it back; an owned resource that
+becomes ready (or changes phase) or is torn down makes its owner due too, to report it or stop waiting for it.
 
 Least privilege: the worker's role may write a kind's table, but row-level security lets it touch only rows
 with `owned_by` set (a controller's own children), never the rows an admin wrote. Every other role keeps what
@@ -82,21 +82,39 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- An owned resource torn down (its tombstone goes): its owner may be waiting for it, or wants it back.
+-- An owned resource whose readiness or phase changed: its owner reports it at once. One torn down (its tombstone
+-- goes): its owner may be waiting for it, or wants it back.
 CREATE FUNCTION setpoint_wake_owner() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    owner text := OLD.last_desired ->> 'owned_by';
+    desired regclass;
+    owner text;
 BEGIN
-    UPDATE statuses SET next_reconcile_at = clock_timestamp()
-    WHERE kind = split_part(owner, '/', 1) AND name = substr(owner, strpos(owner, '/') + 1);
-    IF FOUND THEN
-        PERFORM pg_notify('{CHANNEL}', '');
+    IF TG_OP = 'DELETE' THEN
+        owner := OLD.last_desired ->> 'owned_by';
+    ELSE
+        SELECT k.desired INTO desired FROM setpoint_kind_tables() AS k WHERE k.kind = NEW.kind LIMIT 1;
+        IF desired IS NOT NULL THEN
+            EXECUTE format('SELECT owned_by FROM %s WHERE name = $1', desired) INTO owner USING NEW.name;
+        END IF;
+    END IF;
+    IF owner IS NOT NULL THEN
+        UPDATE statuses SET next_reconcile_at = clock_timestamp()
+        WHERE kind = split_part(owner, '/', 1) AND name = substr(owner, strpos(owner, '/') + 1)
+          AND (TG_OP = 'DELETE' OR deleted_at IS NULL);
+        IF FOUND THEN
+            PERFORM pg_notify('{CHANNEL}', '');
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER setpoint_wake_owner AFTER DELETE ON statuses FOR EACH ROW
     WHEN (OLD.last_desired ->> 'owned_by' IS NOT NULL)
+    EXECUTE FUNCTION setpoint_wake_owner();
+CREATE TRIGGER setpoint_wake_owner_of_ready AFTER UPDATE ON statuses FOR EACH ROW
+    WHEN (NEW.deleted_at IS NULL AND (NEW.phase IS DISTINCT FROM OLD.phase
+          OR COALESCE(NEW.ready AND NEW.observed_generation = NEW.generation, false)
+             IS DISTINCT FROM COALESCE(OLD.ready AND OLD.observed_generation = OLD.generation, false)))
     EXECUTE FUNCTION setpoint_wake_owner();
 """
 """Created by migration 0011."""
@@ -108,6 +126,7 @@ WORKER_FUNCTIONS = ("setpoint_delete_owned(text)",)
 """Run as their owner, callable by the worker's role alone."""
 
 DROP_FUNCTIONS = """
+DROP TRIGGER IF EXISTS setpoint_wake_owner_of_ready ON statuses;
 DROP TRIGGER IF EXISTS setpoint_wake_owner ON statuses;
 DROP FUNCTION IF EXISTS setpoint_wake_owner();
 DROP FUNCTION IF EXISTS setpoint_own();
