@@ -7,17 +7,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import pytest
+from psycopg import sql as pgsql
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from controllers import app as apps
 from models.app import App
-from tests.conftest import replicas_of, wait_for
+from models.database import libpq_url, make_engine
+from tests.conftest import replicas_of, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, runs, sql, status
 from worker import owned
 
@@ -264,3 +269,36 @@ def test_an_app_never_takes_over_a_row_that_is_not_its_own(
     wait_for(lambda: status(engine, unique, "App") is None, 30, "app torn down")
     assert _row(engine, "files", file) is not None  # deleting the app left the admin's row
     sql(engine, "DELETE FROM files WHERE name = :n", n=file)
+
+
+def test_an_app_is_reconciled_and_deleted_by_a_worker_logged_in_with_the_worker_role_alone(
+    fresh: dict[str, str], tmp_path: Path, unique: str
+) -> None:
+    """As a deployment runs it: the worker's user is a member of setpoint_worker, nothing more."""
+    admin_url = fresh["SETPOINT_DATABASE_URL"]
+    user, password = f"setpoint_worker_test_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE setpoint_worker").format(
+                pgsql.Identifier(user), pgsql.Literal(password)
+            )
+        )
+    worker_url = make_url(admin_url).set(username=user, password=password).render_as_string(hide_password=False)
+    engine = make_engine(admin_url)
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker({**fresh, "SETPOINT_DATABASE_URL": worker_url}, tmp_path / "worker.log")
+    try:
+        conf = tmp_path / "app.conf"
+        _app(engine, unique, {str(conf): "v1\n"})
+        wait_for(lambda: ready_at(engine, unique, 1, "App"), 30, "app ready")
+        assert [_config_sha(p) for p in replicas_of(unique)] == [_sha("v1\n")]
+        sql(engine, "DELETE FROM apps WHERE name = :n", n=unique)
+        wait_for(lambda: status(engine, unique, "App") is None, 30, "app and what it owns torn down")
+        assert replicas_of(unique) == [] and not conf.exists()
+        assert "Traceback" not in worker.output()
+    finally:
+        worker.stop()
+        scheduler.stop()
+        engine.dispose()
+        with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(user)))
