@@ -1,5 +1,6 @@
 """Desired state, status and run history as SQLModel tables: the bottom layer, importing nothing above it."""
 
+from models.app import App
 from models.base import Resource, metadata
 from models.dependency import Dependency
 from models.file import File
@@ -8,4 +9,4 @@ from models.run import Run
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["Dependency", "File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]
+__all__ = ["App", "Dependency", "File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]

@@ -169,10 +169,11 @@ DROP FUNCTION IF EXISTS setpoint_stamp();
 def attach(table: str, kind: str, templated: tuple[str, ...] = ()) -> str:
     """The triggers that make `table` a kind named `kind` (run after creating the table), with the links of
     models/links.py: `templated` names the fields whose strings may reference other resources' outputs."""
-    from models import links
+    from models import links, ownership
 
     return (
         links.attach(table, kind, templated)
+        + ownership.attach(table, kind)
         + f"""
 CREATE TRIGGER setpoint_stamp BEFORE INSERT OR UPDATE ON {table}
     FOR EACH ROW EXECUTE FUNCTION setpoint_stamp('{kind}');
@@ -186,34 +187,47 @@ CREATE TRIGGER setpoint_wake AFTER INSERT OR UPDATE OR DELETE ON {table}
 
 def detach(table: str) -> str:
     """Undo attach(): drop the kind's triggers (its statuses stay until their rows are gone)."""
-    from models import links
+    from models import links, ownership
 
-    return links.detach(table) + "".join(
-        f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
-        for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+    return (
+        links.detach(table)
+        + ownership.detach(table)
+        + "".join(
+            f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
+            for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+        )
     )
 
 
 def grant(table: str) -> str:
     """The roles' rights on a kind's table (run after attach()): the API changes desired state; workers and
-    the scheduler only read it. The status rows follow through setpoint_track, which runs as its owner."""
+    the scheduler only read it. The status rows follow through setpoint_track, which runs as its owner. Since
+    migration 0011 the worker may also write the rows a controller owns, and those alone (models/ownership.py)."""
+    from models import ownership
+
     return f"""
 GRANT SELECT ON {table} TO setpoint_worker, setpoint_scheduler;
 GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO setpoint_api;
 DO $$ BEGIN
     EXECUTE format('GRANT USAGE ON SEQUENCE %s TO setpoint_api', pg_get_serial_sequence('{table}', 'id'));
 END $$;
-"""
+""" + ownership.grant(table)
 
 
 def revoke(table: str) -> str:
     """Undo grant() on a table that stays."""
-    return f"""
+    from models import ownership
+
+    return (
+        ownership.revoke(table)
+        + f"""
 REVOKE ALL ON {table} FROM setpoint_worker, setpoint_scheduler, setpoint_api;
 DO $$ BEGIN
-    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM setpoint_api', pg_get_serial_sequence('{table}', 'id'));
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM setpoint_api, setpoint_worker',
+                   pg_get_serial_sequence('{table}', 'id'));
 END $$;
 """
+    )
 
 
 TRACK_AS_OWNER = """

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from setpoint.errors import InvalidSpec, LockLost, PermanentError, StaleConnection, UnknownKind
 from setpoint.settings import Settings
-from worker import metrics, needs, references, registry, store
+from worker import metrics, needs, owned, references, registry, store
 from worker.controller import Controller
 from worker.outcome import Result, Retry, status_update
 
@@ -203,7 +203,14 @@ def _run(
     """Drive the controller over one resource and record what came of it (which also unlocks)."""
     started = now()
     desired = controller.model.model_validate(snapshot.desired or status["last_desired"])
-    result = _drive(controller, desired, snapshot, deleting, lambda: store.holds_lock(conn, request.kind, request.name))
+    result = _drive(
+        controller,
+        desired,
+        snapshot,
+        deleting,
+        lambda: store.holds_lock(conn, request.kind, request.name),
+        lambda: store.delete_owned(conn, request.kind, request.name),
+    )
     finished_at = now()
     run = store.RunRecord(
         uid=status["uid"],
@@ -254,10 +261,12 @@ def _drive(
     snapshot: store.Snapshot,
     deleting: bool,
     still_locked: Callable[[], bool],
+    delete_owned: Callable[[], list[str]] = list,
 ) -> Result:
-    """Run the controller, held back while a dependency is not ready (or, deleting, while a dependent exists)."""
+    """Run the controller, held back while a dependency is not ready (or, deleting, while a resource it owns or a
+    dependent exists: what it owns is deleted first)."""
     if deleting:
-        waiting = needs.dependents_hold(snapshot.dependents)
+        waiting = owned.teardown_hold(delete_owned()) or needs.dependents_hold(snapshot.dependents)
         if waiting is not None:  # not torn down before what depends on it: nothing to observe meanwhile
             observed = (snapshot.status or {}).get("observed") or {}
             return Result("waiting", observed=observed, error=waiting.message, reason=waiting.reason)

@@ -177,6 +177,13 @@ def forget(conn: Connection, kind: str, name: str) -> None:
     conn.execute(text("SELECT setpoint_forget_orphan(:kind, :name)"), {"kind": kind, "name": name})
 
 
+def delete_owned(conn: Connection, kind: str, name: str) -> list[str]:
+    """Delete the rows a resource being torn down owns; what it owns that is still being torn down (Kind/name)."""
+    # The function runs as its owner: the worker's role may not delete desired rows itself.
+    left = conn.execute(text("SELECT setpoint_delete_owned(:owner)"), {"owner": f"{kind}/{name}"}).scalar()
+    return list(left or [])
+
+
 def pin(conn: Connection, kind: str, name: str, node: str) -> None:
     """Keep a host-local resource with this worker's node from now on; a resource already on a node stays there."""
     # The node's watcher hears it and starts watching the resource (worker/watches.py).
