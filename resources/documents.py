@@ -258,7 +258,7 @@ def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> 
     shown["message"] = (ready or {}).get("message") or shown.get("last_error") or ""
     shown.setdefault("phase", "Pending")
     shown.setdefault("ready", False)
-    shown.setdefault("outputs", {})
+    shown["outputs"] = shown.get("outputs") or {}
     observed = shown.get("observed_generation")
     if observed != desired["generation"]:
         if shown["ready"] or not shown["message"]:  # a failure's own message says more than this

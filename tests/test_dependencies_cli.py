@@ -348,3 +348,26 @@ def test_plan_resolves_references_as_the_worker_does_and_says_what_it_waits_for(
         f"cannot be planned until its references resolve: waiting for File/{unique}-later: does not exist"
         in " ".join(unresolved.stderr.split())
     )
+
+
+def test_a_resource_that_turns_invalid_keeps_the_outputs_it_last_published(
+    stack: dict, client: TestClient, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content, interval_seconds) VALUES (:n, :p, 'v1', :i)",
+        n=unique,
+        p=str(tmp_path / "conf"),
+        i=SLOW,
+    )
+    wait_for(lambda: ready_at(engine, unique, 1), 20, "ready")
+    published = {"path": str(tmp_path / "conf"), "sha256": hashlib.sha256(b"v1").hexdigest()}
+    assert status(engine, unique)["outputs"] == published
+    sql(engine, "UPDATE files SET path = :p WHERE name = :n", p=str(tmp_path), n=unique)  # a folder: Invalid
+    wait_for(
+        lambda: (s := status(engine, unique)) and s["phase"] == "Invalid" and s["observed_generation"] == 2,
+        20,
+        "invalid",
+    )
+    assert status(engine, unique)["outputs"] == published, "what dependents reference is not erased by a failure"
+    assert client.get(f"/v1/files/{unique}").json()["status"]["outputs"] == published

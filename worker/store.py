@@ -133,7 +133,8 @@ SELECT setpoint_teardown_done(:kind, :name), pg_advisory_unlock({LOCK_KEY})
 """
 
 _JSON = ("conditions", "observed", "drift", "outputs", "actions")
-_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON))
+# A failed run publishes no outputs (None): SQL NULL, so COALESCE keeps the last ones, not JSON null over them.
+_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB(none_as_null=k == "outputs")) for k in _JSON))
 _FINISH_DELETE_STATEMENT = text(_FINISH_DELETE).bindparams(bindparam("actions", type_=JSONB))
 
 
