@@ -32,6 +32,14 @@ SELECT COALESCE(s.phase, '{MISSING}') AS phase, {_READY} AS ready
 FROM (SELECT) AS one LEFT JOIN statuses AS s ON s.kind = :kind AND s.name = :name
 """
 
+_OWNING_TABLES = """
+SELECT k.kind, k.plural FROM setpoint_kinds() AS k
+WHERE EXISTS (SELECT FROM pg_attribute AS a
+              WHERE a.attrelid = to_regclass(k.plural) AND a.attname = 'owned_by' AND NOT a.attisdropped)
+ORDER BY k.kind
+"""
+"""Every kind's table that can hold owned resources (a user's kind made before migration 0010 may not)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Link:
@@ -110,7 +118,7 @@ def owner(conn: Connection, table: str, name: str) -> Link | None:
 
 def owned(conn: Connection, kind: str, name: str) -> tuple[Link, ...]:
     """The resources of every kind whose `owned_by` is this one, those being deleted included."""
-    tables = conn.execute(text("SELECT kind, plural FROM setpoint_kinds() ORDER BY kind")).all()
+    tables = conn.execute(text(_OWNING_TABLES)).all()
     if not tables:
         return ()
     rows = " UNION ALL ".join(
