@@ -1,4 +1,5 @@
-"""What a resource waits for: its dependencies as the reconcile's first statement read them (worker/store.py).
+"""What a resource waits for: its dependencies as the reconcile's first statement read them (worker/store.py),
+or as `read` reads them outside a reconcile (`setpoint plan`, `describe`, the REST API) with the same SQL.
 
 A resource acts only when every resource it depends on (its `depends_on` and the references in its templated
 fields) exists, has observed its current generation and is ready, as Flux's `dependsOn`; until then it observes
@@ -10,6 +11,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
+
+from sqlalchemy import Connection, text
+
+SELECT = """SELECT jsonb_agg(jsonb_build_object(
+            'ref', d.on_kind || '/' || d.on_name,
+            'exists', s.kind IS NOT NULL AND s.deleted_at IS NULL,
+            'ready', COALESCE(s.ready AND s.observed_generation = s.generation AND s.deleted_at IS NULL, false),
+            'phase', s.phase,
+            'message', COALESCE(
+                (SELECT c ->> 'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c ->> 'type' = 'Ready'),
+                s.last_error, ''),
+            'generation', s.generation, 'observed_generation', s.observed_generation,
+            'outputs', s.outputs) ORDER BY d.on_kind, d.on_name)
+        FROM dependencies AS d LEFT JOIN statuses AS s ON s.kind = d.on_kind AND s.name = d.on_name
+        WHERE d.kind = :kind AND d.name = :name"""
+"""The needs of resource :kind/:name as one JSON array (or NULL): a part of the reconcile's first statement."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +74,11 @@ class Hold:
 
 def of(rows: Iterable[dict[str, Any]]) -> tuple[Need, ...]:
     return tuple(Need.of(row) for row in rows)
+
+
+def read(conn: Connection, kind: str, name: str) -> tuple[Need, ...]:
+    """The needs of `kind`/`name` now, as a reconcile starting now would read them (without locking anything)."""
+    return of(conn.execute(text(SELECT), {"kind": kind, "name": name}).scalar() or [])
 
 
 def hold(needs: tuple[Need, ...], unresolved: tuple[str, ...] = ()) -> Hold | None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 
+from worker import needs
 from worker.outcome import StatusUpdate
 
 LOCK_KEY = "hashtextextended(:kind || '/' || :name, 0)"
@@ -68,18 +69,7 @@ picked AS (
 SELECT (SELECT locked FROM lock) AS locked,
        (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
        (SELECT status FROM picked) AS status,
-       (SELECT jsonb_agg(jsonb_build_object(
-            'ref', d.on_kind || '/' || d.on_name,
-            'exists', s.kind IS NOT NULL AND s.deleted_at IS NULL,
-            'ready', COALESCE(s.ready AND s.observed_generation = s.generation AND s.deleted_at IS NULL, false),
-            'phase', s.phase,
-            'message', COALESCE(
-                (SELECT c ->> 'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c ->> 'type' = 'Ready'),
-                s.last_error, ''),
-            'generation', s.generation, 'observed_generation', s.observed_generation,
-            'outputs', s.outputs) ORDER BY d.on_kind, d.on_name)
-        FROM dependencies AS d LEFT JOIN statuses AS s ON s.kind = d.on_kind AND s.name = d.on_name
-        WHERE d.kind = :kind AND d.name = :name) AS needs,
+       ({needs}) AS needs,
        (SELECT jsonb_agg(d.kind || '/' || d.name ORDER BY d.kind, d.name)
         FROM dependencies AS d WHERE d.on_kind = :kind AND d.on_name = :name) AS dependents
 """
@@ -88,7 +78,7 @@ SELECT (SELECT locked FROM lock) AS locked,
 @functools.cache
 def _begin_statement(table: str) -> TextClause:
     """Built once per kind: a reconcile's hot path compiles nothing."""
-    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table))
+    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table, needs=needs.SELECT))
 
 
 def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
@@ -143,7 +133,8 @@ SELECT setpoint_teardown_done(:kind, :name), pg_advisory_unlock({LOCK_KEY})
 """
 
 _JSON = ("conditions", "observed", "drift", "outputs", "actions")
-_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON))
+# A failed run publishes no outputs (None): SQL NULL, so COALESCE keeps the last ones, not JSON null over them.
+_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB(none_as_null=k == "outputs")) for k in _JSON))
 _FINISH_DELETE_STATEMENT = text(_FINISH_DELETE).bindparams(bindparam("actions", type_=JSONB))
 
 
