@@ -136,6 +136,7 @@ class Resource(SQLModel):
     owned_by: str | None = Field(
         default=None,
         max_length=320,
+        index=True,
         description="The resource (Kind/name) that manages this one: deleting it deletes this too.",
     )
     # JSON columns track edits of their top-level keys only: reassign a nested value to change it.

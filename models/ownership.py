@@ -137,8 +137,9 @@ DROP FUNCTION IF EXISTS setpoint_kind_tables();
 
 
 def attach(table: str, kind: str) -> str:
-    """The ownership triggers on a kind's table (part of triggers.attach). Before migration 0011 has run (its own
-    migrations' time) it does nothing: 0011 attaches them to every kind there is."""
+    """The ownership triggers on a kind's table (part of triggers.attach), and the index that finds what an owner
+    owns (CreateTable makes none). Before migration 0011 has run (its own migrations' time) the triggers are not
+    made: 0011 attaches them to every kind there is."""
     return f"""
 DO $$ BEGIN
     IF to_regproc('setpoint_own') IS NOT NULL THEN
@@ -148,13 +149,14 @@ DO $$ BEGIN
         CREATE TRIGGER setpoint_own_deleted AFTER DELETE ON {table} FOR EACH ROW
             WHEN (OLD.owned_by IS NOT NULL OR OLD.deletion_policy = 'orphan')
             EXECUTE FUNCTION setpoint_own('{kind}');
+        CREATE INDEX IF NOT EXISTS ix_{table}_owned_by ON {table} (owned_by);
     END IF;
 END $$;
 """
 
 
 def detach(table: str) -> str:
-    return "".join(
+    return f"DROP INDEX IF EXISTS ix_{table}_owned_by;\n" + "".join(
         f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n" for trigger in ("setpoint_own_deleted", "setpoint_own_edited")
     )
 
