@@ -6,7 +6,8 @@ from models.dependency import Dependency
 from models.file import File
 from models.node import Node
 from models.run import Run
+from models.secret import Secret
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["App", "Dependency", "File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]
+__all__ = ["App", "Dependency", "File", "Node", "Resource", "Run", "Secret", "Status", "Workload", "metadata"]

@@ -94,7 +94,10 @@ class Resource(SQLModel):
     templated: ClassVar[tuple[str, ...]] = ()
     """The fields whose strings may reference other resources' outputs (`{{ File/app-conf.outputs.sha256 }}`),
     resolved at each reconcile (worker/references.py); the kind's migration passes the same names to
-    `links.attach` (models/links.py) so that each reference is a dependency too."""
+    `triggers.attach` (models/links.py) so that each reference is a dependency too."""
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+    """The fields that hold a secret's name (a server's URL, a password): the kind's migration passes them to
+    `triggers.attach` too, so a changed value makes the resource due at once (models/secret.py)."""
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=253, unique=True, nullable=False, schema_extra={"pattern": NAME_PATTERN})

@@ -23,6 +23,10 @@ KEY_PATTERN = r"[A-Za-z0-9_][-A-Za-z0-9_]*"
 REFERENCE = rf"\{{\{{ *({KIND_PATTERN}/{NAME_PART})\.outputs\.({KEY_PATTERN}) *\}}\}}"
 """A reference to another resource's output in a templated field; spaces (not tabs or newlines) may pad it.
 The same regular expression in PostgreSQL (which takes it as an ARE) and in Python (worker/references.py)."""
+SECRET_REFERENCE = rf"\{{\{{ *(?:[Ss]ecrets?)/({NAME_PART}) *\}}\}}"
+"""A secret's value in a templated field: `{{ Secret/db-password }}` (models/secret.py), resolved by the worker."""
+SECRET_FIELD = "secret:"
+"""A link trigger argument naming a column that holds a secret's name (`secret:server`): a dependency on it."""
 ESCAPE = '{{ "{{" }}'
 """How a templated field writes a literal `{{` that would otherwise start a reference."""
 
@@ -47,6 +51,9 @@ BEGIN
     END IF;
     SELECT k.kind INTO canonical FROM setpoint_kinds() AS k
     WHERE lower(k.kind) = lower(spelled) OR k.plural = lower(spelled) ORDER BY k.kind LIMIT 1;
+    IF lower(spelled) IN ('secret', 'secrets') THEN
+        canonical := 'Secret';  -- not a kind: a row of `secrets`, ready once it exists
+    END IF;
     IF canonical IS NULL THEN
         RAISE EXCEPTION '%: % names an unknown kind %; known kinds: %', p_field, quote_literal(p_ref),
             quote_literal(spelled), (SELECT string_agg(k.kind || ' (' || k.plural || ')', ', ' ORDER BY k.kind)
@@ -93,9 +100,19 @@ DECLARE
     cycle text[];
 BEGIN
     FOREACH field IN ARRAY TG_ARGV[1:] LOOP  -- a reference in a templated field is a dependency too
+        IF field LIKE '{SECRET_FIELD}%' THEN  -- a column naming a secret
+            field := substr(field, {len(SECRET_FIELD) + 1});
+            IF to_jsonb(NEW) ->> field IS NOT NULL THEN
+                wanted := wanted || setpoint_reference('Secret/' || (to_jsonb(NEW) ->> field), TG_TABLE_NAME, field);
+            END IF;
+            CONTINUE;
+        END IF;
         wanted := wanted || ARRAY(
             SELECT setpoint_reference(m[1], TG_TABLE_NAME, field)
             FROM regexp_matches((to_jsonb(NEW) -> field)::text, '{REFERENCE}', 'g') AS m);
+        wanted := wanted || ARRAY(
+            SELECT 'Secret/' || m[1]
+            FROM regexp_matches((to_jsonb(NEW) -> field)::text, '{SECRET_REFERENCE}', 'g') AS m);
     END LOOP;
     wanted := ARRAY(SELECT DISTINCT w FROM unnest(wanted) AS w ORDER BY 1);
     had := ARRAY(SELECT on_kind || '/' || on_name FROM dependencies
@@ -182,10 +199,12 @@ def functions(max_dependencies: int) -> str:
     return FUNCTIONS.replace("{max_dependencies}", str(max_dependencies))
 
 
-def attach(table: str, kind: str, templated: tuple[str, ...] = ()) -> str:
-    """Link a kind's table (after triggers.attach): canonical references, the graph, cycles refused. Before
-    migration 0010 has run (its own migrations' time) it does nothing: 0010 links every kind there is."""
-    args = ", ".join(f"'{arg}'" for arg in (kind, *templated))
+def attach(table: str, kind: str, templated: tuple[str, ...] = (), secret_fields: tuple[str, ...] = ()) -> str:
+    """Link a kind's table (after triggers.attach): canonical references, the graph, cycles refused; `templated`
+    fields may reference outputs and secrets, `secret_fields` hold a secret's name. Before migration 0010 has run
+    (its own migrations' time) it does nothing: 0010 links every kind there is."""
+    secrets = tuple(SECRET_FIELD + field for field in secret_fields)
+    args = ", ".join(f"'{arg}'" for arg in (kind, *templated, *secrets))
     return f"""
 DO $$ BEGIN
     IF to_regproc('setpoint_track_links') IS NOT NULL THEN

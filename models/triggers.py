@@ -166,13 +166,14 @@ DROP FUNCTION IF EXISTS setpoint_stamp();
 """
 
 
-def attach(table: str, kind: str, templated: tuple[str, ...] = ()) -> str:
+def attach(table: str, kind: str, templated: tuple[str, ...] = (), secret_fields: tuple[str, ...] = ()) -> str:
     """The triggers that make `table` a kind named `kind` (run after creating the table), with the links of
-    models/links.py: `templated` names the fields whose strings may reference other resources' outputs."""
+    models/links.py: `templated` names the fields whose strings may reference other resources' outputs and
+    secrets, `secret_fields` those holding a secret's name."""
     from models import links, ownership
 
     return (
-        links.attach(table, kind, templated)
+        links.attach(table, kind, templated, secret_fields)
         + ownership.attach(table, kind)
         + f"""
 CREATE TRIGGER setpoint_stamp BEFORE INSERT OR UPDATE ON {table}

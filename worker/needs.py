@@ -16,15 +16,18 @@ from sqlalchemy import Connection, text
 
 SELECT = """SELECT jsonb_agg(jsonb_build_object(
             'ref', d.on_kind || '/' || d.on_name,
-            'exists', s.kind IS NOT NULL AND s.deleted_at IS NULL,
-            'ready', COALESCE(s.ready AND s.observed_generation = s.generation AND s.deleted_at IS NULL, false),
-            'phase', s.phase,
+            -- a secret has no status: it is ready once it exists (its value is never read here)
+            'exists', s.kind IS NOT NULL AND s.deleted_at IS NULL OR k.name IS NOT NULL,
+            'ready', COALESCE(s.ready AND s.observed_generation = s.generation AND s.deleted_at IS NULL, false)
+                     OR k.name IS NOT NULL,
+            'phase', CASE WHEN k.name IS NOT NULL THEN 'Set' ELSE s.phase END,
             'message', COALESCE(
                 (SELECT c ->> 'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c ->> 'type' = 'Ready'),
                 s.last_error, ''),
             'generation', s.generation, 'observed_generation', s.observed_generation,
             'outputs', s.outputs) ORDER BY d.on_kind, d.on_name)
         FROM dependencies AS d LEFT JOIN statuses AS s ON s.kind = d.on_kind AND s.name = d.on_name
+        LEFT JOIN secrets AS k ON d.on_kind = 'Secret' AND k.name = d.on_name
         WHERE d.kind = :kind AND d.name = :name"""
 """The needs of resource :kind/:name as one JSON array (or NULL): a part of the reconcile's first statement."""
 

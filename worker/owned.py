@@ -11,28 +11,16 @@ worker's role every write to an unowned row, and `ApplyOwned` says whose the row
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
-from models.database import make_engine
-from setpoint import settings as config
 from setpoint.errors import PermanentError, TransientError
 from worker import needs, registry
 from worker.controller import Action
-
-_engine: tuple[int, Engine] | None = None
-
-
-def engine() -> Engine:
-    """The worker's engine for owned rows, made in the process that uses it (never shared across a fork)."""
-    global _engine
-    if _engine is None or _engine[0] != os.getpid():
-        _engine = (os.getpid(), make_engine(config.get().database_url, pool_size=1, max_overflow=2))
-    return _engine[1]
+from worker.side_engine import engine
 
 
 class OwnedElsewhere(PermanentError):

@@ -1,7 +1,8 @@
 """References to other resources' outputs in templated fields: `{{ File/app-conf.outputs.sha256 }}`.
 
 Resolved at each reconcile from the outputs its dependencies published (worker/needs.py); the desired row keeps
-what the user wrote, and the controller sees the resolved value. `{{ "{{" }}` writes a literal `{{`; any other
+what the user wrote, and the controller sees the resolved value; `{{ Secret/NAME }}` is a secret's value
+(worker/secrets.py), never written anywhere. `{{ "{{" }}` writes a literal `{{`; any other
 text, `{{ name }}` of a Jinja template among it, stays as it is. The kind may be spelled as the CLI takes it
 (`file`, `File`, `files`); the database made each reference a dependency (models/links.py), so a resource whose
 references cannot be resolved yet is waiting, not failing.
@@ -15,11 +16,11 @@ import re
 from typing import Any
 
 from models.base import Resource
-from models.links import REFERENCE
-from worker import registry
+from models.links import REFERENCE, SECRET_REFERENCE
+from worker import registry, secrets
 from worker.needs import Need
 
-_PATTERN = re.compile(r'(?P<escape>\{\{ *"\{\{" *\}\})|' + REFERENCE)
+_PATTERN = re.compile(r'(?P<escape>\{\{ *"\{\{" *\}\})|(?P<secret>' + SECRET_REFERENCE + ")|" + REFERENCE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +48,20 @@ def _text(value: Any) -> str:
 def resolve(desired: Resource, needs: tuple[Need, ...]) -> Resolved:
     """Replace every reference in the kind's templated fields with the output it names."""
     outputs = {need.ref: need.outputs for need in needs}
+    existing = {need.ref for need in needs if need.exists}
     unresolved: list[str] = []
 
     def substitute(text: str) -> str:
         def one(match: re.Match[str]) -> str:
             if match.group("escape"):
                 return "{{"
-            ref, key = canonical(match.group(2)), match.group(3)
+            if match.group("secret"):
+                name = match.group(3)
+                if f"Secret/{name}" in existing:  # the database made it a dependency
+                    return secrets.value(name)
+                unresolved.append(f"{match.group(0)}: secret {name!r} does not exist")
+                return match.group(0)
+            ref, key = canonical(match.group(4)), match.group(5)
             published = outputs.get(ref)
             if published is None:
                 unresolved.append(f"{match.group(0)}: {ref} is not among its dependencies' outputs yet")

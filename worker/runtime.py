@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from setpoint.errors import InvalidSpec, LockLost, PermanentError, StaleConnection, UnknownKind
 from setpoint.settings import Settings
-from worker import metrics, needs, owned, references, registry, store
+from worker import metrics, needs, owned, references, registry, secrets, store
 from worker.controller import Controller
 from worker.outcome import Result, Retry, status_update
 
@@ -203,14 +203,16 @@ def _run(
     """Drive the controller over one resource and record what came of it (which also unlocks)."""
     started = now()
     desired = controller.model.model_validate(snapshot.desired or status["last_desired"])
-    result = _drive(
-        controller,
-        desired,
-        snapshot,
-        deleting,
-        lambda: store.holds_lock(conn, request.kind, request.name),
-        lambda: store.delete_owned(conn, request.kind, request.name),
-    )
+    with secrets.recording() as used:
+        result = _drive(
+            controller,
+            desired,
+            snapshot,
+            deleting,
+            lambda: store.holds_lock(conn, request.kind, request.name),
+            lambda: store.delete_owned(conn, request.kind, request.name),
+        )
+    result = _scrubbed(result, used)
     finished_at = now()
     run = store.RunRecord(
         uid=status["uid"],
@@ -281,6 +283,20 @@ def _drive(
         still_locked=still_locked,
         hold=hold,
         plan=not resolved.unresolved,
+    )
+
+
+def _scrubbed(result: Result, used: set[str]) -> Result:
+    """The result without any secret value read while it was made: what status, history and logs may hold."""
+    if not used:
+        return result
+    return dataclasses.replace(
+        result,
+        actions=tuple(secrets.scrub(list(result.actions), used)),
+        drift=tuple(secrets.scrub(list(result.drift), used)),
+        observed=secrets.scrub(result.observed, used),
+        error=secrets.scrub(result.error, used),
+        outputs=secrets.scrub(result.outputs, used),
     )
 
 
