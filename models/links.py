@@ -68,11 +68,10 @@ DECLARE
     ref text;
     canonical text;
     kept text[] := '{{}}';
+    chain text[];
+    owner text;
+    owner_table text;
 BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.depends_on IS NOT DISTINCT FROM OLD.depends_on
-            AND NEW.owned_by IS NOT DISTINCT FROM OLD.owned_by THEN
-        RETURN NEW;
-    END IF;
     FOREACH ref IN ARRAY COALESCE(NEW.depends_on, '{{}}') LOOP
         canonical := setpoint_reference(ref, TG_TABLE_NAME, 'depends_on');
         IF canonical = TG_ARGV[0] || '/' || NEW.name THEN
@@ -87,6 +86,39 @@ BEGIN
     NEW.depends_on := kept;
     IF NEW.owned_by IS NOT NULL THEN
         NEW.owned_by := setpoint_reference(NEW.owned_by, TG_TABLE_NAME, 'owned_by');
+        -- Ownership never loops: a resource owned by itself, or by something it owns, could never be deleted.
+        chain := ARRAY[TG_ARGV[0] || '/' || NEW.name];
+        owner := NEW.owned_by;
+        WHILE owner IS NOT NULL AND cardinality(chain) <= 64 LOOP
+            chain := chain || owner;
+            IF owner = chain[1] THEN
+                RAISE EXCEPTION 'ownership cycle: %', array_to_string(chain, ' owned by ')
+                    USING ERRCODE = 'check_violation', CONSTRAINT = format('ck_%s_owned_by_cycle', TG_TABLE_NAME);
+            END IF;
+            SELECT k.plural INTO owner_table FROM setpoint_kinds() AS k WHERE k.kind = split_part(owner, '/', 1);
+            EXIT WHEN owner_table IS NULL;
+            EXECUTE format('SELECT owned_by FROM %I WHERE name = $1', owner_table)
+                INTO owner USING substr(owner, strpos(owner, '/') + 1);
+        END LOOP;
+    END IF;
+    -- A controller (the worker's role) writes rows owned by a live owner, and never gives a row another owner:
+    -- it cannot take over another's row, nor make one an admin's.
+    IF (TG_OP = 'INSERT' OR NEW.owned_by IS DISTINCT FROM OLD.owned_by)
+            AND pg_has_role(current_user, 'setpoint_worker', 'USAGE')
+            AND NOT pg_has_role(current_user, 'setpoint_api', 'USAGE')
+            AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        IF TG_OP = 'UPDATE' THEN
+            RAISE EXCEPTION 'owned_by: a controller cannot change the owner of %/% (% to %)',
+                TG_ARGV[0], NEW.name, OLD.owned_by, NEW.owned_by
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF NEW.owned_by IS NULL OR NOT EXISTS (SELECT FROM statuses AS s
+                WHERE s.kind = split_part(NEW.owned_by, '/', 1)
+                  AND s.name = substr(NEW.owned_by, strpos(NEW.owned_by, '/') + 1) AND s.deleted_at IS NULL) THEN
+            RAISE EXCEPTION 'owned_by: a controller may create %/% only for a live owner, not %',
+                TG_ARGV[0], NEW.name, COALESCE(NEW.owned_by, 'nobody')
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
     END IF;
     RETURN NEW;
 END $$;
@@ -107,6 +139,7 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
+        CONTINUE WHEN strpos((to_jsonb(NEW) -> field)::text, '{{{{') = 0;
         wanted := wanted || ARRAY(
             SELECT setpoint_reference(m[1], TG_TABLE_NAME, field)
             FROM regexp_matches((to_jsonb(NEW) -> field)::text, '{REFERENCE}', 'g') AS m);
@@ -124,7 +157,14 @@ BEGIN
         RAISE EXCEPTION '% depends on % resources; at most {{max_dependencies}}', me, cardinality(wanted)
             USING ERRCODE = 'check_violation', CONSTRAINT = format('ck_%s_depends_on_size', TG_TABLE_NAME);
     END IF;
-    -- One graph change at a time: two transactions each adding half of a cycle would both pass otherwise.
+    -- One graph change at a time: two transactions each adding half of a cycle would both pass otherwise; and
+    -- the walk below must see the other's committed edges, which a REPEATABLE READ snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'change dependencies of % in a READ COMMITTED transaction (this one is %)', me,
+            upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A cycle check cannot see what concurrent transactions commit under a snapshot.';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('setpoint dependencies', 0));
     DELETE FROM dependencies WHERE kind = TG_ARGV[0] AND name = NEW.name;
     INSERT INTO dependencies (kind, name, on_kind, on_name)
@@ -201,22 +241,31 @@ def functions(max_dependencies: int) -> str:
 
 def attach(table: str, kind: str, templated: tuple[str, ...] = (), secret_fields: tuple[str, ...] = ()) -> str:
     """Link a kind's table (after triggers.attach): canonical references, the graph, cycles refused; `templated`
-    fields may reference outputs and secrets, `secret_fields` hold a secret's name. Before migration 0010 has run
-    (its own migrations' time) it does nothing: 0010 links every kind there is."""
+    fields may reference outputs and secrets, `secret_fields` hold a secret's name. An UPDATE that changes none
+    of these columns fires nothing (a statement updating 100,000 labels pays no link). Before migration 0010 has
+    run (its own migrations' time) it does nothing: 0010 links every kind there is."""
     secrets = tuple(SECRET_FIELD + field for field in secret_fields)
     args = ", ".join(f"'{arg}'" for arg in (kind, *templated, *secrets))
+    linked = ["depends_on", *templated, *secret_fields]
+    links_changed = " OR ".join(f'OLD."{c}" IS DISTINCT FROM NEW."{c}"' for c in linked)
     return f"""
 DO $$ BEGIN
     IF to_regproc('setpoint_track_links') IS NOT NULL THEN
-        CREATE TRIGGER setpoint_refs BEFORE INSERT OR UPDATE ON {table}
+        CREATE TRIGGER setpoint_refs BEFORE INSERT ON {table}
             FOR EACH ROW EXECUTE FUNCTION setpoint_refs({args});
-        CREATE TRIGGER setpoint_track_links AFTER INSERT OR UPDATE ON {table}
+        CREATE TRIGGER setpoint_refs_changed BEFORE UPDATE ON {table} FOR EACH ROW
+            WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on OR OLD.owned_by IS DISTINCT FROM NEW.owned_by)
+            EXECUTE FUNCTION setpoint_refs({args});
+        CREATE TRIGGER setpoint_track_links AFTER INSERT ON {table}
             FOR EACH ROW EXECUTE FUNCTION setpoint_track_links({args});
+        CREATE TRIGGER setpoint_track_links_changed AFTER UPDATE ON {table} FOR EACH ROW
+            WHEN ({links_changed})
+            EXECUTE FUNCTION setpoint_track_links({args});
     END IF;
 END $$;
 """
 
 
 def detach(table: str) -> str:
-    triggers = ("setpoint_track_links", "setpoint_refs")
+    triggers = ("setpoint_track_links_changed", "setpoint_track_links", "setpoint_refs_changed", "setpoint_refs")
     return "".join(f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n" for trigger in triggers)

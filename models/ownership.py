@@ -3,7 +3,8 @@
 As Kubernetes' owner references: deleting an owner deletes what it owns, at any depth, and the owner's own
 teardown waits until all of it is gone (foreground deletion: the worker calls `setpoint_delete_owned` when it
 reconciles the owner's tombstone, worker/runtime.py). An owner whose `deletion_policy` is 'orphan' leaves what
-it owns in place, with `owned_by` cleared, in the statement that deletes it. An owned row edited by anyone else
+it owns in place, with `owned_by` cleared (or, if the owner was owned itself, given to the owner's owner), in the
+statement that deletes it. An owned row edited by anyone else
 (its generation changes), or deleted, makes its owner due at once, which puts it back; an owned resource that
 becomes ready (or changes phase) or is torn down makes its owner due too, to report it or stop waiting for it.
 
@@ -60,10 +61,12 @@ DECLARE
 BEGIN
     IF TG_OP = 'DELETE' THEN
         owner := OLD.owned_by;
-        IF OLD.deletion_policy = 'orphan' THEN  -- what it owned stays, owned by nobody
+        -- What it owned stays: an admin's if it was top-level, else its own owner's (a controller's orphans are
+        -- never made admin rows, which no controller could touch again).
+        IF OLD.deletion_policy = 'orphan' THEN
             FOR k IN SELECT * FROM setpoint_kind_tables() LOOP
-                EXECUTE format('UPDATE %s SET owned_by = NULL WHERE owned_by = $1', k.desired)
-                    USING TG_ARGV[0] || '/' || OLD.name;
+                EXECUTE format('UPDATE %s SET owned_by = $2 WHERE owned_by = $1', k.desired)
+                    USING TG_ARGV[0] || '/' || OLD.name, OLD.owned_by;
             END LOOP;
         END IF;
     ELSE

@@ -237,3 +237,70 @@ def test_references_resolve_in_templated_fields_only_and_the_escape_writes_a_lit
     assert resolved.desired.content == "sha=abc n=3 {{ jinja {{ user }}"
     assert resolved.desired.path == "/srv/{{ File/conf.outputs.sha256 }}"
     assert desired.content.startswith("sha={{")  # the row as the user wrote it is untouched
+
+
+def _next_look_in_s(engine: Engine, name: str, kind: str = "File") -> float:
+    with engine.connect() as conn:
+        due = conn.execute(
+            text("SELECT extract(epoch FROM next_reconcile_at - now()) FROM statuses WHERE kind = :k AND name = :n"),
+            {"k": kind, "n": name},
+        ).scalar()
+    return float(due) if due is not None else float("inf")
+
+
+def test_a_hold_that_waits_for_an_event_does_not_spin_until_it_comes(
+    stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    conf, app = f"{unique}-conf", unique
+    _file(engine, conf, tmp_path / "app.conf")
+    _workload(engine, app, [f"File/{conf}"], env=f'{{"X": "{{{{ File/{conf}.outputs.colour }}}}"}}')
+    wait_for(lambda: _waiting(engine, app, "Workload", "ReferenceUnresolved", "colour"), 20, "held on a reference")
+    # held, with its next look an interval away: the outputs changing is what wakes it, not a loop
+    assert wait_for(lambda: _next_look_in_s(engine, app, "Workload") > SLOW / 2, 10, "not due again at once")
+
+    sql(engine, "DELETE FROM files WHERE name = :n", n=conf)
+    wait_for(lambda: (r := status(engine, conf)) and _ready_condition(r)["reason"] == "DependentsExist", 20, "held")
+    assert wait_for(lambda: _next_look_in_s(engine, conf) > SLOW / 2, 10, "not due again at once")
+    before = len(runs(engine, conf))
+    sql(engine, "DELETE FROM workloads WHERE name = :n", n=app)
+    wait_for(lambda: status(engine, conf) is None, 20, "torn down once its dependent is gone")
+    assert len(runs(engine, conf)) - before <= 2
+
+
+def test_an_owner_that_depends_on_what_it_owns_is_deleted_owned_first_without_deadlock(
+    stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    conf = f"{unique}-conf"
+    _workload(engine, unique, [f"File/{conf}"])
+    _file(engine, conf, tmp_path / "app.conf", owned_by=f"Workload/{unique}")
+    wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 20, "workload ready")
+    sql(engine, "DELETE FROM workloads WHERE name = :n", n=unique)
+    wait_for(lambda: status(engine, unique, "Workload") is None and status(engine, conf) is None, 30, "both gone")
+    assert replicas_of(unique) == [] and not (tmp_path / "app.conf").exists()
+
+
+def test_ownership_cycles_and_graph_changes_under_a_snapshot_are_refused(
+    stack: dict[str, str], engine: Engine, unique: str
+) -> None:
+    a, b = f"{unique}-a", f"{unique}-b"
+    with pytest.raises(IntegrityError, match=rf"ownership cycle: File/{a} owned by File/{a}"):
+        sql(engine, "INSERT INTO files (name, path, content, owned_by) VALUES (:n, :p, 'x', :o)",
+            n=a, p=f"/tmp/x-{a}", o=f"File/{a}")  # fmt: skip
+    sql(engine, "INSERT INTO files (name, path, content, paused) VALUES (:n, :p, 'x', true)", n=a, p=f"/tmp/x-{a}")
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content, paused, owned_by) VALUES (:n, :p, 'x', true, :o)",
+        n=b,
+        p=f"/tmp/x-{b}",
+        o=f"File/{a}",
+    )
+    with pytest.raises(IntegrityError, match=rf"ownership cycle: File/{a} owned by File/{b} owned by File/{a}"):
+        sql(engine, "UPDATE files SET owned_by = :o WHERE name = :n", o=f"files/{b}", n=a)
+    for name in (a, b):  # looked at once by the running stack, then left alone: no concurrent status write
+        wait_for(lambda name=name: (r := status(engine, name)) and r["observed_generation"] == 1, 20, "observed")
+    with engine.connect() as conn:
+        conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        with pytest.raises(Exception, match="in a READ COMMITTED transaction"):
+            conn.execute(text("UPDATE files SET depends_on = :d WHERE name = :n"), {"d": [f"File/{b}"], "n": a})
+        conn.rollback()
+    sql(engine, "DELETE FROM files WHERE name IN (:a, :b)", a=a, b=b)

@@ -210,8 +210,10 @@ def test_the_workers_database_role_writes_owned_rows_and_no_others(engine: Engin
         for statement in (
             "UPDATE files SET owned_by = NULL WHERE name = :n",  # nor may it disown a row to make it an admin's
             "INSERT INTO files (name, path) VALUES (:n || '-new', '/tmp/' || :n)",
+            "UPDATE files SET owned_by = 'App/someone-else' WHERE name = :n",  # nor take it over for another
+            "INSERT INTO files (name, path, owned_by) VALUES (:n || '-x', '/tmp/' || :n || '-x', 'App/never-was')",
         ):
-            with pytest.raises(ProgrammingError, match="row-level security"), conn.begin_nested():
+            with pytest.raises(ProgrammingError, match="row-level security|a controller"), conn.begin_nested():
                 conn.execute(text(statement), {"n": mine})
         conn.execute(text("RESET ROLE"))
         contents = dict(

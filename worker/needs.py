@@ -67,6 +67,11 @@ class Need:
         return f"{self.ref}: {self.phase}: {self.message}".rstrip(": ")
 
 
+DEPENDENCY_HOLDS = ("DependencyNotReady", "DependencyMissing")
+"""The holds that end when the dependencies turn ready (worker/store.py makes such a resource due again at once
+if they already have by the time its reconcile is recorded)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Hold:
     """Why a resource does not act now: a condition's reason and message."""
@@ -96,8 +101,11 @@ def hold(needs: tuple[Need, ...], unresolved: tuple[str, ...] = ()) -> Hold | No
     return None
 
 
-def dependents_hold(dependents: list[str]) -> Hold | None:
-    """A resource being deleted waits for the resources that depend on it to be gone first."""
+def dependents_hold(dependents: list[str], owner: str | None = None) -> Hold | None:
+    """A resource being deleted waits for the resources that depend on it to be gone first, but for its owner,
+    which waits for it (foreground deletion): an App that depends on one of its own config files would
+    otherwise wait for ever."""
+    dependents = [ref for ref in dependents if ref != owner]
     if not dependents:
         return None
     return Hold("DependentsExist", "waiting for dependents to be deleted first: " + ", ".join(dependents))

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from setpoint.settings import Settings
-from worker import timing
+from worker import needs, timing
 from worker.controller import Health
 
 
@@ -165,7 +165,8 @@ def status_update(
         next_in_s=next_in_s,
         interval_seconds=interval_seconds,
         release_claim=retry is None,
-        waiting=result.outcome == "waiting",
+        # only a wait for dependencies ends when they turn ready; the other holds are woken by their own events
+        waiting=result.outcome == "waiting" and result.reason in needs.DEPENDENCY_HOLDS,
     )
     return update, retry
 

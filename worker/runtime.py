@@ -268,7 +268,7 @@ def _drive(
     """Run the controller, held back while a dependency is not ready (or, deleting, while a resource it owns or a
     dependent exists: what it owns is deleted first)."""
     if deleting:
-        waiting = owned.teardown_hold(delete_owned()) or needs.dependents_hold(snapshot.dependents)
+        waiting = owned.teardown_hold(delete_owned()) or needs.dependents_hold(snapshot.dependents, desired.owned_by)
         if waiting is not None:  # not torn down before what depends on it: nothing to observe meanwhile
             observed = (snapshot.status or {}).get("observed") or {}
             return Result("waiting", observed=observed, error=waiting.message, reason=waiting.reason)

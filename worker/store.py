@@ -70,20 +70,31 @@ SELECT (SELECT locked FROM lock) AS locked,
        (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
        (SELECT status FROM picked) AS status,
        ({needs}) AS needs,
-       (SELECT jsonb_agg(d.kind || '/' || d.name ORDER BY d.kind, d.name)
-        FROM dependencies AS d WHERE d.on_kind = :kind AND d.on_name = :name) AS dependents
+       ({dependents}) AS dependents
 """
 
 
 @functools.cache
 def _begin_statement(table: str) -> TextClause:
     """Built once per kind: a reconcile's hot path compiles nothing."""
-    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table, needs=needs.SELECT))
+    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table, needs=needs.SELECT, dependents=_DEPENDENTS))
+
+
+_DEPENDENTS = """SELECT jsonb_agg(d.kind || '/' || d.name ORDER BY d.kind, d.name)
+        FROM dependencies AS d WHERE d.on_kind = :kind AND d.on_name = :name"""
+_LINKS = text(f"SELECT ({needs.SELECT}) AS needs, ({_DEPENDENTS}) AS dependents")
 
 
 def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
+    """Lock and read. A resource with links reads them once more, in a statement of its own: the first one's
+    snapshot may predate a dependency's change whose wake-up it then waited for on the status row's lock (and so
+    would never see it, nor be woken again)."""
     row = conn.execute(_begin_statement(table), {"kind": kind, "name": name}).one()
-    return Snapshot(bool(row.locked), row.desired, row.status, row.needs or [], row.dependents or [])
+    found, dependents = row.needs or [], row.dependents or []
+    if row.locked and (found or dependents):
+        again = conn.execute(_LINKS, {"kind": kind, "name": name}).one()
+        found, dependents = again.needs or [], again.dependents or []
+    return Snapshot(bool(row.locked), row.desired, row.status, found, dependents)
 
 
 def unlock(conn: Connection, kind: str, name: str) -> None:
