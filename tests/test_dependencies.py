@@ -296,8 +296,17 @@ def test_ownership_cycles_and_graph_changes_under_a_snapshot_are_refused(
     )
     with pytest.raises(IntegrityError, match=rf"ownership cycle: File/{a} owned by File/{b} owned by File/{a}"):
         sql(engine, "UPDATE files SET owned_by = :o WHERE name = :n", o=f"files/{b}", n=a)
-    for name in (a, b):  # looked at once by the running stack, then left alone: no concurrent status write
-        wait_for(lambda name=name: (r := status(engine, name)) and r["observed_generation"] == 1, 20, "observed")
+    for name in (a, b):  # looked at by the running stack (a again as b's owner), then left alone for a while
+        wait_for(
+            lambda name=name: (
+                (r := status(engine, name))
+                and r["observed_generation"] == 1
+                and r["enqueued_at"] is None
+                and _next_look_in_s(engine, name) > 5
+            ),
+            20,
+            "settled",
+        )
     with engine.connect() as conn:
         conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
         with pytest.raises(Exception, match="in a READ COMMITTED transaction"):
