@@ -65,7 +65,14 @@ def run_controller(
     try:
         if not deleting:
             controller.validate(desired)
-        actual = controller.observe(desired)
+        try:
+            actual = controller.observe(desired)
+        except Exception as error:
+            if hold is None:
+                raise
+            # Held on what it needs (a server's secret not set yet): it cannot even look, and says why it waits.
+            log.info("observing while held failed", extra={"error": type(error).__name__})
+            return Result("waiting", (), (), {}, hold.message, hold.reason)
         observed = controller.describe(actual)
         outputs = None if deleting else controller.outputs(desired, actual)
         if deleting:
