@@ -137,7 +137,7 @@ class MySQLGrantController(Controller[MySQLGrant, Seen]):
             if exists is None:
                 return Seen(GrantState(user_exists=False), srv)
             conn.exec_driver_sql("SET SESSION sql_quote_show_create = 1")  # names in backticks, always
-            lines = [str(row[0]) for row in conn.exec_driver_sql(f"SHOW GRANTS FOR {account(conn, user, host)}")]
+            lines = [str(row[0]) for row in conn.exec_driver_sql("SHOW GRANTS FOR %s@%s", (user, host))]
         return Seen(GrantState(True, tuple(sorted(parse_grants(lines, desired.database)))), srv)
 
     def plan(self, desired: MySQLGrant, actual: Seen) -> list[Action]:

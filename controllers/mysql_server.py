@@ -71,10 +71,10 @@ def grant_pattern(database: str) -> str:
 
 
 def execute(srv: Server, build: Callable[[Connection], str]) -> None:
-    """Run the statement `build` makes with the connection (which quotes), with no parameters: PyMySQL then
-    leaves the text as it is, `%` in a quoted name included."""
+    """Run the statement `build` makes with the connection (which quotes), passing no parameters at all: PyMySQL
+    then leaves the text as it is, a `%` in a quoted name included."""
     with targets.connect(srv.url.value) as conn:
-        conn.exec_driver_sql(build(conn))
+        conn.exec_driver_sql(build(conn), execution_options={"no_parameters": True})
 
 
 def _checked(field: str, value: str, what: str, longest: int) -> None:
