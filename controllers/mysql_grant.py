@@ -124,7 +124,7 @@ class MySQLGrantController(Controller[MySQLGrant, Seen]):
         if refused:
             allowed = ", ".join(sorted(PRIVILEGES))
             raise InvalidSpec(
-                "privileges", f"{', '.join(map(repr, refused))} not a database privilege; allowed: {allowed}"
+                "privileges", f"{', '.join(map(repr, refused))}: not a database privilege; allowed: {allowed}"
             )
 
     def observe(self, desired: MySQLGrant) -> Seen:
