@@ -19,9 +19,15 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
+from controllers.mysql_grant import ALL, Grant, GrantState, MySQLGrantController, Revoke, parse_grants
+from controllers.mysql_grant import Seen as GrantSeen
+from controllers.mysql_server import Server
 from controllers.mysql_user import native_hash
+from models.mysql import MySQLGrant
+from setpoint.errors import InvalidSpec
 from tests.conftest import wait_for
 from tests.helpers import ready_at, runs, sql, stack_log, status, unwatched
+from worker.secrets import Redacted
 
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "autocommit": True}
 ROOT_URL = "mysql://root@127.0.0.1:3306/"
@@ -391,3 +397,91 @@ def test_the_columns_naming_the_real_object_cannot_change(engine: Engine, unique
     assert policy == "orphan"
     sql(engine, "DELETE FROM mysql_users WHERE name = :n", n=unique)
     sql(engine, "DELETE FROM secrets WHERE name = :n", n=f"{unique}-srv")
+
+
+def test_a_missing_server_secret_is_named_and_its_arrival_converges_the_resource(
+    stack: dict[str, str], engine: Engine, mysql_clean: str
+) -> None:
+    unique = mysql_clean
+    srv, db = f"{unique}-later", f"{unique}-db"
+    _insert(engine, "MySQLDatabase", name=db, server=srv, interval_seconds=300)
+    row = wait_for(
+        lambda: _phase(engine, db, "MySQLDatabase", "Waiting") or _phase(engine, db, "MySQLDatabase", "Failed"),
+        20,
+        "held",
+    )
+    print(f"missing secret: phase {row['phase']}: {_ready_message(row)}")
+    assert f"Secret/{srv}" in _ready_message(row) or f"secret {srv!r}" in _ready_message(row)
+    assert db not in _databases(unique)
+    _secret(engine, srv, ROOT_URL)
+    wait_for(lambda: ready_at(engine, db, 1, "MySQLDatabase"), 20, "ready once the secret exists")
+    assert db in _databases(unique)
+
+
+def _grant_row(*privileges: str) -> MySQLGrant:
+    return MySQLGrant(name="g", server="s", user_name="app", database="app_db", privileges=list(privileges))
+
+
+SERVER = Server("s", Redacted("mysql://root@db/"))
+
+
+@pytest.mark.parametrize(
+    ("wanted", "held", "expected"),
+    [
+        (("select", "insert"), ("INSERT", "SELECT"), []),
+        (("SELECT", "INSERT"), ("SELECT",), [Grant(SERVER, "app", "%", "app_db", ("INSERT",))]),
+        (("SELECT",), ("SELECT", "DROP"), [Revoke(SERVER, "app", "%", "app_db", ("DROP",))]),
+        (
+            ("SELECT",),
+            (ALL,),
+            [Revoke(SERVER, "app", "%", "app_db", (ALL,)), Grant(SERVER, "app", "%", "app_db", ("SELECT",))],
+        ),
+        (("all", "SELECT"), ("SELECT",), [Grant(SERVER, "app", "%", "app_db", (ALL,))]),
+        (("ALL PRIVILEGES",), (ALL,), []),
+    ],
+)
+def test_a_grant_plans_exactly_the_difference_between_its_privileges_and_the_accounts(
+    wanted: tuple[str, ...], held: tuple[str, ...], expected: list[Any]
+) -> None:
+    seen = GrantSeen(GrantState(True, tuple(sorted(held))), SERVER)
+    assert MySQLGrantController().plan(_grant_row(*wanted), seen) == expected
+
+
+def test_a_deleted_grant_revokes_what_it_granted_and_nothing_else_the_account_holds() -> None:
+    seen = GrantSeen(GrantState(True, ("DROP", "INSERT", "SELECT")), SERVER)
+    assert MySQLGrantController().teardown(_grant_row("SELECT", "UPDATE"), seen) == [
+        Revoke(SERVER, "app", "%", "app_db", ("SELECT",))
+    ]
+    assert MySQLGrantController().teardown(_grant_row("SELECT"), GrantSeen(GrantState(False), SERVER)) == []
+
+
+def test_show_grants_is_read_for_that_database_only_its_wildcards_escaped() -> None:
+    lines = [
+        "GRANT USAGE ON *.* TO `app`@`%`",
+        "GRANT SELECT, INSERT ON `app\\_db`.* TO `app`@`%`",
+        "GRANT DROP ON `app_db`.* TO `app`@`%`",  # a pattern matching appXdb too: not this grant
+        "GRANT ALL PRIVILEGES ON `odd``name`.* TO `app`@`%` WITH GRANT OPTION",
+        "GRANT UPDATE ON `app\\_db`.`t` TO `app`@`%`",
+    ]
+    assert parse_grants(lines, "app_db") == {"SELECT", "INSERT"}
+    assert parse_grants(lines, "odd`name") == {ALL}
+
+
+def test_the_stored_password_hash_is_mysql_native_passwords() -> None:
+    assert native_hash("password") == "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19"  # SELECT PASSWORD('password')
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        (MySQLGrant(name="g", server="s", user_name="", database="d", privileges=["SELECT"]), "user_name"),
+        (MySQLGrant(name="g", server="s", user_name="u", host="h'; --", database="d", privileges=["SELECT"]), "host"),
+        (MySQLGrant(name="g", server="s", user_name="u", database="a/b", privileges=["SELECT"]), "database"),
+        (MySQLGrant(name="g", server="s", user_name="u", database="d", privileges=["GRANT OPTION"]), "privileges"),
+        (MySQLGrant(name="g", server="s", user_name="u", database="d", privileges=[]), "privileges"),
+    ],
+)
+def test_names_and_privileges_a_server_would_misread_are_refused_naming_the_field(row: MySQLGrant, field: str) -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        MySQLGrantController().validate(row)
+    assert refused.value.field == field
