@@ -10,6 +10,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -175,18 +176,26 @@ def test_user_database_and_grant_are_created_healed_rotated_and_removed_from_sql
     # A REVOKE by hand is put back.
     _query(f"REVOKE INSERT ON `{db}`.* FROM %s@'%%'", user)
     assert f"GRANT SELECT, CREATE ON `{db}`.* TO `{user}`@`%`" in _grants(user)
+    started = time.monotonic()
     wait_for(lambda: f"GRANT SELECT, INSERT, CREATE ON `{db}`.* TO `{user}`@`%`" in _grants(user), 20, "re-granted")
+    print(f"REVOKE by hand -> granted again: {time.monotonic() - started:.2f} s (interval 1 s)")
 
     # A password changed by hand is set back; a rotated secret is applied within seconds.
     _query("ALTER USER %s@'%%' IDENTIFIED BY 'by-hand'", user)
+    started = time.monotonic()
     wait_for(lambda: _login(user, first), 20, "the password set back to the secret's")
+    print(f"password changed by hand -> set back: {time.monotonic() - started:.2f} s (interval 1 s)")
     sql(engine, "UPDATE secrets SET value = :v WHERE name = :n", v=second, n=pw)
+    started = time.monotonic()
     wait_for(lambda: _login(user, second, db), 20, "the rotated password applied")
+    print(f"secret rotated -> new password works: {time.monotonic() - started:.2f} s")
     assert not _login(user, first)
 
     # DROP DATABASE by hand: created again, and status and history say the data was lost.
     _query(f"DROP DATABASE `{db}`")
+    started = time.monotonic()
     wait_for(lambda: db in _databases(unique), 20, "the database created again")
+    print(f"DROP DATABASE by hand -> created again: {time.monotonic() - started:.2f} s (interval 1 s)")
     lost = [a for r in runs(engine, db, "MySQLDatabase") for a in r["actions"] if "data it held was lost" in a]
     assert lost, runs(engine, db, "MySQLDatabase")
 
@@ -224,6 +233,11 @@ def test_a_database_is_dropped_with_its_row_only_when_its_deletion_policy_says_d
     )
     assert charsets[kept][0] == "latin1"
     assert charsets[dropped] == ("utf8mb4", "utf8mb4_bin")
+    sql(engine, "UPDATE mysql_databases SET character_set = 'utf8mb4' WHERE name = :n", n=kept)
+    wait_for(lambda: ready_at(engine, kept, 2, "MySQLDatabase"), 30, "kept altered")
+    assert _query(
+        "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", kept
+    ) == [("utf8mb4",)]
     _delete(engine, "MySQLDatabase", kept)
     _delete(engine, "MySQLDatabase", dropped)
     wait_for(lambda: dropped not in _databases(unique), 20, "the 'delete' database dropped")
