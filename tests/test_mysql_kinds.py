@@ -499,3 +499,19 @@ def test_names_and_privileges_a_server_would_misread_are_refused_naming_the_fiel
     with pytest.raises(InvalidSpec) as refused:
         MySQLGrantController().validate(row)
     assert refused.value.field == field
+
+
+def test_credentials_refused_are_permanent_until_the_secret_changes(
+    stack: dict[str, str], engine: Engine, mysql_clean: str
+) -> None:
+    unique = mysql_clean
+    srv, db, wrong = f"{unique}-srv", f"{unique}-db", f"wrong-{uuid.uuid4().hex}"
+    _secret(engine, srv, f"mysql://root:{wrong}@127.0.0.1:3306/")
+    _insert(engine, "MySQLDatabase", name=db, server=srv, interval_seconds=1)
+    row = wait_for(lambda: _phase(engine, db, "MySQLDatabase", "Failed"), 20, "refused")
+    message = _ready_message(row)
+    assert "AccessDenied" in str(row["conditions"]) and "Access denied" in message and "will retry" not in message
+    assert row["next_reconcile_at"] is None  # not retried: nothing changes until the row or the secret does
+    assert wrong not in _everything_written(engine, unique)
+    _secret(engine, srv, ROOT_URL)
+    wait_for(lambda: ready_at(engine, db, 1, "MySQLDatabase"), 20, "ready once the secret is right")
