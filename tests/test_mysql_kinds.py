@@ -107,6 +107,11 @@ def _ready_message(row: dict[str, Any] | None) -> str:
     return str(next(c for c in row["conditions"] if c["type"] == "Ready")["message"])
 
 
+def _said(row: dict[str, Any] | None, words: str) -> dict[str, Any] | None:
+    """The status row if its Ready condition's message has `words`."""
+    return row if row is not None and words in _ready_message(row) else None
+
+
 def _everything_written(engine: Engine, prefix: str) -> str:
     """Every statuses and runs row of the test's resources, as text."""
     with engine.connect() as conn:
@@ -152,7 +157,7 @@ def test_user_database_and_grant_are_created_healed_rotated_and_removed_from_sql
     _secret(engine, pw, first)
     user, db, grant = f"{unique}-app", f"{unique}-db", f"{unique}-grant"
     _insert(engine, "MySQLUser", name=user, server=srv, password=pw, interval_seconds=1)
-    _insert(engine, "MySQLDatabase", name=db, server=srv, interval_seconds=1)
+    _insert(engine, "MySQLDatabase", name=db, server=srv, interval_seconds=300)  # looked at when told to
     _insert(
         engine,
         "MySQLGrant",
@@ -191,13 +196,17 @@ def test_user_database_and_grant_are_created_healed_rotated_and_removed_from_sql
     print(f"secret rotated -> new password works: {time.monotonic() - started:.2f} s")
     assert not _login(user, first)
 
-    # DROP DATABASE by hand: created again, and status and history say the data was lost.
+    # DROP DATABASE by hand: created again at the next look, and status and history say the data was lost.
     _query(f"DROP DATABASE `{db}`")
     started = time.monotonic()
+    sql(engine, "UPDATE statuses SET next_reconcile_at = now() WHERE kind = 'MySQLDatabase' AND name = :n", n=db)
     wait_for(lambda: db in _databases(unique), 20, "the database created again")
-    print(f"DROP DATABASE by hand -> created again: {time.monotonic() - started:.2f} s (interval 1 s)")
+    print(f"DROP DATABASE by hand, then due -> created again: {time.monotonic() - started:.2f} s")
+    said = "dropped outside Setpoint and the data it held was lost"
+    row = wait_for(lambda: _said(ready_at(engine, db, 1, "MySQLDatabase"), said), 20, "status saying the data was lost")
+    assert row["ready"], row
     lost = [a for r in runs(engine, db, "MySQLDatabase") for a in r["actions"] if "data it held was lost" in a]
-    assert lost, runs(engine, db, "MySQLDatabase")
+    assert len(lost) == 1, runs(engine, db, "MySQLDatabase")
 
     # Deleting the rows drops the user (and so its grant) and leaves the database: its policy is 'orphan'.
     _delete(engine, "MySQLGrant", grant)
