@@ -125,8 +125,8 @@ class MySQLDatabaseController(Controller[MySQLDatabase, Seen]):
     def validate(self, desired: MySQLDatabase) -> None:
         mysql_server.check_database("external_name" if desired.external_name else "name", database_of(desired))
         mysql_server.check_charset("character_set", desired.character_set)
-        if desired.collation is not None:
-            mysql_server.check_charset("collation", desired.collation)
+        if desired.collation_name is not None:
+            mysql_server.check_charset("collation_name", desired.collation_name)
 
     def observe(self, desired: MySQLDatabase) -> Seen:
         srv = mysql_server.server(desired.server)
@@ -141,10 +141,10 @@ class MySQLDatabaseController(Controller[MySQLDatabase, Seen]):
                 (desired.character_set,),
             ).first()
             collation_charset = None
-            if desired.collation:
+            if desired.collation_name:
                 collation_charset = conn.exec_driver_sql(
                     "SELECT CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME = %s",
-                    (desired.collation,),
+                    (desired.collation_name,),
                 ).scalar()
         if row is None:
             state = DatabaseState(exists=False, dropped_outside=seen_before(desired))
@@ -153,13 +153,16 @@ class MySQLDatabaseController(Controller[MySQLDatabase, Seen]):
         return Seen(state, srv, known is not None, None if collation_charset is None else str(collation_charset))
 
     def plan(self, desired: MySQLDatabase, actual: Seen) -> list[Action]:
-        charset, collation = desired.character_set.lower(), desired.collation.lower() if desired.collation else None
+        charset, collation = (
+            desired.character_set.lower(),
+            desired.collation_name.lower() if desired.collation_name else None,
+        )
         if not actual.charset_known:
             raise InvalidSpec("character_set", f"{charset!r} is not a character set of {actual.server}")
         if collation is not None and actual.collation_charset != charset:
             belongs = f"belongs to {actual.collation_charset!r}" if actual.collation_charset else "is unknown there"
             raise InvalidSpec(
-                "collation", f"{collation!r} is not a collation of {charset!r} on {actual.server}: it {belongs}"
+                "collation_name", f"{collation!r} is not a collation of {charset!r} on {actual.server}: it {belongs}"
             )
         database, state = database_of(desired), actual.state
         if not state.exists:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sqlalchemy import Column, Text, UniqueConstraint, text
+from sqlalchemy import Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlmodel import AutoString, Field
+from sqlmodel import Field
 
 from models.base import Resource, common_constraints
 
@@ -72,12 +72,11 @@ class MySQLDatabase(Resource, table=True):
         description="The database's default character set.",
         sa_column_kwargs={"server_default": text("'utf8mb4'")},
     )
-    collation: str | None = Field(
+    collation_name: str | None = Field(
         default=None,
         max_length=64,
-        description="Its default collation; NULL: the character set's default.",
-        # A reserved word in PostgreSQL: SQL spells the column "collation", in double quotes.
-        sa_column=Column("collation", AutoString(length=64), nullable=True, quote=True),
+        description="Its default collation (not `collation`, a reserved word in PostgreSQL); NULL: the character "
+        "set's default.",
     )
     deletion_policy: str = Field(
         default="orphan",

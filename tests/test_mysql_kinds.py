@@ -231,7 +231,7 @@ def test_a_database_is_dropped_with_its_row_only_when_its_deletion_policy_says_d
     srv, kept, dropped = f"{unique}-srv", f"{unique}-kept", f"{unique}-dropped"
     _secret(engine, srv, ROOT_URL)
     _insert(engine, "MySQLDatabase", name=kept, server=srv, character_set="latin1")
-    _insert(engine, "MySQLDatabase", name=dropped, server=srv, deletion_policy="delete", collation="utf8mb4_bin")
+    _insert(engine, "MySQLDatabase", name=dropped, server=srv, deletion_policy="delete", collation_name="utf8mb4_bin")
     wait_for(lambda: ready_at(engine, kept, 1, "MySQLDatabase"), 30, "kept ready")
     wait_for(lambda: ready_at(engine, dropped, 1, "MySQLDatabase"), 30, "dropped ready")
     charsets = dict(

@@ -1,7 +1,7 @@
 """mysql kinds: MySQLUser, MySQLDatabase and MySQLGrant, on MySQL/MariaDB servers named by secrets
 
 Tables `mysql_users` (server, external_name, host, password), `mysql_databases` (server, external_name,
-character_set, collation; deletion_policy 'orphan' by default: a database holds data) and `mysql_grants` (server,
+character_set, collation_name; deletion_policy 'orphan' by default: a database holds data) and `mysql_grants` (server,
 user_name, host, database, privileges; one row per account and database). `server` and `password` name secrets,
 so a missing one makes the resource wait and a changed one makes it due at once. The columns that name the real
 object cannot change once the row exists (models/mysql.py).
@@ -43,7 +43,7 @@ def upgrade() -> None:
     sa.Column('server', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
     sa.Column('external_name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.Column('character_set', sqlmodel.sql.sqltypes.AutoString(length=64), server_default=sa.text("'utf8mb4'"), nullable=False),
-    sa.Column('collation', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True, quote=True),
+    sa.Column('collation_name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('deletion_policy', sqlmodel.sql.sqltypes.AutoString(length=16), server_default=sa.text("'orphan'"), nullable=False),
     sa.CheckConstraint("deletion_policy IN ('delete', 'orphan')", name=op.f('ck_mysql_databases_deletion_policy_known')),
     sa.CheckConstraint("jsonb_typeof(labels) = 'object'", name=op.f('ck_mysql_databases_labels_object')),
