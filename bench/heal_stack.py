@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -71,6 +72,7 @@ class HealStack:
         by one over one interval, so that they do not all fall due at once: resources made at different times
         would not, and a batch falling due together makes each wait for the others' reconciles."""
         rows = [("files", file.path.name) for file in self.files] + [("workloads", name) for name in self.workloads]
+        random.Random(len(rows)).shuffle(rows)  # the Workloads spread over the interval too, not bunched at its end
         start = time.monotonic()
         with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
             for i, (table, name) in enumerate(rows):

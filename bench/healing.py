@@ -22,8 +22,8 @@ POLL_S = 0.001
 event for the watcher to sift, and a read only once the stat has changed."""
 SPREAD_POLL_S = 0.002
 """How often it looks at every tampered file when tampers overlap (polling alone)."""
-PAUSE_S = (0.03, 0.08)
-"""A random pause before each tamper or kill done one at a time."""
+PAUSE_S = (0.02, 0.05)
+"""A random pause (seconds) before each tamper or kill done one at a time."""
 WATCHED_INTERVAL_S = 300
 """The interval of the watched Files and Workloads: polling cannot be what heals them."""
 IDLE_INTERVAL_S = 3600

@@ -28,7 +28,7 @@ from controllers.workload import CRASH_WINDOW_S
 
 POLL_S = 0.001
 SPREAD_POLL_S = 0.002
-PAUSE_S = (0.03, 0.08)
+PAUSE_S = (0.02, 0.05)
 OLD_ENOUGH_S = CRASH_WINDOW_S + 0.5
 """A replica younger than CRASH_WINDOW_S that exits counts as crashing and backs off: only older ones are killed."""
 SUPERVISED_RUNNING_S = 1.5

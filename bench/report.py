@@ -237,7 +237,7 @@ METHOD = """## How each figure was measured
   database, and the benchmark itself (polling; for the ceiling, also sending the tasks).
 - **Healing** (issue 12): a stack of its own (real scheduler, `-c 2` worker, production settings) manages Files
   spread over 100 folders and one-replica Workloads (`sleep 3600`). *Tamper → healed*: each of the tampered
-  Files is overwritten once, one at a time in random order after a 30-80 ms pause; the benchmark stats the file
+  Files is overwritten once, one at a time in random order after a 20-50 ms pause; the benchmark stats the file
   every 1 ms (a stat makes no inotify event for the watcher to sift) and reads it once the stat changes; the time
   is from before the write to the read that finds the desired content. *Replica SIGKILL → replacement running*:
   each replica, once it has run over 10 s (a younger one counts as crash-looping and backs off), is SIGKILLed,
