@@ -71,10 +71,24 @@ class Plan:
 
 
 QUICK_HEAL = healing.HealPlan(
-    files=200, poll_interval_s=2, workloads=30, kill_rounds=1, supervised=20, idle_files=1_800, idle_window_s=10.0
+    files=200,
+    poll_files=100,
+    poll_interval_s=3,
+    workloads=30,
+    kill_rounds=1,
+    supervised=20,
+    idle_files=1_800,
+    idle_window_s=10.0,
 )
 FULL_HEAL = healing.HealPlan(
-    files=200, poll_interval_s=2, workloads=40, kill_rounds=3, supervised=60, idle_files=9_800, idle_window_s=60.0
+    files=200,
+    poll_files=100,
+    poll_interval_s=3,
+    workloads=40,
+    kill_rounds=3,
+    supervised=60,
+    idle_files=9_800,
+    idle_window_s=60.0,
 )
 """Watched Files: `files` tampered with plus `idle_files` never touched (2,000 and 10,000 in all)."""
 QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, QUICK_HEAL, hold_s=0)

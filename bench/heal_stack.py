@@ -67,11 +67,11 @@ class HealStack:
         exit.callback(self.worker.stop)
         self.worker.wait_for(processes.WORKER_READY)
 
-    def set_interval(self, interval_s: int) -> None:
-        """Give the tampered Files and the Workloads another interval (a new generation: each is reconciled), one
+    def set_interval(self, files: list[ManagedFile], interval_s: int) -> None:
+        """Give `files` and the Workloads another interval (a new generation: each is reconciled), one
         by one over one interval, so that they do not all fall due at once: resources made at different times
         would not, and a batch falling due together makes each wait for the others' reconciles."""
-        rows = [("files", file.path.name) for file in self.files] + [("workloads", name) for name in self.workloads]
+        rows = [("files", file.path.name) for file in files] + [("workloads", name) for name in self.workloads]
         random.Random(len(rows)).shuffle(rows)  # the Workloads spread over the interval too, not bunched at its end
         start = time.monotonic()
         with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
