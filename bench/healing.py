@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from bench import heal_stack, processes, replicas, servers
 from bench.heal_stack import ManagedFile
 from bench.stats import Latency
@@ -63,6 +65,9 @@ class Idle:
     window_s: float
     usage: Usage
     """The worker's main process and its pool together."""
+    main_rss_mb: float = 0.0
+    """The main process alone (where the watcher lives) at the window's end: the pool's memory grows with the
+    reconciles it has done, which differ between a worker that converged the Files and one started later."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +207,10 @@ def measure_idle(stack: heal_stack.HealStack, plan: HealPlan, *, watching: bool)
     sampler = Sampler(processes.family(stack.worker.pid))
     sampler.start()
     time.sleep(plan.idle_window_s)
+    usage = sampler.stop()
+    main_rss_mb = psutil.Process(stack.worker.pid).memory_info().rss / 2**20
     files = plan.files + plan.idle_files
-    return Idle(watching, files, heal_stack.FOLDERS, watches, threads, plan.idle_window_s, sampler.stop())
+    return Idle(watching, files, heal_stack.FOLDERS, watches, threads, plan.idle_window_s, usage, main_rss_mb)
 
 
 def _threads(pid: int) -> int:

@@ -79,7 +79,8 @@ def _healing() -> Healing:
     return Healing(
         200, 300, 2, Latency(200, 0.030, 0.060, 0.070), Latency(200, 1.200, 2.400, 2.500),
         Latency(30, 0.080, 0.120, 0.130), Latency(30, 1.600, 2.400, 2.600), Latency(20, 1.000, 2.000, 2.000),
-        [Idle(True, 2000, 100, 130, 137, 10.0, idle), Idle(False, 2000, 100, 0, 3, 10.0, Usage(0.001, 290.0, 0.06))],
+        [Idle(True, 2000, 100, 130, 137, 10.0, idle, 110.0),
+         Idle(False, 2000, 100, 0, 3, 10.0, Usage(0.001, 290.0, 0.06), 100.0)],
         80.0,
     )  # fmt: skip
 
@@ -99,7 +100,7 @@ def test_healing_is_reported_as_gains_over_polling_and_supervisord_against_its_t
     kill_row = next(line for line in text.splitlines() if line.startswith("| replica SIGKILL"))
     assert "supervisord `autorestart=true`: 1.00 s / 2.00 s / 2.00 s; Setpoint **12×**" in kill_row
     assert kill_row.endswith("| yes |")
-    assert any("watching adds +10 MB" in line for line in text.splitlines())
+    assert any("watching adds +10 MB; main process +10 MB" in line for line in text.splitlines())
     assert any("watching heals 40x faster" in line for line in report.headlines(results))
     assert results.to_json()["healing"]["gains_p50_p99"]["tamper_watching_over_polling"] == (40.0, 40.0)
 
