@@ -277,11 +277,12 @@ def healing_section(h: Healing) -> list[str]:
     return [
         "## Healing (issue 12): watching, polling alone, supervisord",
         "",
-        f"Setpoint heals on its own stack: one worker with watching on, then one with SETPOINT_WATCH=false on the "
+        f"Measured on a stack of its own: one worker with watching on, then one with SETPOINT_WATCH=false on the "
         f"same node and files; {h.duration_s:.0f} s in all. Watching: interval {h.watched_interval_s:g} s, so "
-        f"polling cannot be what heals. Polling alone: the same Files and Workloads at a {every} interval (short, "
-        "so that it is measured in seconds): it heals in about half an interval at the median and a whole one at "
-        "p99, plus up to a scheduler tick; at Setpoint's default 30 s interval, fifteen times as long again.",
+        f"polling cannot be what heals. Polling alone: {h.tamper_polling.count} of those Files and the Workloads "
+        f"at a {every} interval (short, so that it is measured in seconds): it heals in about half an interval at "
+        "the median and a whole one at p99, plus up to a scheduler tick (0.5 s); at Setpoint's default 30 s "
+        "interval it would take ten times as long again.",
         "",
         "| measure | Setpoint, watching | polling alone | faster by watching, p50 / p99 | peer | target | met |",
         "|---|---|---|---|---|---|---|",
