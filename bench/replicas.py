@@ -29,6 +29,8 @@ from controllers.workload import CRASH_WINDOW_S
 POLL_S = 0.001
 SPREAD_POLL_S = 0.002
 PAUSE_S = (0.02, 0.05)
+KILL_SPACING_S = 0.25
+"""With polling alone, kills come on average this far apart (or spread over one interval, if that is longer)."""
 OLD_ENOUGH_S = CRASH_WINDOW_S + 0.5
 """A replica younger than CRASH_WINDOW_S that exits counts as crashing and backs off: only older ones are killed."""
 SUPERVISED_RUNNING_S = 1.5
@@ -77,8 +79,12 @@ def kill_replica(folder: Path) -> float:
     return time.monotonic() - killed_at
 
 
-def kill_spread(stack: HealStack, over_s: float, rng: random.Random) -> list[float]:
-    """Every workload's replica killed once, at random moments of one interval, replacements awaited together."""
+def kill_spread(stack: HealStack, interval_s: float, rng: random.Random) -> list[float]:
+    """Every workload's replica killed once, at random moments of a span of at least one interval (a kill lands
+    at a random point of its workload's polling cycle either way), replacements awaited together. The span is
+    long enough that the restarts (a shim started for each) do not pile up in the worker: a burst of them would
+    make polling look slower than it is."""
+    over_s = max(interval_s, KILL_SPACING_S * len(stack.workloads))
     folders = [stack.replica_dir(name) for name in stack.workloads]
     victims = [_wait_for(lambda f=f: running_replica(f), "a running replica") for f in folders]  # type: ignore[misc]
     time.sleep(max(0.0, max(v.started_at for v in victims) + OLD_ENOUGH_S - time.time()))
@@ -96,8 +102,8 @@ def kill_spread(stack: HealStack, over_s: float, rng: random.Random) -> list[flo
             if running_replica(folders[i], skip=known) is not None:
                 took.append(time.monotonic() - killed_at)
                 del pending[i]
-            elif time.monotonic() - killed_at > over_s * 2 + TIMEOUT_S:
-                raise TimeoutError(f"no replacement in {folders[i]} by polling at {over_s:g}s")
+            elif time.monotonic() - killed_at > interval_s * 2 + TIMEOUT_S:
+                raise TimeoutError(f"no replacement in {folders[i]} by polling at {interval_s:g}s")
         time.sleep(SPREAD_POLL_S)
     return took
 

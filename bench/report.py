@@ -248,8 +248,10 @@ METHOD = """## How each figure was measured
   (asking supervisord over RPC would wake its loop and make it faster). *Polling alone*: the same worker
   restarted with SETPOINT_WATCH=false, half the tampered Files and the Workloads given a short interval (their
   updates spread over one interval, so they do not fall due together; fewer Files, so that the load polling
-  makes stays well within the worker's capacity on a busy machine); every file tampered and every replica
-  killed once at a random moment of one interval, all awaited together (files stat'ed every 2 ms). *Idle*: with
+  makes stays well within the worker's capacity on a busy machine); every file tampered once at a random moment
+  of one interval, and every replica killed once at a random moment of a span of at least one interval and
+  0.25 s per replica (so their restarts do not pile up in the worker), all awaited together (files stat'ed and
+  record folders read every 2 ms). *Idle*: with
   every File converged and nothing due for a minute, CPU and peak RSS (sampled every 0.5 s; pool processes'
   shared pages counted in each) of the worker's main process and pool over the window, watching and then not;
   the watcher also reloads its watches every 30 s, which a window shorter than that may not include. The worker
