@@ -31,6 +31,11 @@ in SQL: a change made either way shows in the other at once. Workers reconcile e
 Writes are asynchronous in effect: a POST, PUT or PATCH answers once the desired state is stored, and a
 DELETE once the row is gone; a worker then makes (or tears down) the real thing. Follow `status` to see it done.
 
+Resources may depend on each other (`spec.depends_on`, a list of `Kind/name`) and reference each other's
+outputs in templated fields (`{{ File/app-conf.outputs.sha256 }}`); a cycle is refused with 422 naming the
+field. Reading or writing one resource returns, in `status`, its `outputs`, its `dependencies` and
+`dependents` (each with its phase and readiness), its `owner` and the resources it owns (`owned`).
+
 Each resource's `ETag` is its generation; send it back in `If-Match` to write (PUT, PATCH, DELETE) only if
 nobody changed the spec since you read it (else 412). Concurrent PATCHes of different fields all land.
 

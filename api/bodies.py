@@ -41,6 +41,14 @@ class Condition(BaseModel):
     last_transition_time: str | None = Field(None, description="When `status` last changed.")
 
 
+class Link(BaseModel):
+    """Another resource this one is linked to (`File/app-conf`), with its phase and whether it is ready."""
+
+    ref: str = Field(description="Kind/name, as stored: `File/app-conf`.")
+    phase: str = Field(description="Its phase; `Missing` for a resource named but not (or no longer) there.")
+    ready: bool = Field(description="Ready at its current generation, as a dependency must be for others to act.")
+
+
 class Status(BaseModel):
     """What the workers last saw and did; written by them only, never by requests."""
 
@@ -62,6 +70,18 @@ class Status(BaseModel):
     last_success_at: datetime | None = None
     next_reconcile_at: datetime | None = Field(None, description="When it is next due; null while never.")
     deleted_at: datetime | None = None
+    outputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What other resources may reference (`{{ File/app-conf.outputs.sha256 }}`), as last published.",
+    )
+    dependencies: list[Link] | None = Field(
+        None,
+        description="What it waits for (its `depends_on` and the resources its references name). This and the "
+        "other links are given when one resource is read or written, null in a list.",
+    )
+    dependents: list[Link] | None = Field(None, description="What depends on it: torn down before it.")
+    owner: Link | None = Field(None, description="The resource its `owned_by` names, if any.")
+    owned: list[Link] | None = Field(None, description="The resources whose `owned_by` names it.")
 
 
 class Create(BaseModel):

@@ -16,7 +16,7 @@ from bench.resources import KIND, TABLE
 from models import triggers
 from models.base import Resource, common_constraints
 from worker import registry
-from worker.controller import Action, Controller
+from worker.controller import Action, Controller, InvalidSpec
 
 
 class BenchNoop(Resource, table=True):
@@ -30,6 +30,10 @@ class BenchNoop(Resource, table=True):
 
 class NoopController(Controller[BenchNoop, str]):
     model = BenchNoop
+
+    def validate(self, desired: BenchNoop) -> None:
+        if desired.payload < 0:  # how the benchmark makes a resource invalid (bench/dependencies.py)
+            raise InvalidSpec("payload", "must not be negative")
 
     def observe(self, desired: BenchNoop) -> str:
         return "present"

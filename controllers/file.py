@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Any
 
 from controllers import ownership, safepath
 from models.file import File
@@ -180,6 +181,11 @@ class FileController(Controller[File, FileState]):
         if actual.mode is None or octal(actual.mode) != octal(desired.mode):
             actions.append(SetMode(desired.path, desired.mode))
         return actions
+
+    def outputs(self, desired: File, actual: FileState) -> dict[str, Any]:
+        """Its path and the digest of its declared content (what the file holds once ready): a workload that puts
+        `{{ File/app-conf.outputs.sha256 }}` in its environment rolls when the content changes, not on a tamper."""
+        return {"path": desired.path, "sha256": digest(desired.content)}
 
     def teardown(self, desired: File, actual: FileState) -> list[Action]:
         mine = (desired.name, self.settings.state_dir)

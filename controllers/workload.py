@@ -315,6 +315,11 @@ class WorkloadController(Controller[Workload, WorkloadState]):
             soon.append(PROGRESS_RECHECK_S)
         return max(min(soon), PROGRESS_RECHECK_S / 2) if soon else None
 
+    def outputs(self, desired: Workload, actual: WorkloadState) -> dict[str, Any]:
+        """The pids of its running replicas (by slot) and how many run: what a health probe or a file may name."""
+        alive = sorted(actual.alive(), key=lambda r: r.slot)
+        return {"pids": [r.pid for r in alive], "running": len(alive), "version": version_of(desired)}
+
     def describe(self, actual: WorkloadState) -> dict[str, Any]:
         return {
             "replicas": [

@@ -1,10 +1,13 @@
 """Desired state, status and run history as SQLModel tables: the bottom layer, importing nothing above it."""
 
+from models.app import App
 from models.base import Resource, metadata
+from models.dependency import Dependency
 from models.file import File
 from models.node import Node
 from models.run import Run
+from models.secret import Secret
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["File", "Node", "Resource", "Run", "Status", "Workload", "metadata"]
+__all__ = ["App", "Dependency", "File", "Node", "Resource", "Run", "Secret", "Status", "Workload", "metadata"]

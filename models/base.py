@@ -6,8 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import CheckConstraint, FetchedValue, MetaData, Uuid, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import CheckConstraint, FetchedValue, MetaData, Text, Uuid, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.mutable import MutableDict
 from sqlmodel import DateTime, Field, SQLModel
 
@@ -23,6 +23,8 @@ metadata: MetaData = SQLModel.metadata
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$"
 """Names are what an admin types in SQL and a shell: lower-case letters, digits, '-', '_' and '.', as in Kubernetes."""
+MAX_DEPENDENCIES = 64
+"""How many resources one may depend on (its `depends_on` plus the references in its fields)."""
 
 
 MAX_INTERVAL_SECONDS = 604_800
@@ -71,6 +73,11 @@ def common_constraints(table: str) -> tuple[Any, ...]:
         check("deletion_policy IN ('delete', 'orphan')", "deletion_policy_known", "'delete' or 'orphan'"),
         check("jsonb_typeof(labels) = 'object'", "labels_object", "an object of labels"),
         *json_limits("labels", "an object of labels"),
+        check(
+            f"cardinality(depends_on) <= {MAX_DEPENDENCIES}",
+            "depends_on_size",
+            f"at most {MAX_DEPENDENCIES} references Kind/name",
+        ),
     )
 
 
@@ -84,6 +91,13 @@ class Resource(SQLModel):
 
     kind: ClassVar[str]
     """The kind's name as users say it (`File`); set by each table class."""
+    templated: ClassVar[tuple[str, ...]] = ()
+    """The fields whose strings may reference other resources' outputs (`{{ File/app-conf.outputs.sha256 }}`),
+    resolved at each reconcile (worker/references.py); the kind's migration passes the same names to
+    `triggers.attach` (models/links.py) so that each reference is a dependency too."""
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+    """The fields that hold a secret's name (a server's URL, a password): the kind's migration passes them to
+    `triggers.attach` too, so a changed value makes the resource due at once (models/secret.py)."""
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=253, unique=True, nullable=False, schema_extra={"pattern": NAME_PATTERN})
@@ -115,6 +129,18 @@ class Resource(SQLModel):
         schema_extra={"pattern": "^(delete|orphan)$"},
         description="On DELETE, tear the real thing down ('delete') or leave it ('orphan').",
         sa_column_kwargs={"server_default": text("'delete'")},
+    )
+    depends_on: list[str] = Field(
+        default_factory=list,
+        sa_type=ARRAY(Text),  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("'{}'::text[]")},
+        description="Resources (Kind/name) that must be ready before this one acts; stored as `File/app-conf`.",
+    )
+    owned_by: str | None = Field(
+        default=None,
+        max_length=320,
+        index=True,
+        description="The resource (Kind/name) that manages this one: deleting it deletes this too.",
     )
     # JSON columns track edits of their top-level keys only: reassign a nested value to change it.
     labels: dict[str, Any] = Field(

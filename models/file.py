@@ -27,6 +27,7 @@ class File(Resource, table=True):
         check("mode ~ '^0?[0-7]{3}$'", "mode_octal", "octal permission bits such as '0644'"),
     )
     kind: ClassVar[str] = "File"
+    templated: ClassVar[tuple[str, ...]] = ("content",)
 
     path: str = Field(
         max_length=4096,

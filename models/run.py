@@ -10,7 +10,8 @@ from sqlalchemy import BigInteger, CheckConstraint, Index, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import DateTime, Field, SQLModel
 
-OUTCOMES = ("noop", "changed", "failed", "invalid", "paused", "deleted")
+OUTCOMES = ("noop", "changed", "failed", "invalid", "paused", "waiting", "deleted")
+"""`waiting`: observed and reported, not acted on, until its dependencies are ready (or its dependents gone)."""
 
 
 class Run(SQLModel, table=True):

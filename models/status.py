@@ -18,8 +18,11 @@ from sqlmodel import DateTime, Field, SQLModel
 
 from models.node import node_check
 
-PHASES = ("Pending", "Ready", "Progressing", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown")
-"""`Unknown`: the node the resource lives on has gone silent, so nobody can say how it is (reason NodeLost)."""
+PHASES = (
+    "Pending", "Waiting", "Ready", "Progressing", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown"
+)  # fmt: skip
+"""`Unknown`: the node the resource lives on has gone silent, so nobody can say how it is (reason NodeLost).
+`Waiting`: a dependency is missing or not ready, so it observes and reports but does not act."""
 
 
 def _timestamp() -> Any:
@@ -59,6 +62,9 @@ class Status(SQLModel, table=True):
     """The actual state the controller last observed."""
     drift: list[dict[str, Any]] | None = _json("[]")
     """What differed from the desired state at the last observation: field, desired, actual."""
+    outputs: dict[str, Any] | None = _json("{}")
+    """What other resources may reference (`{{ File/app-conf.outputs.sha256 }}`), as its controller published it at
+    its last successful reconcile; a change makes every resource that depends on it due at once."""
     consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
     last_error: str | None = None
     last_reconcile_at: datetime | None = _timestamp()

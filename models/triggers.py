@@ -166,9 +166,16 @@ DROP FUNCTION IF EXISTS setpoint_stamp();
 """
 
 
-def attach(table: str, kind: str) -> str:
-    """The triggers that make `table` a kind named `kind` (run after creating the table)."""
-    return f"""
+def attach(table: str, kind: str, templated: tuple[str, ...] = (), secret_fields: tuple[str, ...] = ()) -> str:
+    """The triggers that make `table` a kind named `kind` (run after creating the table), with the links of
+    models/links.py: `templated` names the fields whose strings may reference other resources' outputs and
+    secrets, `secret_fields` those holding a secret's name."""
+    from models import links, ownership
+
+    return (
+        links.attach(table, kind, templated, secret_fields)
+        + ownership.attach(table, kind)
+        + f"""
 CREATE TRIGGER setpoint_stamp BEFORE INSERT OR UPDATE ON {table}
     FOR EACH ROW EXECUTE FUNCTION setpoint_stamp('{kind}');
 CREATE TRIGGER setpoint_track AFTER INSERT OR UPDATE OR DELETE ON {table}
@@ -176,36 +183,52 @@ CREATE TRIGGER setpoint_track AFTER INSERT OR UPDATE OR DELETE ON {table}
 CREATE TRIGGER setpoint_wake AFTER INSERT OR UPDATE OR DELETE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION setpoint_wake();
 """
+    )
 
 
 def detach(table: str) -> str:
     """Undo attach(): drop the kind's triggers (its statuses stay until their rows are gone)."""
-    return "".join(
-        f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
-        for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+    from models import links, ownership
+
+    return (
+        links.detach(table)
+        + ownership.detach(table)
+        + "".join(
+            f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
+            for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")
+        )
     )
 
 
 def grant(table: str) -> str:
     """The roles' rights on a kind's table (run after attach()): the API changes desired state; workers and
-    the scheduler only read it. The status rows follow through setpoint_track, which runs as its owner."""
+    the scheduler only read it. The status rows follow through setpoint_track, which runs as its owner. Since
+    migration 0011 the worker may also write the rows a controller owns, and those alone (models/ownership.py)."""
+    from models import ownership
+
     return f"""
 GRANT SELECT ON {table} TO setpoint_worker, setpoint_scheduler;
 GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO setpoint_api;
 DO $$ BEGIN
     EXECUTE format('GRANT USAGE ON SEQUENCE %s TO setpoint_api', pg_get_serial_sequence('{table}', 'id'));
 END $$;
-"""
+""" + ownership.grant(table)
 
 
 def revoke(table: str) -> str:
     """Undo grant() on a table that stays."""
-    return f"""
+    from models import ownership
+
+    return (
+        ownership.revoke(table)
+        + f"""
 REVOKE ALL ON {table} FROM setpoint_worker, setpoint_scheduler, setpoint_api;
 DO $$ BEGIN
-    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM setpoint_api', pg_get_serial_sequence('{table}', 'id'));
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM setpoint_api, setpoint_worker',
+                   pg_get_serial_sequence('{table}', 'id'));
 END $$;
 """
+    )
 
 
 TRACK_AS_OWNER = """
@@ -345,9 +368,10 @@ scheduler's role needs no right to write status columns."""
 SCHEDULER_FUNCTION_SIGNATURES = ("setpoint_mark_nodes_lost(double precision)",)
 
 
-def as_owner(signatures: tuple[str, ...], role: str) -> str:
+def as_owner(signatures: tuple[str, ...], role: str | None) -> str:
     """Make functions SECURITY DEFINER, their search path fixed to the tables' schema (pg_temp last, so nobody's
-    temporary table stands in for statuses), callable by `role` alone."""
+    temporary table stands in for statuses), callable by `role` alone (None: by their owner alone, as for trigger
+    functions: firing a trigger needs no right, attaching one to a table does)."""
     return "\n".join(
         f"""
 DO $$ BEGIN
@@ -356,8 +380,8 @@ DO $$ BEGIN
                     WHERE c.oid = 'statuses'::regclass));
 END $$;
 REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION {signature} TO {role};
 """
+        + (f"GRANT EXECUTE ON FUNCTION {signature} TO {role};\n" if role else "")
         for signature in signatures
     )
 

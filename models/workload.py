@@ -36,6 +36,7 @@ class Workload(Resource, table=True):
         check("health_url IS NULL OR health_url ~ '^https?://'", "health_url_http", "an http:// or https:// URL"),
     )
     kind: ClassVar[str] = "Workload"
+    templated: ClassVar[tuple[str, ...]] = ("command", "env")
 
     command: str = Field(
         max_length=8192,

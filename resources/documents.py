@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +17,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models.base import NAME_PATTERN
+from models.links import REFERENCE
+from resources import graph
 from resources.kinds import Kind, resolve
 from resources.manifest import Document
 from setpoint.errors import AlreadyExists, InvalidDocument, NotFound, PreconditionFailed, UnknownKind
@@ -71,11 +73,13 @@ def apply(engine: Engine, documents: list[Document]) -> list[Applied]:
     applied = []
     with engine.begin() as conn:
         for document, kind, spec in checked:
-            applied.append(_upsert(conn, document, kind, spec))
+            applied.append(_upsert(conn, document, kind, spec, documents))
     return applied
 
 
-def _upsert(conn: Connection, document: Document, kind: Kind, spec: dict[str, Any]) -> Applied:
+def _upsert(
+    conn: Connection, document: Document, kind: Kind, spec: dict[str, Any], batch: Sequence[Document] = ()
+) -> Applied:
     table = kind.model.__table__  # type: ignore[attr-defined]
     before = conn.execute(
         text(f"SELECT generation FROM {kind.plural} WHERE name = :name"), {"name": document.name}
@@ -90,7 +94,7 @@ def _upsert(conn: Connection, document: Document, kind: Kind, spec: dict[str, An
         try:
             generation = conn.execute(statement).scalar_one()
         except (IntegrityError, DBAPIError) as error:
-            raise _invalid(document, kind, error) from None
+            raise _invalid(document, kind, error, batch) from None
     action = "created" if before is None else ("configured" if generation != before else "unchanged")
     return Applied(kind.name, document.name, action, generation)
 
@@ -108,7 +112,7 @@ def expected(kind: Kind, field: str) -> str | None:
     return None
 
 
-def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocument:
+def _invalid(document: Document, kind: Kind, error: DBAPIError, batch: Sequence[Document] = ()) -> InvalidDocument:
     """The database refused the row: name the field its constraint guards, and say what it said."""
     diag = getattr(error.orig, "diag", None)
     constraint = getattr(diag, "constraint_name", None) or ""
@@ -118,12 +122,46 @@ def _invalid(document: Document, kind: Kind, error: DBAPIError) -> InvalidDocume
     field = next((f for f in fields if constraint.removeprefix(prefix).startswith(f)), None)
     if getattr(error.orig, "sqlstate", None) == "23505":  # taken: a unique column, or a name still deleting
         field = unique_field(kind, constraint)
+    if constraint == f"{prefix}depends_on_cycle":
+        field, detail = _cycle(document, kind, detail, getattr(diag, "message_hint", None), batch)
     where = f"field 'spec.{field}'" if field and field != "name" else f"field '{field or 'spec'}'"
     located = f"spec.{field}" if field and field != "name" else (field or "spec")
     rule = next((c for c in kind.model.__table__.constraints if c.name == constraint), None)  # type: ignore[attr-defined]
     if rule is not None and rule.info.get("expected"):
         detail = f"expected {rule.info['expected']} (constraint {constraint})"
     return InvalidDocument(f"{document.label}: {where}: {detail}", field=located)
+
+
+def _canonical(ref: str) -> str:
+    """`file/app-conf` as `File/app-conf`, as the database stores it; as written if the kind is unknown."""
+    spelled, _, name = ref.partition("/")
+    try:
+        return f"{resolve(spelled).name}/{name}"
+    except UnknownKind:
+        return ref
+
+
+def _cycle(document: Document, kind: Kind, detail: str, hint: str | None, batch: Sequence[Document]) -> tuple[str, str]:
+    """The field that closed a cycle (`depends_on`, or the templated field whose reference implies the edge) and
+    the database's words, with where each other resource of the cycle is declared in the same apply."""
+    path = detail.removeprefix("cycle: ").split(" -> ")
+    field = "depends_on"
+    if len(path) > 1:
+        after = path[1]
+        if after not in {_canonical(ref) for ref in document.spec.get("depends_on") or [] if isinstance(ref, str)}:
+            for name in kind.model.templated:
+                found = {_canonical(m.group(1)) for m in re.finditer(REFERENCE, str(document.spec.get(name)))}
+                if after in found:
+                    field = name
+                    break
+    me = f"{kind.name}/{document.name}"
+    declared = []
+    for other in batch:
+        ref = _canonical(f"{other.kind}/{other.name}")
+        if ref in path and ref != me:
+            declared.append(f"{ref} is declared in {other.source}")
+    said = "; ".join([detail, *declared])
+    return field, f"{said}. {hint}" if hint else said
 
 
 def unique_field(kind: Kind, constraint: str) -> str:
@@ -220,6 +258,7 @@ def view(kind: Kind, desired: dict[str, Any], status: dict[str, Any] | None) -> 
     shown["message"] = (ready or {}).get("message") or shown.get("last_error") or ""
     shown.setdefault("phase", "Pending")
     shown.setdefault("ready", False)
+    shown["outputs"] = shown.get("outputs") or {}
     observed = shown.get("observed_generation")
     if observed != desired["generation"]:
         if shown["ready"] or not shown["message"]:  # a failure's own message says more than this
@@ -237,10 +276,13 @@ def get(engine: Engine, kind: Kind, name: str) -> dict[str, Any]:
 
 
 def _get(conn: Connection, kind: Kind, name: str) -> dict[str, Any]:
+    """One resource, its status with how it stands among the others (resources/graph.py)."""
     row = conn.execute(text(_select(kind, "WHERE d.name = :name")), {"kind": kind.name, "name": name}).first()
     if row is None:
         raise NotFound(f"{kind.name} {name!r} not found")
-    return view(kind, row.desired, row.status)
+    shown = view(kind, row.desired, row.status)
+    shown["status"].update(graph.neighbours(conn, kind.name, kind.plural, name).as_json())
+    return shown
 
 
 def listing(

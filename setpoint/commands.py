@@ -1,5 +1,5 @@
-"""The kubectl-style commands over desired state (apply, get, describe, plan, delete, reconcile, pause, kinds)
-and over the worker nodes (node list, node drain, node forget).
+"""The kubectl-style commands over desired state (apply, get, describe, tree, plan, delete, reconcile, pause,
+kinds) and over the worker nodes (node list, node drain, node forget).
 
 They read and write the same tables as SQL and the REST API (through resources/), so each shows the
 others' changes at once. Exit codes: 0 success, 1 failure, 2 invalid input or usage, and for `plan` 3 when
@@ -20,13 +20,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.tree import Tree
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from models.database import make_engine
-from resources import documents, kinds, manifest, nodes
+from resources import documents, graph, kinds, manifest, nodes
 from setpoint import errors
 from setpoint import settings as config
+from worker import needs, references
 from worker.celery_app import queue_for
 from worker.runtime import run_controller
 
@@ -176,7 +178,8 @@ def _ago(timestamp: str | None) -> str:
 
 
 def describe(kind: KindArg, name: NameArg) -> None:
-    """Everything about one resource: spec, status, conditions, the drift found and the last runs."""
+    """Everything about one resource: spec, status, conditions, drift, its dependencies and dependents, outputs,
+    owner and owned resources with their phases, the references resolved, and the last runs."""
     with failures():
         found = kinds.resolve(kind)
         engine = _engine()
@@ -188,7 +191,11 @@ def describe(kind: KindArg, name: NameArg) -> None:
         )
         out.print("[bold]Spec[/]")
         for key, value in item["spec"].items():
-            out.print(f"  {key}: {json.dumps(value)}")
+            out.print(f"  {key}: {escape(json.dumps(value))}")
+        resolved = _resolved(engine, found, item)
+        if found.model.templated:
+            out.print("[bold]References resolved[/]")
+            _print_resolved(found, item, resolved)
         out.print("[bold]Conditions[/]")
         for condition in status.get("conditions") or []:
             out.print(
@@ -200,6 +207,15 @@ def describe(kind: KindArg, name: NameArg) -> None:
             out.print(f"  {change.get('change')}")
         if status.get("last_error"):
             out.print(f"[bold]Last error[/]\n  {status['last_error']}")
+        _print_links("Dependencies", status["dependencies"])
+        _print_links("Dependents", status["dependents"])
+        out.print("[bold]Outputs[/]")
+        for key, value in (status.get("outputs") or {}).items():
+            out.print(f"  {key}: {escape(json.dumps(value))}")
+        if not status.get("outputs"):
+            out.print("  <none>")
+        _print_links("Owner", [status["owner"]] if status.get("owner") else [])
+        _print_links("Owned", status["owned"])
         table = Table("STARTED", "GEN", "OUTCOME", "ACTIONS", "ERROR", "WORKER", box=None, title="Last runs")
         for run in documents.runs(engine, found, name, uid=item["uid"]):
             table.add_row(
@@ -213,25 +229,108 @@ def describe(kind: KindArg, name: NameArg) -> None:
         out.print(table)
 
 
-def plan(kind: KindArg, name: NameArg) -> None:
-    """What the controller would do now, observed from this host; nothing is changed (like terraform plan).
+def _print_links(title: str, links: list[dict[str, Any]]) -> None:
+    out.print(f"[bold]{title}[/]")
+    for link in links:
+        out.print(f"  {_label(link)}")
+    if not links:
+        out.print("  <none>")
 
-    Exit codes: 0 in sync, 3 changes pending, 1 failure, 2 invalid input."""
+
+def _label(link: dict[str, Any]) -> str:
+    return f"{link['ref']}  {link['phase']}, {'ready' if link['ready'] else 'not ready'}"
+
+
+def _resolved(engine: Engine, found: kinds.Kind, item: dict[str, Any]) -> tuple[references.Resolved, needs.Hold | None]:
+    """The desired state as its controller would see it now (references resolved as the worker resolves them,
+    from the outputs of its dependencies), and why it would not act now, if it would not."""
+    desired = found.model.model_validate(
+        {"name": item["name"], "generation": item["status"]["generation"], **item["spec"], "paused": True}
+    )
+    with engine.connect() as conn:
+        found_needs = needs.read(conn, found.name, item["name"])
+    resolved = references.resolve(desired, found_needs)
+    return resolved, needs.hold(found_needs, resolved.unresolved)
+
+
+def _print_resolved(found: kinds.Kind, item: dict[str, Any], resolved: tuple[references.Resolved, Any]) -> None:
+    """Each templated field whose references resolve to something else than what the row says, as resolved."""
+    shown = False
+    for field in found.model.templated:
+        value = getattr(resolved[0].desired, field)
+        if value != item["spec"].get(field):
+            out.print(f"  {field}: {escape(json.dumps(value))}")
+            shown = True
+    for unresolved in resolved[0].unresolved:
+        out.print(f"  unresolved: {escape(unresolved)}")
+        shown = True
+    if not shown:
+        out.print("  <none>")
+
+
+def tree(kind: KindArg, name: NameArg, output: Output = "table") -> None:
+    """The resource, what it depends on and what it owns, recursively, each with its phase and readiness;
+    -o json|yaml prints the same tree as {ref, phase, ready, dependencies, owned}."""
     with failures():
         found = kinds.resolve(kind)
-        item = documents.get(_engine(), found, name)
-        desired = found.model.model_validate(
-            {"name": name, "generation": item["status"]["generation"], **item["spec"], "paused": True}
-        )
-        result = run_controller(found.controller, desired, deleting=False)
+        engine = _engine()
+        documents.get(engine, found, name)  # NotFound, as the other commands say it
+        with engine.connect() as conn:
+            root, cut = graph.tree(conn, found.name, name)
+        if output in ("json", "yaml"):
+            print(manifest.dump([root.as_json()], output))
+        elif output == "table":
+            drawn = Tree(_node_label(root, ""))
+            _grow(drawn, root)
+            out.print(drawn)
+        else:
+            raise errors.UsageError(f"--output must be table, json or yaml, got {output!r}")
+        if cut:
+            err.print(f"[yellow]note:[/] the tree was cut at {graph.MAX_TREE_NODES} resources")
+
+
+def _node_label(node: graph.Node, relation: str) -> str:
+    ready = "[green]ready[/]" if node.ready else "[red]not ready[/]"
+    label = f"{relation}[bold]{escape(node.ref)}[/]  {escape(node.phase)}, {ready}"
+    return label + ("  (shown above)" if node.seen else "")
+
+
+def _grow(branch: Tree, node: graph.Node) -> None:
+    for relation, children in (("depends on ", node.dependencies), ("owns ", node.owned)):
+        for child in children:
+            _grow(branch.add(_node_label(child, relation)), child)
+
+
+def plan(kind: KindArg, name: NameArg) -> None:
+    """What the controller would do now, observed from this host; nothing is changed (like terraform plan).
+    References to other resources' outputs are resolved as a worker resolves them; a dependency not ready is named.
+
+    Exit codes: 0 in sync, 3 changes pending, 1 failure (or references that cannot be resolved yet), 2 invalid
+    input."""
+    with failures():
+        found = kinds.resolve(kind)
+        engine = _engine()
+        item = documents.get(engine, found, name)
+        resolved, hold = _resolved(engine, found, item)
+        label = f"{found.name.lower()}/{name}"
+        if any(getattr(resolved.desired, f) != item["spec"].get(f) for f in found.model.templated):
+            out.print("references resolved:")
+            _print_resolved(found, item, (resolved, hold))
+        if resolved.unresolved:
+            reason = hold.message if hold is not None else "; ".join(resolved.unresolved)
+            err.print(f"[red]error:[/] {label} cannot be planned until its references resolve: {escape(reason)}")
+            raise typer.Exit(1)
+        if hold is not None:
+            out.print(f"{label} does not act yet, {escape(hold.message)} ({hold.reason}); the changes below wait")
+        result = run_controller(found.controller, resolved.desired, deleting=False)
         if result.error:
             err.print(f"[red]error:[/] {result.reason}: {result.error}")
             raise typer.Exit(1)
         if not result.drift:
-            out.print(f"{found.name.lower()}/{name} is in sync: nothing to do")
+            out.print(f"{label} is in sync: nothing to do")
             return
         for step in result.drift:
-            out.print(f"  ~ {step}")
+            out.print(f"  ~ {escape(step)}")
     raise typer.Exit(PLAN_CHANGES_PENDING)
 
 
@@ -369,7 +468,7 @@ def _print_bound(node: str, moved: nodes.Moved) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (apply, get, describe, plan, delete, reconcile, pause, resume):
+    for command in (apply, get, describe, tree, plan, delete, reconcile, pause, resume):
         app.command()(command)
     app.command("kinds")(kinds_command)
     app.add_typer(node_app, name="node")

@@ -106,6 +106,8 @@ def test_patch_merges_into_the_spec(client: TestClient, engine: Engine, unique: 
         "paused": False,
         "deletion_policy": "delete",
         "labels": {"team": "ops"},
+        "depends_on": [],
+        "owned_by": None,
     }
     assert row(engine, unique)["content"] == "two" and row(engine, unique)["generation"] == 2
     assert client.patch(f"/v1/files/{unique}", json={"spec": {"path": "relative"}}).status_code == 422

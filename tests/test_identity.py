@@ -170,7 +170,7 @@ def test_a_reconcile_of_an_earlier_life_writes_nothing_into_the_next_ones_status
         unwatched(engine, "DELETE FROM files WHERE name = :n", unique)
         unwatched(engine, insert, unique)
         now = datetime.now(UTC)
-        found = StatusUpdate(1, True, "Ready", [], {}, [], 0, None, now, 60, 60, True)
+        found = StatusUpdate(1, True, "Ready", [], {}, [], None, 0, None, now, 60, 60, True)
         run = store.RunRecord(snapshot.status["uid"], 1, now, now, "noop", [], None, "w", None, 0)
         store.finish(conn, "File", unique, None, found, run, deleting=False)
     row = status(engine, unique)

@@ -4,6 +4,8 @@ before its interval (an hour here), through real scheduler and worker processes 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from controllers import processes, shim, workload
 from models.database import make_engine
+from setpoint.settings import Settings
 from tests.conftest import (
     Process,
     replicas_of,
@@ -29,7 +33,8 @@ from tests.conftest import (
     wait_for,
 )
 from tests.helpers import ready_at, runs, sql
-from worker import registry, watches
+from tests.test_metrics import metrics_port, sample, scrape
+from worker import metrics, registry, watcher, watches
 from worker.controller import Watch
 
 HOUR = 3600
@@ -145,6 +150,29 @@ def test_a_deleted_folder_is_healed_at_once_and_watched_again(watched: Stack, tm
     wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "folder and file back")
     target.write_text("tampered in the new folder\n")  # the watch followed the folder's new incarnation
     wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
+
+
+def test_a_renamed_folder_is_healed_at_once_and_watched_again(watched: Stack, tmp_path: Path) -> None:
+    """The folder's inotify watch follows it to its new name: its own rename (IN_MOVE_SELF) must tell."""
+    target = tmp_path / "a" / "b" / "app.conf"
+    target.parent.mkdir(parents=True)
+    managed_file(watched, target)
+    os.rename(target.parent, tmp_path / "a" / "c")
+    wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "folder and file back")
+    target.write_text("tampered in the new folder\n")
+    wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
+
+
+def test_a_renamed_grandparent_folder_is_healed_at_once(watched: Stack, tmp_path: Path) -> None:
+    """No event reaches the watch on the file's folder, which moves along: the folders above guard it."""
+    target = tmp_path / "a" / "b" / "app.conf"
+    target.parent.mkdir(parents=True)
+    managed_file(watched, target)
+    os.rename(tmp_path / "a", tmp_path / "d")
+    wait_for(lambda: target.exists() and target.read_text() == "desired\n", 10, "folders and file back")
+    target.write_text("tampered in the new folder\n")
+    wait_for(lambda: target.read_text() == "desired\n", 10, "file in the new folder healed")
+    (tmp_path / "d" / "b" / "app.conf").write_text("not ours any more\n")  # the old watch is gone with it
 
 
 def test_heal_latency_of_twenty_tampers(watched: Stack, tmp_path: Path) -> None:
@@ -318,5 +346,104 @@ def test_beyond_the_folder_limit_watching_is_degraded_once_and_healing_waits_for
         unwatched.write_text("tampered\n")
         wait_for(lambda: unwatched.read_text() == "desired\n", 15, "healed at its interval all the same")
         assert stack.worker.output().count("watching degraded") == 1, "said once, not at every look"
+        samples = scrape(metrics_port(stack.worker))
+        assert sample(samples, "setpoint_watch_degraded", node=socket.gethostname()) == 1
+        assert sample(samples, "setpoint_watched_folders", node=socket.gethostname()) == 1
         (folders[0] / "conf").write_text("tampered\n")  # the folder within the limit is watched still
         wait_for(lambda: (folders[0] / "conf").read_text() == "desired\n", 10, "watched file healed")
+
+
+def _exit_recorded_at(folder: Path, deadline_s: float) -> float:
+    """When the shim says its replica ended, read from its exit record as soon as it appears (the next reconcile
+    forgets it, so this looks every 2 ms rather than at wait_for's 50 ms)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for record in folder.glob("*.exit"):
+            with contextlib.suppress(OSError, ValueError):
+                return float(json.loads(record.read_text())["ended_at"])
+        time.sleep(0.002)
+    raise AssertionError(f"no exit record in {folder} within {deadline_s}s")
+
+
+def test_a_replica_killed_past_its_crash_window_is_replaced_at_once(watched: Stack) -> None:
+    """A replica that ran past the crash window (10 s) is no crash loop: its SIGKILL is replaced at once. Prints
+    the chain's timings from the kill: the shim's exit record, the reconcile that noticed it, the replacement
+    running (its record's time, written by its shim once it runs: the test's own polling does not count)."""
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    sql(
+        watched.engine,
+        "INSERT INTO workloads (name, command, replicas, interval_seconds) VALUES (:n, 'sleep 300', 1, :i)",
+        n=name,
+        i=HOUR,
+    )
+    wait_for(lambda: ready_at(watched.engine, name, 1, "Workload"), 30, "the replica running")
+    folder = (watched.state_dir / "workloads" / name).resolve()
+    wait_for(lambda: watched.watching(name, folder), 10, "replicas watched")
+    (victim,) = wait_for(lambda: len(found := replicas_of(name)) == 1 and found, 10, "one process")
+    window = workload.CRASH_WINDOW_S + 0.5
+    wait_for(lambda: time.time() - victim.create_time() > window, window + 5, "the replica past its crash window")
+    wait_for(lambda: settled(watched, name), 10, "no reconcile pending")
+    before = len(runs(watched.engine, name, "Workload"))
+    killed_at = time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    ended_at = _exit_recorded_at(folder, deadline_s=10)
+    (replacement,) = wait_for(
+        lambda: len(live := replicas_of(name)) == 1 and live[0].pid != victim.pid and live, 10, "replica replaced"
+    )
+    (record,) = [r for r in folder.glob("*.json") if json.loads(r.read_text())["pid"] == replacement.pid]
+    took_s = record.stat().st_mtime - killed_at  # the shim writes the record once the process runs
+    noticed = wait_for(lambda: (r := runs(watched.engine, name, "Workload")[before:]) and r[0], 10, "its run")
+    print(
+        f"SIGKILL -> exit recorded {(ended_at - killed_at) * 1000:.0f} ms, reconcile started "
+        f"{(noticed['started_at'].timestamp() - killed_at) * 1000:.0f} ms, replacement running "
+        f"{took_s * 1000:.0f} ms"
+    )
+    assert any("start replica 0" in action for action in noticed["actions"]), noticed
+    # What a user reads: the dead replica is not counted as running, and the replacement is, by its pid.
+    seen = wait_for(lambda: ready_at(watched.engine, name, 1, "Workload"), 10, "ready again")
+    alive = [r["pid"] for r in seen["observed"]["replicas"] if r["alive"]]
+    assert alive == [replacement.pid], seen["observed"]
+    assert took_s < 2.0, f"replaced {took_s:.3f} s after the kill"
+
+
+def test_an_exit_is_recorded_at_once_though_an_escaped_child_holds_the_log_pipe(tmp_path: Path) -> None:
+    """The exit record is what the watcher waits for: a child that left the replica's process group (and so
+    outlives it, holding its output pipe) must not hold it up for the log pump's drain (2 s)."""
+    name = f"w-{uuid.uuid4().hex[:10]}"
+    state = str(tmp_path / "state")
+    command = "setsid sleep 60 & exec sleep 300"  # run by /bin/sh -c
+    replica = processes.start(state, name, 0, "v1", command, {"SETPOINT_WORKLOAD": name}, None, 0)
+    try:
+        wait_for(lambda: len(replicas_of(name)) == 2, 10, "the replica and its escaped child")
+        killed_at = time.time()
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGKILL)
+        ended_at = _exit_recorded_at(Path(replica.record).parent, deadline_s=10)
+        recorded_s = os.stat(processes.exit_file(Path(replica.record))).st_mtime - killed_at
+        print(f"SIGKILL -> exit recorded {recorded_s * 1000:.0f} ms with the pipe held")
+        assert ended_at - killed_at < 0.1
+        assert recorded_s < shim.PUMP_DRAIN_S / 2, f"exit recorded {recorded_s:.3f} s after the kill"
+    finally:
+        for process in replicas_of(name):
+            with contextlib.suppress(OSError):
+                process.kill()
+
+
+def test_a_dead_observer_is_said_once_and_replaced(watched: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """watchdog's observer thread gone, events are lost: the log says watching is degraded, once, and the watcher
+    starts a new observer within a second and looks at every resource it watches (what changed meanwhile)."""
+    url = watched.engine.url.render_as_string(hide_password=False)
+    node = f"observer-{uuid.uuid4().hex[:8]}"  # a node of its own: this watcher marks nothing of the stack's
+    keeper = watcher.Watcher(Settings(database_url=url, node=node))
+    caplog.set_level(logging.INFO, logger="setpoint.watch")
+    keeper.start()
+    try:
+        first = keeper._folders.observer
+        first.stop()  # as if it died
+        wait_for(lambda: "watching restored" in caplog.text, 5, "a new observer")
+        assert keeper._folders.observer is not first and keeper._folders.observer.is_alive()
+        assert caplog.text.count("watching degraded") == 1, caplog.text
+        gauge = {s.labels["node"]: s.value for s in next(iter(metrics.WATCH_DEGRADED.collect())).samples}
+        assert gauge[node] == 0, "whole again"
+    finally:
+        keeper.stop()

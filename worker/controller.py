@@ -17,7 +17,9 @@ Optional: `health(desired, actual)` says whether what runs is healthy (a `Health
 phase `Progressing`, never `Degraded`), and `requeue_after(desired, actual)` asks for the next look sooner
 than the interval (while a rollout progresses, or when a crash-loop backoff ends).
 `watches(desired)` names the paths whose change should make the resource due at once (worker/watcher.py keeps
-them on the resource's node); the interval stays the safety net for any event missed.
+them on the resource's node); the interval stays the safety net for any event missed. `outputs(desired, actual)`
+publishes what other resources may reference; a resource acts only once what it depends on is ready, and its
+templated fields come to the controller with their references resolved (worker/needs.py, worker/references.py).
 
 Errors: raise `TransientError` (or let any exception escape) for what may work later; it is retried with
 backoff. Raise `PermanentError` or `InvalidSpec(field, message)` for what cannot work until the desired
@@ -103,6 +105,11 @@ class Controller(Generic[D, O]):
         """What to watch on the resource's node so a change there is healed at once; nothing by default. It
         depends on the desired row alone, so the watcher keeps watches without observing anything."""
         return ()
+
+    def outputs(self, desired: D, actual: O) -> dict[str, Any]:
+        """What other resources may reference (`{{ File/app-conf.outputs.sha256 }}`): a small JSON object, published
+        in status.outputs; when it changes, the resources that depend on this one are due at once."""
+        return {}
 
     def describe(self, actual: O) -> dict[str, Any]:
         """The observed state as JSON for status.observed; dataclasses are converted for you."""

@@ -1,4 +1,5 @@
-"""Prometheus metrics of reconciles, gathered from every pool process and served by the worker's main process.
+"""Prometheus metrics of reconciles, gathered from every pool process and served by the worker's main process,
+and of the main process's watcher (whether watching is degraded, how many folders it watches).
 
 Under prefork each pool process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
 multiprocess mode) and the main process serves their sum. The main process sets the folder up before the
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("setpoint.metrics")
@@ -45,6 +46,22 @@ RECONCILE_DURATION = Histogram(
     "How long a controller took to observe, plan and act on one resource.",
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=None,
+)
+# Set by the watcher in the main process alone (worker/watcher.py): "max" of one process's value is that value.
+WATCH_DEGRADED = Gauge(
+    "setpoint_watch_degraded",
+    "1 while some watched resource of this node goes unwatched (SETPOINT_WATCH_MAX_FOLDERS or inotify's limit "
+    "reached; a moment while a dead observer is replaced): it is healed at its interval only. 0 when whole.",
+    ["node"],
+    multiprocess_mode="max",
+    registry=None,
+)
+WATCHED_FOLDERS = Gauge(
+    "setpoint_watched_folders",
+    "Folders this node's watcher keeps an inotify watch on (SETPOINT_WATCH_MAX_FOLDERS at most).",
+    ["node"],
+    multiprocess_mode="max",
     registry=None,
 )
 

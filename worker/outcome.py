@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from setpoint.settings import Settings
-from worker import timing
+from worker import needs, timing
 from worker.controller import Health
 
 
@@ -28,10 +28,12 @@ class Result:
     health: Health | None = None
     requeue_after_s: float | None = None
     """The controller asked to look again this soon (a rollout in progress, a backoff ending)."""
+    outputs: dict[str, Any] | None = None
+    """What other resources may reference, as the controller published it; None keeps the last published."""
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("noop", "changed", "paused", "deleted")
+        return self.outcome in ("noop", "changed", "paused", "waiting", "deleted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,8 @@ class StatusUpdate:
     conditions: list[dict[str, Any]]
     observed: dict[str, Any]
     drift: list[dict[str, Any]]
+    outputs: dict[str, Any] | None
+    """None keeps the outputs last published (a failed reconcile publishes nothing)."""
     consecutive_failures: int
     last_error: str | None
     last_success_at: datetime | None
@@ -52,6 +56,8 @@ class StatusUpdate:
     interval_seconds: int
     release_claim: bool
     """False while a Celery retry of the same message is on its way, so the scheduler does not send another."""
+    waiting: bool = False
+    """It waited for its dependencies: due again at once if they are all ready by the time this is written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +98,13 @@ def _conditions(
         message = f"will retry: {result.error}" if result.transient else (result.error or result.outcome)
         reason = result.reason or "ReconcileError"
         return phase, False, [cond("Ready", False, reason, message), cond("Synced", False, reason, message)]
-    synced = not (result.outcome == "paused" and result.drift)
+    held = result.outcome in ("paused", "waiting")
+    synced = not (held and result.drift)
+    if result.outcome == "waiting":
+        reason, message = result.reason or "DependencyNotReady", result.error or "waiting"
+        drifted = "; drift left uncorrected: " + "; ".join(result.drift) if result.drift else ""
+        synced_says = cond("Synced", synced, reason, message + drifted)
+        return "Waiting", False, [cond("Ready", False, reason, message), synced_says]
     if result.outcome == "paused":
         reason = "Paused"
         message = "paused; in sync" if synced else "paused; drift left uncorrected: " + "; ".join(result.drift)
@@ -146,12 +158,15 @@ def status_update(
         conditions=conditions,
         observed=result.observed,
         drift=[{"change": item} for item in result.drift],
+        outputs=result.outputs if result.ok else None,
         consecutive_failures=failures,
         last_error=None if result.ok else result.error,
         last_success_at=now if result.ok else _parse(previous.get("last_success_at")),
         next_in_s=next_in_s,
         interval_seconds=interval_seconds,
         release_claim=retry is None,
+        # only a wait for dependencies ends when they turn ready; the other holds are woken by their own events
+        waiting=result.outcome == "waiting" and result.reason in needs.DEPENDENCY_HOLDS,
     )
     return update, retry
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from setpoint.errors import InvalidSpec, LockLost, PermanentError, StaleConnection, UnknownKind
 from setpoint.settings import Settings
-from worker import metrics, registry, store
+from worker import metrics, needs, owned, references, registry, secrets, store
 from worker.controller import Controller
 from worker.outcome import Result, Retry, status_update
 
@@ -47,11 +47,18 @@ class Done:
 
 
 def run_controller(
-    controller: Controller[Any, Any], desired: Any, *, deleting: bool, still_locked: Callable[[], bool] | None = None
+    controller: Controller[Any, Any],
+    desired: Any,
+    *,
+    deleting: bool,
+    still_locked: Callable[[], bool] | None = None,
+    hold: needs.Hold | None = None,
+    plan: bool = True,
 ) -> Result:
     """Validate, observe, plan and act, turning every error into a Result: nothing escapes but interrupts, and
     LockLost when `still_locked` says, before any action, that the resource is no longer ours (observing may
-    have taken seconds: a session ended meanwhile must not act even once)."""
+    have taken seconds: a session ended meanwhile must not act even once). With a `hold` (dependencies not
+    ready) it observes and plans but does not act; without `plan` (references unresolved) it only observes."""
     done: list[str] = []
     drift: tuple[str, ...] = ()
     observed: dict[str, Any] = {}
@@ -60,12 +67,18 @@ def run_controller(
             controller.validate(desired)
         actual = controller.observe(desired)
         observed = controller.describe(actual)
-        actions = controller.teardown(desired, actual) if deleting else controller.plan(desired, actual)
+        outputs = None if deleting else controller.outputs(desired, actual)
+        if deleting:
+            actions = controller.teardown(desired, actual)
+        else:
+            actions = controller.plan(desired, actual) if plan else []
         drift = tuple(str(action) for action in actions)
         health = None if deleting else controller.health(desired, actual)
         requeue = None if deleting else controller.requeue_after(desired, actual)
         if desired.paused and not deleting:
-            return Result("paused", drift=drift, observed=observed, health=health)
+            return Result("paused", drift=drift, observed=observed, health=health, outputs=outputs)
+        if hold is not None:
+            return Result("waiting", (), drift, observed, hold.message, hold.reason, health=health, outputs=outputs)
         for action in actions:
             if still_locked is not None and not still_locked():
                 raise LockLost(f"lock lost after {len(done)} of {len(actions)} actions")
@@ -83,8 +96,8 @@ def run_controller(
     if deleting:
         return Result("deleted", tuple(done), drift, observed)
     if not done:
-        return Result("noop", (), drift, observed, health=health, requeue_after_s=requeue)
-    changed = Result("changed", tuple(done), drift, observed, health=health, requeue_after_s=requeue)
+        return Result("noop", (), drift, observed, health=health, requeue_after_s=requeue, outputs=outputs)
+    changed = Result("changed", tuple(done), drift, observed, health=health, requeue_after_s=requeue, outputs=outputs)
     return _looked_again(controller, desired, changed)
 
 
@@ -99,6 +112,7 @@ def _looked_again(controller: Controller[Any, Any], desired: Any, changed: Resul
             observed=controller.describe(actual),
             health=controller.health(desired, actual),
             requeue_after_s=controller.requeue_after(desired, actual),
+            outputs=controller.outputs(desired, actual),
         )
     except Exception as error:  # the actions ran: the run is still a change
         log.warning("observing after the actions failed", extra={"error": f"{type(error).__name__}: {error}"})
@@ -189,12 +203,16 @@ def _run(
     """Drive the controller over one resource and record what came of it (which also unlocks)."""
     started = now()
     desired = controller.model.model_validate(snapshot.desired or status["last_desired"])
-    result = run_controller(
-        controller,
-        desired,
-        deleting=deleting,
-        still_locked=lambda: store.holds_lock(conn, request.kind, request.name),
-    )
+    with secrets.recording() as used:
+        result = _drive(
+            controller,
+            desired,
+            snapshot,
+            deleting,
+            lambda: store.holds_lock(conn, request.kind, request.name),
+            lambda: store.delete_owned(conn, request.kind, request.name),
+        )
+    result = _scrubbed(result, used)
     finished_at = now()
     run = store.RunRecord(
         uid=status["uid"],
@@ -237,6 +255,49 @@ def _run(
         },
     )
     return Done(result.outcome, retry)
+
+
+def _drive(
+    controller: Controller[Any, Any],
+    desired: Any,
+    snapshot: store.Snapshot,
+    deleting: bool,
+    still_locked: Callable[[], bool],
+    delete_owned: Callable[[], list[str]] = list,
+) -> Result:
+    """Run the controller, held back while a dependency is not ready (or, deleting, while a resource it owns or a
+    dependent exists: what it owns is deleted first)."""
+    if deleting:
+        waiting = owned.teardown_hold(delete_owned()) or needs.dependents_hold(snapshot.dependents, desired.owned_by)
+        if waiting is not None:  # not torn down before what depends on it: nothing to observe meanwhile
+            observed = (snapshot.status or {}).get("observed") or {}
+            return Result("waiting", observed=observed, error=waiting.message, reason=waiting.reason)
+        return run_controller(controller, desired, deleting=True, still_locked=still_locked)
+    found = needs.of(snapshot.needs)
+    resolved = references.resolve(desired, found)
+    hold = needs.hold(found, resolved.unresolved)
+    return run_controller(
+        controller,
+        resolved.desired,
+        deleting=False,
+        still_locked=still_locked,
+        hold=hold,
+        plan=not resolved.unresolved,
+    )
+
+
+def _scrubbed(result: Result, used: set[str]) -> Result:
+    """The result without any secret value read while it was made: what status, history and logs may hold."""
+    if not used:
+        return result
+    return dataclasses.replace(
+        result,
+        actions=tuple(secrets.scrub(list(result.actions), used)),
+        drift=tuple(secrets.scrub(list(result.drift), used)),
+        observed=secrets.scrub(result.observed, used),
+        error=secrets.scrub(result.error, used),
+        outputs=secrets.scrub(result.outputs, used),
+    )
 
 
 def _release(conn: Any, request: Request) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 
+from worker import needs
 from worker.outcome import StatusUpdate
 
 LOCK_KEY = "hashtextextended(:kind || '/' || :name, 0)"
@@ -29,6 +30,10 @@ class Snapshot:
     locked: bool
     desired: dict[str, Any] | None
     status: dict[str, Any] | None
+    needs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The resources it depends on (worker/needs.py), each with whether it is ready and its outputs."""
+    dependents: list[str] = dataclasses.field(default_factory=list)
+    """The resources (Kind/name) that depend on it, deleting ones included: it is torn down after them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +68,33 @@ picked AS (
 )
 SELECT (SELECT locked FROM lock) AS locked,
        (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
-       (SELECT status FROM picked) AS status
+       (SELECT status FROM picked) AS status,
+       ({needs}) AS needs,
+       ({dependents}) AS dependents
 """
 
 
 @functools.cache
 def _begin_statement(table: str) -> TextClause:
     """Built once per kind: a reconcile's hot path compiles nothing."""
-    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table))
+    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table, needs=needs.SELECT, dependents=_DEPENDENTS))
+
+
+_DEPENDENTS = """SELECT jsonb_agg(d.kind || '/' || d.name ORDER BY d.kind, d.name)
+        FROM dependencies AS d WHERE d.on_kind = :kind AND d.on_name = :name"""
+_LINKS = text(f"SELECT ({needs.SELECT}) AS needs, ({_DEPENDENTS}) AS dependents")
 
 
 def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
+    """Lock and read. A resource with links reads them once more, in a statement of its own: the first one's
+    snapshot may predate a dependency's change whose wake-up it then waited for on the status row's lock (and so
+    would never see it, nor be woken again)."""
     row = conn.execute(_begin_statement(table), {"kind": kind, "name": name}).one()
-    return Snapshot(bool(row.locked), row.desired, row.status)
+    found, dependents = row.needs or [], row.dependents or []
+    if row.locked and (found or dependents):
+        again = conn.execute(_LINKS, {"kind": kind, "name": name}).one()
+        found, dependents = again.needs or [], again.dependents or []
+    return Snapshot(bool(row.locked), row.desired, row.status, found, dependents)
 
 
 def unlock(conn: Connection, kind: str, name: str) -> None:
@@ -92,7 +111,7 @@ WITH status AS (
     UPDATE statuses SET
         observed_generation = :observed_generation, ready = :ready,
         phase = CASE WHEN deleted_at IS NOT NULL THEN 'Deleting' ELSE :phase END,
-        conditions = :conditions, observed = :observed, drift = :drift,
+        conditions = :conditions, observed = :observed, drift = :drift, outputs = COALESCE(:outputs, outputs),
         consecutive_failures = :consecutive_failures, last_error = :last_error,
         last_reconcile_at = :finished_at, last_success_at = :last_success_at,
         interval_seconds = :interval_seconds,
@@ -100,6 +119,14 @@ WITH status AS (
         -- the due time is the database's clock plus an offset, so worker clocks never matter
         next_reconcile_at = CASE
             WHEN generation IS DISTINCT FROM :observed_generation OR (deleted_at IS NOT NULL AND NOT :deleting)
+            THEN now()
+            -- made due while we worked (a dependency became ready, a dependent went): that look is still owed
+            WHEN next_reconcile_at > picked_at THEN now()
+            -- we waited for dependencies that are all ready by now (their wake-up came before we started)
+            WHEN :waiting AND NOT EXISTS (
+                SELECT FROM dependencies AS d LEFT JOIN statuses AS n ON n.kind = d.on_kind AND n.name = d.on_name
+                WHERE d.kind = :kind AND d.name = :name AND NOT COALESCE(
+                    n.ready AND n.observed_generation = n.generation AND n.deleted_at IS NULL, false))
             THEN now()
             ELSE now() + make_interval(secs => :next_in_s) END,
         -- only the message holding the current claim frees it; an older or hand-sent one must not
@@ -116,8 +143,9 @@ WITH run AS ({_RUN})
 SELECT setpoint_teardown_done(:kind, :name), pg_advisory_unlock({LOCK_KEY})
 """
 
-_JSON = ("conditions", "observed", "drift", "actions")
-_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB) for k in _JSON))
+_JSON = ("conditions", "observed", "drift", "outputs", "actions")
+# A failed run publishes no outputs (None): SQL NULL, so COALESCE keeps the last ones, not JSON null over them.
+_FINISH_STATEMENT = text(_FINISH).bindparams(*(bindparam(k, type_=JSONB(none_as_null=k == "outputs")) for k in _JSON))
 _FINISH_DELETE_STATEMENT = text(_FINISH_DELETE).bindparams(bindparam("actions", type_=JSONB))
 
 
@@ -149,6 +177,13 @@ def finish(
 def forget(conn: Connection, kind: str, name: str) -> None:
     """Drop a status row that has neither a desired row nor a tombstone behind it (the function checks both)."""
     conn.execute(text("SELECT setpoint_forget_orphan(:kind, :name)"), {"kind": kind, "name": name})
+
+
+def delete_owned(conn: Connection, kind: str, name: str) -> list[str]:
+    """Delete the rows a resource being torn down owns; what it owns that is still being torn down (Kind/name)."""
+    # The function runs as its owner: the worker's role may not delete desired rows itself.
+    left = conn.execute(text("SELECT setpoint_delete_owned(:owner)"), {"owner": f"{kind}/{name}"}).scalar()
+    return list(left or [])
 
 
 def pin(conn: Connection, kind: str, name: str, node: str) -> None:

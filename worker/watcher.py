@@ -1,102 +1,44 @@
 """The watcher: a thread in each worker's main process that heals at the speed of the event, not of the interval.
 
-It keeps, with `watchdog` (inotify on Linux), the watches of the resources pinned to its node (worker/watches.py),
-and when one fires makes that resource due now through PostgreSQL; events within `watch_debounce_seconds` of the
-first are folded into one reconcile. It loads the watches at start, whenever a desired row changes or a resource is
-pinned here (LISTEN), and every `watch_resync_seconds`; after its start it looks at each watched resource once,
-since nobody watched while the worker was down. Level-triggered all the same: a missed event only delays healing
-to the interval; so does a watch that cannot be kept (inotify's limit, SETPOINT_WATCH_MAX_FOLDERS, the observer
-thread gone), which the log says once. A filesystem that gives no events (NFS, FUSE) cannot be told from a quiet
-one: what lives there heals at its interval.
+It keeps, with `watchdog` (inotify on Linux), the watches of the resources pinned to its node (worker/watches.py)
+on the folders that hold them (worker/watchfolders.py), and when one fires makes that resource due now through
+PostgreSQL; events within `watch_debounce_seconds` of the first are folded into one reconcile. It loads the
+watches at start, whenever a desired row changes or a resource is pinned here (LISTEN), and every
+`watch_resync_seconds`; after its start it looks at each watched resource once, since nobody watched while the
+worker was down. Level-triggered all the same: a missed event only delays healing to the interval; so does a
+watch that cannot be kept (inotify's limit, SETPOINT_WATCH_MAX_FOLDERS, the observer thread gone), which the log
+says once and the gauge `setpoint_watch_degraded` shows while it lasts. A filesystem that gives no events (NFS,
+FUSE) cannot be told from a quiet one: what lives there heals at its interval.
+
+A watched folder that is deleted or renamed is noticed (its own inotify event) and its resources are made due,
+then watched again where they belong; so is any folder above it (the folders above guard it: a rename of the
+grandparent of a File gives no event to the watch on the File's folder, which moves along with it).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import os
 import threading
 import time
 
 import psycopg
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from models import triggers
 from models.database import CONNECT_ARGS, libpq_url, make_engine
 from setpoint.settings import Settings
-from worker import registry, watches
+from worker import metrics, registry, watches
 from worker.controller import Watch
 from worker.watches import Key
+from worker.watchfolders import Folders
 
 log = logging.getLogger("setpoint.watch")
 
-CHANGES = {"created", "deleted", "modified", "moved", "closed", "attrib"}
-"""Event types that change a file (`attrib`: chmod, chown); opens and reads (Setpoint's own observations among
-them) are not changes."""
-GONE = {"deleted", "moved"}
-MOVE_PAIRING_S = 0.01
-"""How long watchdog holds a rename's first half waiting for its second (its default, 0.5 s, stalls every event
-behind it that long whenever a rename is read in two halves: a rename's halves come together, or not at all)."""
 RUNNING_RETRY_S = 0.05
 """How soon a resource that was being reconciled when its event came is marked again."""
 RUNNING_GIVE_UP_S = 300.0
 """After this, a resource still being reconciled is left to its interval."""
-
-
-def anchor(watch: Watch) -> str:
-    """The folder to watch for `watch`: the file's folder (or, with names, the folder itself), else the nearest
-    folder above that exists, so a deleted folder is noticed when it comes back."""
-    folder = watch.path if watch.names else os.path.dirname(watch.path)
-    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
-        folder = os.path.dirname(folder)
-    return folder
-
-
-def matches(watch: Watch, event_type: str, path: str) -> bool:
-    """Whether an event of `event_type` at `path` changes what `watch` names."""
-    if event_type not in CHANGES:
-        return False
-    if path == watch.path:
-        return event_type in GONE or not watch.names  # a folder's own "modified" is any entry's change
-    if watch.path.startswith(path.rstrip("/") + "/"):  # a folder above: gone, or back again
-        return event_type in GONE or event_type == "created"
-    folder, name = os.path.split(path)
-    return folder == watch.path and any(fnmatch.fnmatchcase(name, pattern) for pattern in watch.names)
-
-
-def _placed(event: str, key: Key, folder: str) -> None:
-    log.debug(event, extra={"kind": key[0], "resource": key[1], "folder": folder})
-
-
-class _Folder(FileSystemEventHandler):
-    """The handler for one watched folder: which resources' watches are anchored there."""
-
-    def __init__(self, watcher: Watcher, path: str) -> None:
-        self.watcher = watcher
-        self.path = path
-        self.watches: dict[Key, tuple[Watch, ...]] = {}
-        self.scheduled: ObservedWatch | None = None
-        self.stale = False
-        """The folder itself was deleted: its inotify watch is dead, even if a folder of that name comes back."""
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = [os.fsdecode(event.src_path)]
-        if event.dest_path:
-            paths.append(os.fsdecode(event.dest_path))
-        if paths[0] == self.path and event.event_type in GONE:
-            self.stale = True
-        hit = {
-            key
-            for key, kept in list(self.watches.items())
-            for watch in kept
-            for path in paths
-            if matches(watch, event.event_type, path)
-        }
-        if hit:
-            self.watcher.fired(hit)
+OBSERVER_CHECK_S = 1.0
+"""How often the watcher thread looks whether watchdog's observer thread still runs, even when nothing happens."""
 
 
 class Watcher:
@@ -118,26 +60,23 @@ class Watcher:
         """Events may have been missed (the worker was down, the observer died): look at every watched resource."""
         self._known: dict[Key, watches.Watched] = {}
         self._wanted: dict[Key, tuple[Watch, ...]] = {}
-        self._folders: dict[str, _Folder] = {}
-        self._anchored: dict[Key, set[str]] = {}
-        """Which folders each resource's watches are anchored in."""
-        self._observer: BaseObserver = Observer()
+        self._folders = Folders(settings.watch_max_folders, self.fired, self._degraded)
         self._degraded_said = False
+        metrics.WATCH_DEGRADED.labels(node=self.node).set(0)
         self._threads = [
             threading.Thread(target=self._run, name="setpoint-watcher", daemon=True),
             threading.Thread(target=self._listen, name="setpoint-watch-listen", daemon=True),
         ]
 
     def start(self) -> None:
-        InotifyMoveEventGrouper.delay = MOVE_PAIRING_S
-        self._observer.start()
+        self._folders.start()
         for thread in self._threads:
             thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._observer.stop()
+        self._folders.stop()
         for thread in self._threads:
             thread.join(5)
         self._engine.dispose()
@@ -176,7 +115,8 @@ class Watcher:
         with self._lock:
             if self._pending:
                 return max(min(self._pending.values()) - time.monotonic(), 0.0)
-        return max(last_resync + self.settings.watch_resync_seconds - time.monotonic(), 0.0)
+        resync_in_s = last_resync + self.settings.watch_resync_seconds - time.monotonic()
+        return min(max(resync_in_s, 0.0), OBSERVER_CHECK_S)
 
     def _flush(self) -> None:
         now = time.monotonic()
@@ -204,77 +144,30 @@ class Watcher:
             self._known = watches.load(conn, self.node, registry.controllers(), self._known)
         wanted = {key: watched.watches for key, watched in self._known.items()}
         self._wanted = wanted
-        for key in [key for key in self._anchored if key not in wanted]:
-            for path in self._anchored.pop(key):
-                self._unanchor(key, path)
+        self._folders.keep_only(set(wanted))
         self._place(wanted)
 
-    def _unanchor(self, key: Key, path: str) -> None:
-        folder = self._folders.get(path)
-        if folder is not None and folder.watches.pop(key, None) is not None:
-            _placed("unwatching", key, path)
-
     def _place(self, wanted: dict[Key, tuple[Watch, ...]]) -> None:
-        """Anchor each resource's watches where they belong now, and watch exactly the folders with a watch."""
-        for key, kept in wanted.items():
-            at: dict[str, list[Watch]] = {}
-            for watch in kept:
-                at.setdefault(anchor(watch), []).append(watch)
-            for path in self._anchored.get(key, set()) - set(at):
-                self._unanchor(key, path)
-            for path, here in at.items():
-                folder = self._folder(path)
-                if key not in folder.watches:
-                    _placed("watching", key, path)
-                folder.watches[key] = tuple(here)
-            self._anchored[key] = set(at)
-        scheduled = sum(folder.scheduled is not None for folder in self._folders.values())
-        for path, folder in list(self._folders.items()):
-            if folder.scheduled is not None and (folder.stale or not folder.watches):
-                self._observer.unschedule(folder.scheduled)
-                folder.scheduled, folder.stale = None, False
-                scheduled -= 1
-            if not folder.watches:
-                del self._folders[path]
-            elif folder.scheduled is None and scheduled < self.settings.watch_max_folders:
-                scheduled += self._schedule(folder)
-            elif folder.scheduled is None:
-                limit = self.settings.watch_max_folders
-                self._degraded(path, f"SETPOINT_WATCH_MAX_FOLDERS ({limit}) reached")
-        if self._degraded_said and scheduled == len(self._folders) and self._observer.is_alive():
-            self._degraded_said = False
-            log.warning("watching restored", extra={"node": self.node, "folders": len(self._folders)})
-
-    def _schedule(self, folder: _Folder) -> int:
-        """Watch the folder; 1 if it is watched now, else 0."""
-        try:
-            folder.scheduled = self._observer.schedule(folder, folder.path, recursive=False)
-            return 1
-        except FileNotFoundError:  # gone since anchored: anchor everything again
+        if not self._folders.place(wanted):  # a folder gone since anchored: anchor everything again
             self._resync = True
-        except OSError as error:  # inotify's limit, most often (fs.inotify.max_user_watches)
-            self._degraded(folder.path, f"{type(error).__name__}: {error}")
-        return 0
-
-    def _folder(self, path: str) -> _Folder:
-        if path not in self._folders:
-            self._folders[path] = _Folder(self, path)
-        return self._folders[path]
+        metrics.WATCHED_FOLDERS.labels(node=self.node).set(self._folders.scheduled)
+        if self._degraded_said and self._folders.whole():
+            self._degraded_said = False
+            metrics.WATCH_DEGRADED.labels(node=self.node).set(0)
+            log.warning("watching restored", extra={"node": self.node, "folders": self._folders.scheduled})
 
     def _keep_observer(self) -> None:
-        if self._observer.is_alive() or self._stop.is_set():
+        if self._folders.observer.is_alive() or self._stop.is_set():
             return
         self._degraded("the watchdog observer thread", "it stopped")
-        self._observer = Observer()
-        for folder in self._folders.values():
-            folder.scheduled = None
-        self._observer.start()
+        self._folders.restart_observer()
         self._resync = self._look_at_all = True
 
     def _degraded(self, what: str, why: str) -> None:
         """Say once (until watching is whole again) that it is degraded; healing goes on at each interval."""
         if not self._degraded_said:
             self._degraded_said = True
+            metrics.WATCH_DEGRADED.labels(node=self.node).set(1)
             log.warning(
                 "watching degraded: what is not watched is healed at its resource's interval",
                 extra={"node": self.node, "folder": what, "error": why},
