@@ -23,7 +23,20 @@ import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench import bare, bare_chain, hold, processes, reaction, report, resources, roundtrips, scale, servers, throughput
+from bench import (
+    bare,
+    bare_chain,
+    healing,
+    hold,
+    processes,
+    reaction,
+    report,
+    resources,
+    roundtrips,
+    scale,
+    servers,
+    throughput,
+)
 from bench.results_model import Results
 from bench.stats import Latency
 from bench.wire import CountingProxy
@@ -49,6 +62,7 @@ class Plan:
     throughput_rounds: int
     """Setpoint and the bare task are measured this many times each, alternately (S, C, S, C, …); the medians
     are compared, and the range of each is reported."""
+    heal: healing.HealPlan
     scale_interval_s: float = 300.0
     hold_resources: int = 10_000
     hold_interval_s: float = 60.0
@@ -56,8 +70,29 @@ class Plan:
     """How long the load is held (0: not at all)."""
 
 
-QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, hold_s=0)
-FULL = Plan("full", 5_000, 300, 1.0, 40, 500, (10_000, 100_000), 30.0, 5)
+QUICK_HEAL = healing.HealPlan(
+    files=200,
+    poll_files=100,
+    poll_interval_s=3,
+    workloads=30,
+    kill_rounds=1,
+    supervised=20,
+    idle_files=1_800,
+    idle_window_s=10.0,
+)
+FULL_HEAL = healing.HealPlan(
+    files=200,
+    poll_files=100,
+    poll_interval_s=3,
+    workloads=40,
+    kill_rounds=3,
+    supervised=60,
+    idle_files=9_800,
+    idle_window_s=60.0,
+)
+"""Watched Files: `files` tampered with plus `idle_files` never touched (2,000 and 10,000 in all)."""
+QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, QUICK_HEAL, hold_s=0)
+FULL = Plan("full", 5_000, 300, 1.0, 40, 500, (10_000, 100_000), 30.0, 5, FULL_HEAL)
 ROUNDTRIP_WARMUP = 20
 REACTION_WARMUP = 3
 """Changes sent through each reaction chain before any is counted: the bare chain's processes connect lazily."""
@@ -183,6 +218,9 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     processes.stop_all([scheduler, *workers])  # the hold and the scale scenarios run on an otherwise quiet machine
     dbs.drop(url)
 
+    say("healing: watching, polling alone and supervisord, on a stack of their own")
+    healed = healing.measure(dbs, found.broker_url, tag, logs, plan.heal, say)
+
     held = None
     if plan.hold_s > 0:
         say(f"holding {plan.hold_resources:,} resources at {plan.hold_interval_s:g} s for {plan.hold_s:g} s")
@@ -213,6 +251,7 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
         scale=loads,
         hold=held,
         duration_s=time.monotonic() - _started,
+        healing=healed,
     )
 
 
@@ -222,7 +261,7 @@ def _interrupt(*_: object) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a scaled-down run, about two minutes")
+    parser.add_argument("--quick", action="store_true", help="a scaled-down run, about three minutes")
     parser.add_argument(
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bench.healing import Healing
 from bench.hold import Hold
 from bench.roundtrips import RoundTrips
 from bench.scale import SchedulerLoad
@@ -40,6 +41,8 @@ class Results:
     hold: Hold | None
     """The load held, or None where the run did not hold one (quick)."""
     duration_s: float
+    healing: Healing | None = None
+    """Healing at the speed of the event (issue 12); None in a run from before it was measured."""
 
     @property
     def naive(self) -> Latency:
@@ -91,6 +94,13 @@ class Results:
         data["throughput_ratio"] = self.throughput_ratio
         data["round_ratios"] = dataclasses.asdict(self.round_ratios)
         data["reaction_ratio_p50"], data["reaction_ratio_p99"] = self.reaction_ratio
+        if self.healing:
+            h = self.healing
+            data["healing"]["gains_p50_p99"] = {
+                "tamper_watching_over_polling": h.tamper_gain,
+                "kill_watching_over_polling": h.kill_gain,
+                "kill_setpoint_over_supervisord": h.supervisord_gain,
+            }
         for key in ("throughput_rounds", "ceiling_rounds"):
             for data_round, each in zip(data[key], getattr(self, key), strict=True):
                 data_round.update(steady_per_s=each.steady_per_s, end_to_end_per_s=each.end_to_end_per_s)

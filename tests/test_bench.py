@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench import bare, roundtrips
+from bench import bare, report, roundtrips
+from bench.healing import Healing, Idle
 from bench.results_model import Results
 from bench.roundtrips import RoundTrips
 from bench.stats import Latency
 from bench.throughput import Rate
+from bench.usage import Usage
 from bench.wire import CountingProxy
 from models.database import libpq_url
 
@@ -68,3 +72,47 @@ def test_throughput_is_the_median_of_the_rounds_with_their_range_not_the_best() 
 
 def test_reaction_is_a_ratio_against_the_bare_chain() -> None:
     assert _results([1], [1]).reaction_ratio == (2.0, 2.0)
+
+
+def _healing() -> Healing:
+    idle = Usage(0.004, 300.0, 0.24)
+    return Healing(
+        200, 300, 2, Latency(200, 0.030, 0.060, 0.070), Latency(200, 1.200, 2.400, 2.500),
+        Latency(30, 0.080, 0.120, 0.130), Latency(30, 1.600, 2.400, 2.600), Latency(20, 1.000, 2.000, 2.000),
+        [Idle(True, 2000, 100, 130, 137, 10.0, idle, 110.0),
+         Idle(False, 2000, 100, 0, 3, 10.0, Usage(0.001, 290.0, 0.06), 100.0)],
+        80.0,
+    )  # fmt: skip
+
+
+def test_healing_is_reported_as_gains_over_polling_and_supervisord_against_its_targets() -> None:
+    results = dataclasses.replace(_results([300], [400]), healing=_healing())
+    healing = results.healing
+    assert healing is not None
+    assert healing.tamper_gain == (40.0, 40.0)
+    assert healing.kill_gain == (20.0, 20.0)
+    assert healing.supervisord_gain == (12.5, 2000 / 120)
+    text = report.markdown(results)
+    assert "## Healing" in text
+    tamper_row = next(line for line in text.splitlines() if line.startswith("| tamper → file content back"))
+    assert "30.0 ms / 60.0 ms / 70.0 ms" in tamper_row and "**40×** / **40×**" in tamper_row
+    assert tamper_row.endswith("| yes |")
+    kill_row = next(line for line in text.splitlines() if line.startswith("| replica SIGKILL"))
+    assert "supervisord `autorestart=true`: 1.00 s / 2.00 s / 2.00 s; Setpoint **12×**" in kill_row
+    assert kill_row.endswith("| yes |")
+    assert any("watching adds +10 MB; main process +10 MB" in line for line in text.splitlines())
+    assert any("watching heals 40x faster" in line for line in report.headlines(results))
+    assert results.to_json()["healing"]["gains_p50_p99"]["tamper_watching_over_polling"] == (40.0, 40.0)
+
+
+def test_a_slow_heal_is_reported_as_missing_its_target() -> None:
+    slow = dataclasses.replace(_healing(), tamper_watching=Latency(200, 0.150, 0.600, 0.700))
+    text = report.markdown(dataclasses.replace(_results([300], [400]), healing=slow))
+    tamper_row = next(line for line in text.splitlines() if line.startswith("| tamper → file content back"))
+    assert tamper_row.endswith("| **no** |")
+
+
+def test_a_run_without_healing_still_renders() -> None:
+    results = _results([300], [400])
+    assert "## Healing" not in report.markdown(results)
+    assert not any("healing" in line for line in report.headlines(results))
