@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from bench import (
     bare,
     bare_chain,
+    dependencies,
     healing,
     hold,
     processes,
@@ -63,6 +64,10 @@ class Plan:
     """Setpoint and the bare task are measured this many times each, alternately (S, C, S, C, …); the medians
     are compared, and the range of each is reported."""
     heal: healing.HealPlan
+    chains: int = 10
+    """Chains of dependencies.CHAIN_LENGTH fixed once each (issue 13)."""
+    trees: int = 1
+    """Rounds of a 1,000-resource tree and the same without dependencies, alternately."""
     scale_interval_s: float = 300.0
     hold_resources: int = 10_000
     hold_interval_s: float = 60.0
@@ -92,7 +97,7 @@ FULL_HEAL = healing.HealPlan(
 )
 """Watched Files: `files` tampered with plus `idle_files` never touched (2,000 and 10,000 in all)."""
 QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, QUICK_HEAL, hold_s=0)
-FULL = Plan("full", 5_000, 300, 1.0, 40, 500, (10_000, 100_000), 30.0, 5, FULL_HEAL)
+FULL = Plan("full", 5_000, 300, 1.0, 40, 500, (10_000, 100_000), 30.0, 5, FULL_HEAL, chains=30, trees=3)
 ROUNDTRIP_WARMUP = 20
 REACTION_WARMUP = 3
 """Changes sent through each reaction chain before any is counted: the bare chain's processes connect lazily."""
@@ -220,6 +225,8 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
 
     say("healing: watching, polling alone and supervisord, on a stack of their own")
     healed = healing.measure(dbs, found.broker_url, tag, logs, plan.heal, say)
+    say(f"dependencies: {plan.chains} chains of {dependencies.CHAIN_LENGTH}, {plan.trees} tree(s) against flat sets")
+    linked = dependencies.run(dbs, found.broker_url, tag, logs, plan.chains, plan.trees)
 
     held = None
     if plan.hold_s > 0:
@@ -252,6 +259,7 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
         hold=held,
         duration_s=time.monotonic() - _started,
         healing=healed,
+        dependencies=linked,
     )
 
 

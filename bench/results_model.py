@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bench.dependencies import Dependencies
 from bench.healing import Healing
 from bench.hold import Hold
 from bench.roundtrips import RoundTrips
@@ -43,6 +44,8 @@ class Results:
     duration_s: float
     healing: Healing | None = None
     """Healing at the speed of the event (issue 12); None in a run from before it was measured."""
+    dependencies: Dependencies | None = None
+    """A chain of dependencies and a dependency tree (issue 13); None in a run from before it was measured."""
 
     @property
     def naive(self) -> Latency:
@@ -100,6 +103,14 @@ class Results:
                 "tamper_watching_over_polling": h.tamper_gain,
                 "kill_watching_over_polling": h.kill_gain,
                 "kill_setpoint_over_supervisord": h.supervisord_gain,
+            }
+        if self.dependencies:
+            d = self.dependencies
+            data["dependencies"]["derived"] = {
+                "chain_target_s": d.chain_length * self.reaction.p99_s,
+                "flux_recheck_expected_s": d.flux_expected_s,
+                "flux_recheck_worst_s": d.flux_worst_s,
+                "tree_over_flat_cpu": {part: d.tree_over_flat(part) for part in ("scheduler", "worker", "database")},
             }
         for key in ("throughput_rounds", "ceiling_rounds"):
             for data_round, each in zip(data[key], getattr(self, key), strict=True):

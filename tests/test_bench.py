@@ -116,3 +116,22 @@ def test_a_run_without_healing_still_renders() -> None:
     results = _results([300], [400])
     assert "## Healing" not in report.markdown(results)
     assert not any("healing" in line for line in report.headlines(results))
+
+
+def test_dependencies_are_reported_against_ten_reactions_and_a_flat_set() -> None:
+    from bench.dependencies import Converge, Dependencies
+
+    def converge(seconds: float, scheduler_ms: float) -> Converge:
+        return Converge(seconds, 1000, {"scheduler": scheduler_ms, "worker": 2.0, "database": 1.0})
+
+    linked = Dependencies(10, Latency(10, 0.080, 0.150, 0.160), 1000, [converge(4.0, 0.3)], [converge(3.0, 0.2)])
+    results = dataclasses.replace(_results([300], [400]), dependencies=linked)  # reaction p99 20 ms: target 200 ms
+    text = report.markdown(results)
+    chain_row = next(line for line in text.splitlines() if line.startswith("| fix → last of 10 ready"))
+    assert "≤ 10 × reaction p99 = 200.0 ms | yes | 150 s expected, 300 s at worst |" in chain_row
+    assert "| CPU per resource: scheduler | 0.30 ms | 0.20 ms | 1.50× |" in text
+    assert "| time to all ready | 4.00 s | 3.00 s | 1.33× |" in text
+    assert results.to_json()["dependencies"]["derived"]["tree_over_flat_cpu"]["scheduler"] == 1.5
+    slow = dataclasses.replace(linked, chain=Latency(10, 0.300, 0.400, 0.500))
+    slow_row = report.markdown(dataclasses.replace(results, dependencies=slow)).split("| fix → last of 10 ready")[1]
+    assert "| **no** |" in slow_row.splitlines()[0]
