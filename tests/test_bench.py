@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import psycopg
+import pytest
 from sqlalchemy.engine import make_url
 
 from bench import bare, report, roundtrips
@@ -131,7 +132,7 @@ def test_dependencies_are_reported_against_ten_reactions_and_a_flat_set() -> Non
     assert "≤ 10 × reaction p99 = 200.0 ms | yes | 150 s expected, 300 s at worst |" in chain_row
     assert "| CPU per resource: scheduler | 0.30 ms | 0.20 ms | 1.50× |" in text
     assert "| time to all ready | 4.00 s | 3.00 s | 1.33× |" in text
-    assert results.to_json()["dependencies"]["derived"]["tree_over_flat_cpu"]["scheduler"] == 1.5
+    assert results.to_json()["dependencies"]["derived"]["tree_over_flat_cpu"]["scheduler"] == pytest.approx(1.5)
     slow = dataclasses.replace(linked, chain=Latency(10, 0.300, 0.400, 0.500))
     slow_row = report.markdown(dataclasses.replace(results, dependencies=slow)).split("| fix → last of 10 ready")[1]
     assert "| **no** |" in slow_row.splitlines()[0]
