@@ -4,10 +4,24 @@ from models.app import App
 from models.base import Resource, metadata
 from models.dependency import Dependency
 from models.file import File
+from models.http_object import HTTPObject, HTTPObjectLocation
 from models.node import Node
 from models.run import Run
 from models.secret import Secret
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["App", "Dependency", "File", "Node", "Resource", "Run", "Secret", "Status", "Workload", "metadata"]
+__all__ = [
+    "App",
+    "Dependency",
+    "File",
+    "HTTPObject",
+    "HTTPObjectLocation",
+    "Node",
+    "Resource",
+    "Run",
+    "Secret",
+    "Status",
+    "Workload",
+    "metadata",
+]
