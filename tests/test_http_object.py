@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from controllers.http_object import Api, PutObject, differences, retry_after_s, url_problem
-from tests.conftest import wait_for
+from models.database import make_engine
+from tests.conftest import start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, runs, sql, stack_log, status
 from worker.secrets import Redacted
 
@@ -245,12 +247,45 @@ def test_an_object_created_by_post_is_found_again_at_its_location_and_deleted_th
     assert len(api.seen(collection, "POST")) == 1, "never created twice"
     api.edit(where, title="dev")
     wait_for(lambda: (api.get(where) or {}).get("title") == "ops", 20, "put back at its location")
+    with api.lock:
+        del api.objects[where]  # deleted behind Setpoint's back: created again, at the location now answered
+    again = f"{collection}/2"
+    wait_for(lambda: (status(engine, unique, KIND) or {}).get("outputs", {}).get("url") == api.url(again), 20, "again")
+    assert len(api.seen(collection, "POST")) == 2
+    where, kept = again, api.url(again)
 
     sql(engine, "DELETE FROM http_objects WHERE name = :n", n=unique)
     wait_for(lambda: status(engine, unique, KIND) is None, 20, "torn down")
     assert api.get(where) is None
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM http_object_locations WHERE url = :u"), {"u": kept}).scalar() == 0
+        assert (
+            conn.execute(text("SELECT count(*) FROM http_object_locations WHERE url = :u"), {"u": kept}).scalar() == 0
+        )
+
+
+def test_a_location_survives_the_worker_killed_and_another_one_taking_over(
+    fresh: dict[str, str], tmp_path: Path, unique: str, api: FakeApi
+) -> None:
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    replacement = None
+    try:
+        collection = f"/teams-{unique}"
+        _insert(engine, unique, {"title": "ops"}, create_url=api.url(collection), interval_seconds=1)
+        wait_for(lambda: ready_at(engine, unique, 1, KIND), 60, "created")
+        worker.kill()  # every process of it, at once
+        elsewhere = {**fresh, "SETPOINT_STATE_DIR": str(tmp_path / "another-host")}
+        replacement = start_worker(elsewhere, tmp_path / "replacement.log", name="w2")
+        looked = len(api.seen(f"{collection}/1", "GET"))
+        wait_for(lambda: len(api.seen(f"{collection}/1", "GET")) >= looked + 3, 60, "the other worker looking")
+        assert len(api.seen(collection, "POST")) == 1, "the other worker found the object, and made no second one"
+        assert api.get(f"{collection}/1") == {"id": "1", "title": "ops"}
+    finally:
+        if replacement is not None:
+            replacement.stop()
+        scheduler.stop()
+        engine.dispose()
 
 
 def test_a_server_answering_500_then_200_converges(
@@ -262,7 +297,7 @@ def test_a_server_answering_500_then_200_converges(
     wait_for(lambda: ready_at(engine, unique, 1, KIND), 20, "converged")
     history = runs(engine, unique, KIND)
     assert [r["outcome"] for r in history] == ["failed", "failed", "changed"]
-    assert "answered 500 Internal Server Error: {\"error\": \"database is restarting\"}" in history[0]["error"]
+    assert 'answered 500 Internal Server Error: {"error": "database is restarting"}' in history[0]["error"]
     assert api.get(path) == {"id": unique, "revision": 1, "color": "red"}
 
 
