@@ -316,7 +316,14 @@ def location(create_url: str, response: httpx2.Response) -> str:
     problem = url_problem(found)
     if problem:
         raise ApiRefused(f"POST {create_url} answered a location that {problem}")
+    if _origin(found) != _origin(create_url):  # the headers (a token) go only where the row sent them
+        raise ApiRefused(f"POST {create_url} answered a location on another server: {found[:200]}")
     return found
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = httpx2.URL(url)
+    return parsed.scheme, parsed.host, parsed.port
 
 
 def _check(method: str, url: str, response: httpx2.Response, *, missing_ok: bool = False) -> None:

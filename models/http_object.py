@@ -17,7 +17,8 @@ from models.base import NAME_PATTERN, Resource, check, common_constraints, json_
 URL_PATTERN = r"^(https?://|\{\{)"
 """An http(s) URL, or one that starts with a reference (`{{ HTTPObject/team.outputs.url }}/members`): the
 controller checks the resolved URL again (scheme and host) before any request."""
-MAX_TIMEOUT_SECONDS = 120
+MAX_TIMEOUT_SECONDS = 30
+"""A reconcile may make three requests (GET, PUT, GET again): together well within the soft time limit (120 s)."""
 
 
 class HTTPObject(Resource, table=True):

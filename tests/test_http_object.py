@@ -17,14 +17,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from controllers.http_object import Api, PutObject, differences, retry_after_s, url_problem
+from controllers.http_object import Api, ApiRefused, PutObject, differences, location, retry_after_s, url_problem
 from models.database import make_engine
 from tests.conftest import start_scheduler, start_worker, wait_for
-from tests.helpers import ready_at, runs, sql, stack_log, status
+from tests.helpers import ready_at, runs, sql, stack_log, status, unwatched
 from worker.secrets import Redacted
 
 KIND = "HTTPObject"
@@ -197,6 +198,38 @@ def test_an_action_never_shows_a_header_value() -> None:
     action = PutObject("http://api/x", {"a": 1}, Api((("Authorization", Redacted("Bearer s3cr3t-tok")),)), ("a",))
     assert "s3cr3t" not in str(action) and "s3cr3t" not in repr(action)
     assert str(action) == "PUT http://api/x: replace (a differ)"
+
+
+def test_a_location_is_taken_from_the_answer_on_the_same_server_only() -> None:
+    teams = "http://api.test/v1/teams"
+    assert location(teams, httpx2.Response(201, headers={"Location": "/v1/teams/7"})) == "http://api.test/v1/teams/7"
+    assert location(teams, httpx2.Response(201, json={"id": "a b"})) == "http://api.test/v1/teams/a%20b"
+    with pytest.raises(ApiRefused, match="another server"):  # the token would follow it there
+        location(teams, httpx2.Response(201, headers={"Location": "http://elsewhere.test/steal"}))
+    with pytest.raises(ApiRefused, match="without a Location header or an id"):
+        location(teams, httpx2.Response(201, json={"name": "ops"}))
+
+
+def test_the_workers_role_keeps_locations_and_an_orphaned_row_forgets_its_own(engine: Engine, unique: str) -> None:
+    unwatched(
+        engine,
+        "INSERT INTO http_objects (name, create_url, paused, deletion_policy) "
+        "VALUES (:n, 'http://127.0.0.1:9/teams', true, 'orphan')",
+        unique,
+    )
+    with engine.begin() as conn:
+        uid = conn.execute(text("SELECT uid FROM http_objects WHERE name = :n"), {"n": unique}).scalar()
+        conn.execute(text("SET LOCAL ROLE setpoint_worker"))
+        conn.execute(text("INSERT INTO http_object_locations (uid, url) VALUES (:u, 'http://127.0.0.1:9/teams/1')"),
+                     {"u": uid})  # fmt: skip
+    with pytest.raises(ProgrammingError, match="permission denied"), engine.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE setpoint_api"))
+        conn.execute(text("DELETE FROM http_object_locations WHERE uid = :u"), {"u": uid})
+    with engine.begin() as conn:  # through the API's role, orphaning the remote object
+        conn.execute(text("SET LOCAL ROLE setpoint_api"))
+        conn.execute(text("DELETE FROM http_objects WHERE name = :n"), {"n": unique})
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM http_object_locations WHERE uid = :u"), {"u": uid}).scalar() == 0
 
 
 # --- against a real API, on the real stack ----------------------------------------------------------------------

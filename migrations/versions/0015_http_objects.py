@@ -75,7 +75,7 @@ def upgrade() -> None:
     sa.CheckConstraint('pg_column_size(labels) <= 65536', name=op.f('ck_http_objects_labels_size')),
     sa.CheckConstraint('setpoint_jsonb_depth(body, 16) <= 16', name=op.f('ck_http_objects_body_depth')),
     sa.CheckConstraint('setpoint_jsonb_depth(labels, 16) <= 16', name=op.f('ck_http_objects_labels_depth')),
-    sa.CheckConstraint('timeout_seconds BETWEEN 1 AND 120', name=op.f('ck_http_objects_timeout_seconds_range')),
+    sa.CheckConstraint('timeout_seconds BETWEEN 1 AND 30', name=op.f('ck_http_objects_timeout_seconds_range')),
     sa.CheckConstraint('url IS NOT NULL OR create_url IS NOT NULL', name=op.f('ck_http_objects_url_present')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_http_objects')),
     sa.UniqueConstraint('name', name=op.f('uq_http_objects_name'))
