@@ -119,22 +119,30 @@ class PutObject(Action):
 
 @dataclasses.dataclass(frozen=True)
 class PostObject(Action):
-    """Create the object by POST to `create_url`; without a `url`, keep the location the API answers with."""
+    """Create the object by POST to `create_url`. Without a `url` (the row's), keep the location the API answers
+    with; with one, refuse an answer that puts it elsewhere (each later GET of `url` would create another)."""
 
     create_url: str
     body: dict[str, Any]
     api: Api
     uid: uuid.UUID
-    keep: bool
+    url: str | None = None
 
     def run(self) -> None:
         response = self.api.send("POST", self.create_url, self.body)
         _check("POST", self.create_url, response)
-        if self.keep:
+        if self.url is None:
             keep_location(self.uid, location(self.create_url, response))
+        elif response.headers.get("location"):
+            put = location(self.create_url, response)
+            if put != self.url:
+                raise ApiRefused(
+                    f"POST {self.create_url} put the object at {put}, not at url {self.url}: fix url, or remove it "
+                    "to follow the location the API answers"
+                )
 
     def __str__(self) -> str:
-        return f"POST {self.create_url}: create" + (" (its location kept)" if self.keep else "")
+        return f"POST {self.create_url}: create" + (" (its location kept)" if self.url is None else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +228,7 @@ class HTTPObjectController(Controller[HTTPObject, Remote]):
     def plan(self, desired: HTTPObject, actual: Remote) -> list[Action]:
         if actual.body is None:
             if desired.create_url is not None:
-                keep = desired.url is None
-                return [PostObject(desired.create_url, desired.body, actual.api, _uid(desired), keep)]
+                return [PostObject(desired.create_url, desired.body, actual.api, _uid(desired), desired.url)]
             assert actual.url is not None
             return [PutObject(actual.url, desired.body, actual.api)]
         fields = tuple(differences(desired.body, actual.body))

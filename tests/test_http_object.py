@@ -296,6 +296,21 @@ def test_an_object_created_by_post_is_found_again_at_its_location_and_deleted_th
         )
 
 
+def test_an_object_with_both_urls_is_posted_once_and_never_again_when_the_api_puts_it_elsewhere(
+    stack: dict[str, str], engine: Engine, unique: str, api: FakeApi, forgotten: None
+) -> None:
+    collection = f"/teams-{unique}"
+    _insert(engine, unique, {"title": "ops"}, url=api.url(f"{collection}/1"), create_url=api.url(collection))
+    wait_for(lambda: ready_at(engine, unique, 1, KIND), 20, "created by POST, found at its url")
+    assert api.get(f"{collection}/1") == {"id": "1", "title": "ops"}
+
+    wrong = f"{unique}-wrong"
+    _insert(engine, wrong, {"title": "dev"}, url=api.url(f"{collection}/9"), create_url=api.url(collection))
+    wait_for(lambda: (status(engine, wrong, KIND) or {}).get("phase") == "Failed", 20, "refused")
+    assert f"put the object at {api.url(collection)}/2, not at url {api.url(collection)}/9" in _said(engine, wrong)
+    assert len(api.seen(collection, "POST")) == 2, "one POST each: no loop creating copies"
+
+
 def test_a_location_survives_the_worker_killed_and_another_one_taking_over(
     fresh: dict[str, str], tmp_path: Path, unique: str, api: FakeApi
 ) -> None:
