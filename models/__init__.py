@@ -4,6 +4,7 @@ from models.app import App
 from models.base import Resource, metadata
 from models.dependency import Dependency
 from models.file import File
+from models.http_object import HTTPObject, HTTPObjectLocation
 from models.mysql import MySQLDatabase, MySQLGrant, MySQLUser
 from models.node import Node
 from models.run import Run
@@ -18,6 +19,8 @@ __all__ = [
     "MySQLDatabase",
     "MySQLGrant",
     "MySQLUser",
+    "HTTPObject",
+    "HTTPObjectLocation",
     "Node",
     "Resource",
     "Run",

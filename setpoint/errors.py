@@ -18,6 +18,11 @@ class SetpointError(Exception):
 class TransientError(SetpointError):
     """The reconcile failed, and may work on a later attempt: it is retried with backoff."""
 
+    def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        """The next attempt comes no sooner than this (a server's Retry-After), even if the backoff is shorter."""
+        super().__init__(message)
+
 
 class PermanentError(SetpointError):
     """Retrying cannot help until the desired state changes: recorded in status and not retried."""

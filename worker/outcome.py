@@ -28,6 +28,8 @@ class Result:
     health: Health | None = None
     requeue_after_s: float | None = None
     """The controller asked to look again this soon (a rollout in progress, a backoff ending)."""
+    retry_after_s: float | None = None
+    """A transient failure's earliest next attempt (TransientError.retry_after_s: a server's Retry-After)."""
     outputs: dict[str, Any] | None = None
     """What other resources may reference, as the controller published it; None keeps the last published."""
 
@@ -149,6 +151,8 @@ def status_update(
         next_in_s = None  # permanent: not retried until the desired row changes (its trigger sets it due)
     else:
         next_in_s = timing.backoff_seconds(failures, settings.backoff_base_seconds, settings.backoff_max_seconds, rng)
+        if result.retry_after_s is not None:  # the server said when: not before, whatever the backoff says
+            next_in_s = max(next_in_s, result.retry_after_s)
         if failures <= settings.retry_attempts and next_in_s <= settings.quick_retry_max_seconds:
             retry = Retry(next_in_s)
     update = StatusUpdate(

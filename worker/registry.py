@@ -35,6 +35,7 @@ def _load() -> None:
         return
     from controllers.app import AppController
     from controllers.file import FileController
+    from controllers.http_object import HTTPObjectController
     from controllers.mysql_database import MySQLDatabaseController
     from controllers.mysql_grant import MySQLGrantController
     from controllers.mysql_user import MySQLUserController
@@ -47,6 +48,7 @@ def _load() -> None:
     register(MySQLUserController())
     register(MySQLDatabaseController())
     register(MySQLGrantController())
+    register(HTTPObjectController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
     for module in config.get().controllers.split(","):  # SETPOINT_CONTROLLERS: modules calling register()

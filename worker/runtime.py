@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from setpoint.errors import InvalidSpec, LockLost, PermanentError, StaleConnection, UnknownKind
+from setpoint.errors import InvalidSpec, LockLost, PermanentError, StaleConnection, TransientError, UnknownKind
 from setpoint.settings import Settings
 from worker import metrics, needs, owned, references, registry, secrets, store
 from worker.controller import Controller
@@ -99,7 +99,10 @@ def run_controller(
         return Result("failed", tuple(done), drift, observed, str(error), error.reason)
     except Exception as error:  # anything else may work next time: retried with backoff
         message = f"{type(error).__name__}: {error}"
-        return Result("failed", tuple(done), drift, observed, message, "ReconcileError", transient=True)
+        after = error.retry_after_s if isinstance(error, TransientError) else None
+        return Result(
+            "failed", tuple(done), drift, observed, message, "ReconcileError", transient=True, retry_after_s=after
+        )
     if deleting:
         return Result("deleted", tuple(done), drift, observed)
     if not done:
