@@ -14,7 +14,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import auth, failures, limits, routes
+from api import auth, failures, limits, routes, secrets
 from api.bodies import Problem
 from models.database import make_engine
 from resources.kinds import all_kinds
@@ -35,6 +35,9 @@ Resources may depend on each other (`spec.depends_on`, a list of `Kind/name`) an
 outputs in templated fields (`{{ File/app-conf.outputs.sha256 }}`); a cycle is refused with 422 naming the
 field. Reading or writing one resource returns, in `status`, its `outputs`, its `dependencies` and
 `dependents` (each with its phase and readiness), its `owner` and the resources it owns (`owned`).
+
+Secrets (`/v1/secrets`) hold connection URLs, passwords and tokens that resources name (`{{ Secret/NAME }}`):
+PUT writes a value, and no answer ever returns one, only that it is set and its digest.
 
 Each resource's `ETag` is its generation; send it back in `If-Match` to write (PUT, PATCH, DELETE) only if
 nobody changed the spec since you read it (else 412). Concurrent PATCHes of different fields all land.
@@ -86,6 +89,7 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
     app.add_middleware(limits.BodySize, max_bytes=settings.api_max_body_bytes)
     for kind in all_kinds().values():
         app.include_router(routes.router(kind, engine), **locked)
+    app.include_router(secrets.router(engine), **locked)
     app.add_api_route(
         "/healthz",
         health(engine),

@@ -8,14 +8,16 @@ with that role alone, and nothing here ever selects `value`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal
 
 from psycopg import errors as pg_errors
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
 from models.base import NAME_PATTERN
 from models.secret import MAX_SECRET_BYTES
@@ -95,12 +97,26 @@ def put(engine: Engine, name: str, value: str) -> Put:
     check_value(value)
     for attempt in (1, 2):
         try:
-            with engine.begin() as conn:
+            with _parameters_hidden(), engine.begin() as conn:
                 return _put(conn, name, value)
-        except IntegrityError as error:
-            if attempt == 2 or not isinstance(error.orig, pg_errors.UniqueViolation):
-                raise
+        except (IntegrityError, DataError) as error:
+            if attempt == 1 and isinstance(error.orig, pg_errors.UniqueViolation):
+                continue  # inserted by a concurrent put since our update: update it now
+            # Its DETAIL may quote the failing row, value and all: only the primary message is passed on.
+            primary = getattr(getattr(error.orig, "diag", None), "message_primary", None) or type(error.orig).__name__
+            raise InvalidDocument(f"the database refused secret {name!r}: {primary}", "value") from None
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _parameters_hidden() -> Iterator[None]:
+    """A database error raised while writing a value does not quote the statement's parameters (the value) in its
+    message, nor in the traceback a server logs."""
+    try:
+        yield
+    except StatementError as error:
+        error.hide_parameters = True
+        raise
 
 
 def _put(conn: Connection, name: str, value: str) -> Put:
