@@ -151,11 +151,8 @@ def get(engine: Engine, name: str) -> SecretView:
 def delete(engine: Engine, name: str) -> SecretView:
     """Delete secret `name`; the resources that refer to it wait (DependencyMissing) until it is set again."""
     with engine.begin() as conn:
-        row = (
-            conn.execute(text(f"DELETE FROM secrets WHERE name = :name RETURNING {_COLUMNS}, {_USED_BY}"), {"name": name})
-            .mappings()
-            .first()
-        )
+        query = text(f"DELETE FROM secrets WHERE name = :name RETURNING {_COLUMNS}, {_USED_BY}")
+        row = conn.execute(query, {"name": name}).mappings().first()
     if row is None:
         raise NotFound(f"secret {name!r} not found")
     return _view(row)

@@ -21,8 +21,7 @@ from setpoint import errors
 from setpoint.commands import _ago, _engine, err, failures, out
 
 app = typer.Typer(
-    help="Secrets (connection URLs, passwords, tokens) that resources name and workers read; values are never "
-    "shown.",
+    help="Secrets (connection URLs, passwords, tokens) that resources name and workers read; values are never shown.",
     no_args_is_help=True,
 )
 SecretName = Annotated[str, typer.Argument(help="The secret's name: lower-case letters, digits, '-', '_', '.'.")]

@@ -57,7 +57,8 @@ def client(api_url: str) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def cli_env(database_url: str) -> dict[str, str]:
     """The CLI's environment: the admin's database URL, nothing else of Setpoint's."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}, "SETPOINT_DATABASE_URL": database_url}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}
+    return {**env, "SETPOINT_DATABASE_URL": database_url}
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,8 @@ def test_the_api_role_may_write_a_value_but_never_read_one(api_engine: Engine, e
     with pytest.raises(ProgrammingError) as upsert:
         sql(
             api_engine,
-            "INSERT INTO secrets (name, value) VALUES (:n, 'x') ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            "INSERT INTO secrets (name, value) VALUES (:n, 'x') "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             n=unique,
         )
     assert isinstance(upsert.value.orig, psycopg.errors.InsufficientPrivilege)
