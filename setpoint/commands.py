@@ -28,7 +28,7 @@ from models.database import make_engine
 from resources import documents, graph, kinds, manifest, nodes
 from setpoint import errors
 from setpoint import settings as config
-from worker import needs, references
+from worker import needs, references, secrets
 from worker.celery_app import queue_for
 from worker.runtime import run_controller
 
@@ -180,7 +180,7 @@ def _ago(timestamp: str | None) -> str:
 def describe(kind: KindArg, name: NameArg) -> None:
     """Everything about one resource: spec, status, conditions, drift, its dependencies and dependents, outputs,
     owner and owned resources with their phases, the references resolved, and the last runs."""
-    with failures():
+    with failures(), secrets.recording() as used:
         found = kinds.resolve(kind)
         engine = _engine()
         item = documents.get(engine, found, name)
@@ -195,7 +195,7 @@ def describe(kind: KindArg, name: NameArg) -> None:
         resolved = _resolved(engine, found, item)
         if found.model.templated:
             out.print("[bold]References resolved[/]")
-            _print_resolved(found, item, resolved)
+            _print_resolved(found, item, resolved, used)
         out.print("[bold]Conditions[/]")
         for condition in status.get("conditions") or []:
             out.print(
@@ -253,13 +253,16 @@ def _resolved(engine: Engine, found: kinds.Kind, item: dict[str, Any]) -> tuple[
     return resolved, needs.hold(found_needs, resolved.unresolved)
 
 
-def _print_resolved(found: kinds.Kind, item: dict[str, Any], resolved: tuple[references.Resolved, Any]) -> None:
-    """Each templated field whose references resolve to something else than what the row says, as resolved."""
+def _print_resolved(
+    found: kinds.Kind, item: dict[str, Any], resolved: tuple[references.Resolved, Any], used: set[str]
+) -> None:
+    """Each templated field whose references resolve to something else than what the row says, as resolved; the
+    values of secrets (`used`, read while resolving) shown as `***`."""
     shown = False
     for field in found.model.templated:
         value = getattr(resolved[0].desired, field)
         if value != item["spec"].get(field):
-            out.print(f"  {field}: {escape(json.dumps(value))}")
+            out.print(f"  {field}: {escape(secrets.scrub(json.dumps(value), used))}")
             shown = True
     for unresolved in resolved[0].unresolved:
         out.print(f"  unresolved: {escape(unresolved)}")
@@ -307,7 +310,7 @@ def plan(kind: KindArg, name: NameArg) -> None:
 
     Exit codes: 0 in sync, 3 changes pending, 1 failure (or references that cannot be resolved yet), 2 invalid
     input."""
-    with failures():
+    with failures(), secrets.recording() as used:  # secrets read here are printed as ***
         found = kinds.resolve(kind)
         engine = _engine()
         item = documents.get(engine, found, name)
@@ -315,7 +318,7 @@ def plan(kind: KindArg, name: NameArg) -> None:
         label = f"{found.name.lower()}/{name}"
         if any(getattr(resolved.desired, f) != item["spec"].get(f) for f in found.model.templated):
             out.print("references resolved:")
-            _print_resolved(found, item, (resolved, hold))
+            _print_resolved(found, item, (resolved, hold), used)
         if resolved.unresolved:
             reason = hold.message if hold is not None else "; ".join(resolved.unresolved)
             err.print(f"[red]error:[/] {label} cannot be planned until its references resolve: {escape(reason)}")
@@ -324,13 +327,13 @@ def plan(kind: KindArg, name: NameArg) -> None:
             out.print(f"{label} does not act yet, {escape(hold.message)} ({hold.reason}); the changes below wait")
         result = run_controller(found.controller, resolved.desired, deleting=False)
         if result.error:
-            err.print(f"[red]error:[/] {result.reason}: {result.error}")
+            err.print(f"[red]error:[/] {result.reason}: {escape(secrets.scrub(result.error, used))}")
             raise typer.Exit(1)
         if not result.drift:
             out.print(f"{label} is in sync: nothing to do")
             return
         for step in result.drift:
-            out.print(f"  ~ {escape(step)}")
+            out.print(f"  ~ {escape(secrets.scrub(step, used))}")
     raise typer.Exit(PLAN_CHANGES_PENDING)
 
 

@@ -307,6 +307,8 @@ def _scrubbed(result: Result, used: set[str]) -> Result:
         observed=secrets.scrub(result.observed, used),
         error=secrets.scrub(result.error, used),
         outputs=secrets.scrub(result.outputs, used),
+        # A crash loop's or a failing check's message quotes what the replica printed: conditions show it.
+        health=result.health and dataclasses.replace(result.health, message=secrets.scrub(result.health.message, used)),
     )
 
 
