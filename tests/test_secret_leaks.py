@@ -159,15 +159,12 @@ def test_a_failing_workload_says_why_without_the_secret(
 ) -> None:
     name, value = secret
     insert_workload(engine, unique, command.format(name=name), {"DB_PASSWORD": f"{{{{ Secret/{name} }}}}"})
-    row = wait_for(
-        lambda: (
-            (s := status(engine, unique, "Workload"))
-            and condition(s, "Healthy").get("reason") == "CrashLoopBackOff"
-            and s
-        ),
-        30,
-        "a crash loop",
-    )
+
+    def crashlooping() -> dict[str, Any] | None:
+        row = status(engine, unique, "Workload")
+        return row if condition(row, "Healthy").get("reason") == "CrashLoopBackOff" else None
+
+    row = wait_for(crashlooping, 30, "a crash loop")
     assert says in condition(row, "Healthy")["message"], row["conditions"]
     assert leaks(stack, engine, api, unique, name, value) == []
 
