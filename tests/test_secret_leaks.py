@@ -64,7 +64,9 @@ def replica_env(name: str) -> dict[str, str] | None:
         return None
 
 
-def leaks(stack: dict[str, str], engine: Engine, api: TestClient, name: str, secret: str, value: str) -> list[str]:
+def leaks(
+    stack: dict[str, str], engine: Engine, api: TestClient, name: str, secret: str, value: str, kind: str = "workload"
+) -> list[str]:
     """Every place outside the secrets table and the replicas' environments where `value` shows."""
     places: dict[str, str] = {}
     with engine.connect() as conn:
@@ -79,14 +81,14 @@ def leaks(stack: dict[str, str], engine: Engine, api: TestClient, name: str, sec
     records = Path(stack["SETPOINT_STATE_DIR"]) / "workloads" / name
     for record in records.glob("*.json*"):  # the replicas' records (their logs hold what replicas print)
         places[f"record {record.name}"] = record.read_text(errors="replace")
-    for path in (f"/v1/workloads/{name}", f"/v1/secrets/{secret}", "/v1/secrets", "/v1/workloads"):
+    for path in (f"/v1/{kind}s/{name}", f"/v1/{kind}s", f"/v1/secrets/{secret}", "/v1/secrets"):
         places[f"GET {path}"] = api.get(path).text
     for args in (
-        ("get", "workload", name, "-o", "json"),
-        ("get", "workload", name, "-o", "yaml"),
-        ("get", "workloads"),
-        ("describe", "workload", name),
-        ("plan", "workload", name),
+        ("get", kind, name, "-o", "json"),
+        ("get", kind, name, "-o", "yaml"),
+        ("get", kind),
+        ("describe", kind, name),
+        ("plan", kind, name),
         ("secret", "list"),
         ("secret", "list", "-o", "json"),
     ):
@@ -219,3 +221,55 @@ def test_a_changed_secret_rolls_the_replicas_within_seconds(
     wait_for(lambda: ready_at(engine, unique, 1, "Workload") and len(replicas_of(unique)) == 1, 20, "ready again")
     assert leaks(stack, engine, api, unique, name, new) == []
     assert leaks(stack, engine, api, unique, name, old) == []
+
+
+@pytest.mark.parametrize("where", ["conf", "a-file/conf"])
+def test_a_file_templated_with_a_secret_is_written_with_it_and_shows_it_nowhere(
+    stack: dict[str, str],
+    engine: Engine,
+    api: TestClient,
+    unique: str,
+    secret: tuple[str, str],
+    tmp_path: Path,
+    where: str,
+) -> None:
+    """Written where the path is good; failing (its parent a regular file) where it is not: neither says it."""
+    name, value = secret
+    (tmp_path / "a-file").write_text("not a folder")
+    path = tmp_path / where
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content) VALUES (:n, :p, :c)",
+        n=unique,
+        p=str(path),
+        c=f"password = {{{{ Secret/{name} }}}}\n",
+    )
+    if where == "conf":
+        wait_for(lambda: ready_at(engine, unique, 1), 30, "the file written")
+        assert path.read_text() == f"password = {value}\n"
+    else:
+        wait_for(lambda: (s := status(engine, unique)) and s["last_error"], 30, "the write failing")
+    assert leaks(stack, engine, api, unique, name, value, kind="file") == []
+    sql(engine, "DELETE FROM files WHERE name = :n", n=unique)
+    wait_for(lambda: status(engine, unique) is None, 30, "the file's status gone")
+
+
+def test_a_deleted_secret_makes_its_workload_wait_and_its_replica_keep_running(
+    stack: dict[str, str], engine: Engine, api: TestClient, unique: str, secret: tuple[str, str]
+) -> None:
+    name, value = secret
+    insert_workload(engine, unique, "sleep 300", {"DB_PASSWORD": f"{{{{ Secret/{name} }}}}"})
+    wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 30, "the workload ready")
+    before = wait_for(lambda: replicas_of(unique), 10, "its replica")[0].pid
+    assert api.delete(f"/v1/secrets/{name}").status_code == 204
+
+    def waiting() -> dict[str, Any] | None:
+        row = status(engine, unique, "Workload")
+        return row if row and row["phase"] == "Waiting" else None
+
+    row = wait_for(waiting, 15, "the workload waiting for its secret")
+    assert condition(row, "Ready")["reason"] == "DependencyMissing"
+    assert f"Secret/{name}" in condition(row, "Ready")["message"], row["conditions"]
+    assert [p.pid for p in replicas_of(unique)] == [before]
+    assert api.put(f"/v1/secrets/{name}", json={"value": value}).status_code == 201
+    wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 15, "ready again once set")

@@ -125,7 +125,8 @@ def _looked_again(controller: Controller[Any, Any], desired: Any, changed: Resul
             outputs=controller.outputs(desired, actual),
         )
     except Exception as error:  # the actions ran: the run is still a change
-        log.warning("observing after the actions failed", extra={"error": f"{type(error).__name__}: {error}"})
+        error_text = secrets.scrub_read(f"{type(error).__name__}: {error}")
+        log.warning("observing after the actions failed", extra={"error": error_text})
         return changed
 
 

@@ -78,6 +78,11 @@ def recording() -> Iterator[set[str]]:
         _used.reset(token)
 
 
+def scrub_read(value: Any) -> Any:
+    """`value` without the secrets read so far in this reconcile: for a log line written before it ends."""
+    return scrub(value, _used.get() or set())
+
+
 def scrub(value: Any, secrets: set[str]) -> Any:
     """`value` (a string, or JSON made of lists and dicts) with every secret replaced by `***`."""
     wanted = sorted((s for s in secrets if len(s) >= MIN_SCRUBBED), key=len, reverse=True)
