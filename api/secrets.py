@@ -89,7 +89,6 @@ def router(engine: Engine) -> APIRouter:
         responses={
             **UNREADABLE,
             201: {"model": SecretDocument, "description": "Created."},
-            422: {"model": Problem, "description": "A bad name or value; the error names the field."},
         },
     )
     def put(name: Name, body: SecretValue, response: Response) -> dict[str, Any]:
