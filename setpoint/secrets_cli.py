@@ -19,6 +19,7 @@ from rich.table import Table
 from resources import secrets
 from setpoint import errors
 from setpoint.commands import _ago, _engine, err, failures, out
+from worker.secrets import MIN_SCRUBBED
 
 app = typer.Typer(
     help="Secrets (connection URLs, passwords, tokens) that resources name and workers read; values are never shown.",
@@ -47,6 +48,11 @@ def set_(
         done = secrets.put(_engine(), name, value)
         used = f", used by {len(done.secret.used_by)}" if done.secret.used_by else ""
         out.print(f"secret/{name} {done.change} ({done.secret.digest}{used})")
+        if len(value) < MIN_SCRUBBED:
+            err.print(
+                f"[yellow]note:[/] a value shorter than {MIN_SCRUBBED} characters is not masked in status, history "
+                "and logs (it would mangle every message): use a longer one"
+            )
 
 
 def _read_value(name: str, from_file: Path | None, from_env: str | None) -> str:

@@ -211,6 +211,8 @@ def test_the_cli_sets_from_stdin_a_file_or_a_variable_and_never_prints_a_value(
     assert "NAME" in table.stdout and "DIGEST" in table.stdout and "UPDATED" in table.stdout
     assert value not in table.stdout + table.stderr + json.dumps(listed)
 
+    short = setpoint(cli_env, "secret", "set", unique, stdin="xyz")
+    assert short.returncode == 0 and "not masked" in short.stderr and "xyz" not in short.stdout
     assert setpoint(cli_env, "secret", "delete", unique).stdout.strip() == f"secret/{unique} deleted"
     assert stored(engine, unique) is None
     gone = setpoint(cli_env, "secret", "delete", unique)
