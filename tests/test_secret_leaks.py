@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pymysql
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -65,12 +66,20 @@ def replica_env(name: str) -> dict[str, str] | None:
 
 
 def leaks(
-    stack: dict[str, str], engine: Engine, api: TestClient, name: str, secret: str, value: str, kind: str = "workload"
+    stack: dict[str, str],
+    engine: Engine,
+    api: TestClient,
+    name: str,
+    secret: str,
+    value: str,
+    kind: str = "workload",
+    plural: str | None = None,
 ) -> list[str]:
     """Every place outside the secrets table and the replicas' environments where `value` shows."""
+    plural = plural or f"{kind}s"
     places: dict[str, str] = {}
     with engine.connect() as conn:
-        for relation in ("statuses", "runs", "workloads", "files", "dependencies"):
+        for relation in ("statuses", "runs", "workloads", "files", "mysql_users", "dependencies"):
             found = conn.execute(
                 text(f"SELECT string_agg(t::text, E'\\n') FROM {relation} AS t WHERE strpos(t::text, :v) > 0"),
                 {"v": value},
@@ -81,7 +90,7 @@ def leaks(
     records = Path(stack["SETPOINT_STATE_DIR"]) / "workloads" / name
     for record in records.glob("*.json*"):  # the replicas' records (their logs hold what replicas print)
         places[f"record {record.name}"] = record.read_text(errors="replace")
-    for path in (f"/v1/{kind}s/{name}", f"/v1/{kind}s", f"/v1/secrets/{secret}", "/v1/secrets"):
+    for path in (f"/v1/{plural}/{name}", f"/v1/{plural}", f"/v1/secrets/{secret}", "/v1/secrets"):
         places[f"GET {path}"] = api.get(path).text
     for args in (
         ("get", kind, name, "-o", "json"),
@@ -273,3 +282,45 @@ def test_a_deleted_secret_makes_its_workload_wait_and_its_replica_keep_running(
     assert [p.pid for p in replicas_of(unique)] == [before]
     assert api.put(f"/v1/secrets/{name}", json={"value": value}).status_code == 201
     wait_for(lambda: ready_at(engine, unique, 1, "Workload"), 15, "ready again once set")
+
+
+@pytest.mark.parametrize("server_password", [None, "wrong"])
+def test_a_mysql_user_gets_its_password_and_neither_it_nor_the_servers_shows(
+    stack: dict[str, str],
+    engine: Engine,
+    api: TestClient,
+    unique: str,
+    secret: tuple[str, str],
+    server_password: str | None,
+) -> None:
+    """A server kind, succeeding (the user made with the secret's password) and failing (the server's URL holds a
+    wrong password: access denied, which `setpoint plan` meets too): neither value shows."""
+    password_secret, password = secret
+    server_secret, user = f"{unique}-srv", f"{unique}-app"
+    wrong = f"{LOOKS_LIKE_SECRET}-server-{uuid.uuid4().hex}"
+    url = f"mysql://root:{wrong}@127.0.0.1:3306/" if server_password else "mysql://root@127.0.0.1:3306/"
+    sql(engine, "INSERT INTO secrets (name, value) VALUES (:n, :v)", n=server_secret, v=url)
+    try:
+        sql(
+            engine,
+            "INSERT INTO mysql_users (name, server, password, interval_seconds) VALUES (:n, :s, :p, 60)",
+            n=user,
+            s=server_secret,
+            p=password_secret,
+        )
+        if server_password:
+            row = wait_for(lambda: (s := status(engine, user, "MySQLUser")) and s["last_error"] and s, 30, "denied")
+            assert "Access denied" in row["last_error"], row["last_error"]
+        else:
+            wait_for(lambda: ready_at(engine, user, 1, "MySQLUser"), 30, "the user made")
+            with pymysql.connect(host="127.0.0.1", port=3306, user=user, password=password) as conn:
+                assert conn.open  # the secret's value is the user's password
+        for value in (password, wrong):
+            assert leaks(stack, engine, api, user, password_secret, value, "mysqluser", "mysql_users") == [], value
+    finally:  # with the right URL, so that the teardown can log in
+        sql(engine, "UPDATE secrets SET value = 'mysql://root@127.0.0.1:3306/' WHERE name = :n", n=server_secret)
+        sql(engine, "DELETE FROM mysql_users WHERE name = :n", n=user)
+        wait_for(lambda: status(engine, user, "MySQLUser") is None, 30, "the user torn down")
+        sql(engine, "DELETE FROM secrets WHERE name = :n", n=server_secret)
+        with pymysql.connect(host="127.0.0.1", port=3306, user="root") as conn, conn.cursor() as cursor:
+            cursor.execute("DROP USER IF EXISTS %s@'%%'", (user,))
