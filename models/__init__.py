@@ -5,9 +5,24 @@ from models.base import Resource, metadata
 from models.dependency import Dependency
 from models.file import File
 from models.node import Node
+from models.postgres import PostgresDatabase, PostgresGrant, PostgresRole
 from models.run import Run
 from models.secret import Secret
 from models.status import Status
 from models.workload import Workload
 
-__all__ = ["App", "Dependency", "File", "Node", "Resource", "Run", "Secret", "Status", "Workload", "metadata"]
+__all__ = [
+    "App",
+    "Dependency",
+    "File",
+    "Node",
+    "PostgresDatabase",
+    "PostgresGrant",
+    "PostgresRole",
+    "Resource",
+    "Run",
+    "Secret",
+    "Status",
+    "Workload",
+    "metadata",
+]

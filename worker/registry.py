@@ -35,12 +35,14 @@ def _load() -> None:
         return
     from controllers.app import AppController
     from controllers.file import FileController
+    from controllers.postgres_role import PostgresRoleController
     from controllers.workload import WorkloadController
 
     _loaded = True  # before the imports below, which may call register() and so come back here
     register(FileController())
     register(WorkloadController())
     register(AppController())
+    register(PostgresRoleController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
     for module in config.get().controllers.split(","):  # SETPOINT_CONTROLLERS: modules calling register()

@@ -1,0 +1,210 @@
+"""PostgreSQL roles, databases and grants kept on the machine's real server (the one the tests' Setpoint database
+lives on), from SQL rows, by the shared real stack: created, put back after changes by hand, rotated, removed,
+and never anything but the intended object, whatever its name. Every resource has a 300 s interval, so only a
+look asked for (`next_reconcile_at = now()`) or an event (a secret changed) explains speed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from controllers import postgres_role
+from models.database import libpq_url
+from models.postgres import PostgresRole
+from tests.conftest import wait_for
+from tests.helpers import ready_at, runs, sql, status
+
+SLOW = 300
+
+
+class Server:
+    """The real PostgreSQL as its admin sees it, and what a test made there (dropped at the end, whatever happened)."""
+
+    def __init__(self, admin: str) -> None:
+        self.admin = admin
+        self.conn = psycopg.connect(libpq_url(admin), autocommit=True)
+        self.roles: list[str] = []
+        self.databases: list[str] = []
+
+    def url(self, password: str) -> str:
+        """The server's URL as a secret holds it: with a password (trust ignores it), so it is never shown."""
+        return make_url(self.admin).set(password=password).render_as_string(hide_password=False)
+
+    def role(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT r.rolcanlogin AS login, r.rolconnlimit AS connection_limit, a.rolpassword AS stored,"
+            " r.rolcreatedb AS createdb FROM pg_roles AS r JOIN pg_authid AS a ON a.oid = r.oid WHERE r.rolname = %s",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("login", "connection_limit", "stored", "createdb"), row, strict=True))
+
+    def database(self, name: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        return {"owner": row[0], "encoding": row[1]} if row else None
+
+    def database_privileges(self, role: str, database: str) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT a.privilege_type FROM pg_database AS d, aclexplode(d.datacl) AS a "
+            "WHERE d.datname = %s AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            (database, role),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def roles_like(self, pattern: str) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (pattern,))]
+
+    def close(self) -> None:
+        for database in self.databases:
+            self.conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(database)))
+        for role in self.roles:
+            if self.role(role):
+                self.conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(role)))
+            self.conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(role)))
+        self.conn.close()
+
+
+@pytest.fixture
+def server(servers: tuple[str, str], engine: Engine, unique: str) -> Iterator[Server]:
+    """The server; afterwards, this test's rows (named after `unique`) are deleted and what it made there dropped."""
+    made = Server(servers[0])
+    try:
+        yield made
+    finally:
+        for table in ("postgres_grants", "postgres_databases", "postgres_roles"):
+            sql(engine, f"UPDATE {table} SET deletion_policy = 'orphan' WHERE name LIKE :p", p=f"{unique}%")
+            sql(engine, f"DELETE FROM {table} WHERE name LIKE :p", p=f"{unique}%")
+        sql(engine, "DELETE FROM secrets WHERE name LIKE :p", p=f"{unique}%")
+        made.close()
+
+
+def _secret(engine: Engine, name: str, value: str) -> None:
+    sql(engine, "INSERT INTO secrets (name, value) VALUES (:n, :v)", n=name, v=value)
+
+
+def _insert(engine: Engine, table: str, name: str, **columns: Any) -> None:
+    names = "".join(f", {column}" for column in columns)
+    values = "".join(f", :{column}" for column in columns)
+    sql(engine, f"INSERT INTO {table} (name, interval_seconds{names}) VALUES (:n, {SLOW}{values})", n=name, **columns)
+
+
+def _look(engine: Engine, kind: str, name: str) -> None:
+    """Make the resource due now, as the interval would (a change by hand sends no event)."""
+    sql(engine, "UPDATE statuses SET next_reconcile_at = now() WHERE kind = :k AND name = :n", k=kind, n=name)
+
+
+def _scram_verifies(stored: str, password: str) -> bool:
+    """RFC 5802 written out again here, apart from the controller's: is `stored` the verifier of `password`?"""
+    _, iterations_salt, keys = stored.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key, _ = keys.split(":")
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return base64.b64encode(hashlib.sha256(client_key).digest()).decode() == stored_key
+
+
+def _password_is(server: Server, role: str, password: str) -> bool:
+    found = server.role(role)
+    return bool(found and found["stored"] and _scram_verifies(found["stored"], password))
+
+
+def _no_secret_anywhere(engine: Engine, kind: str, name: str, values: list[str]) -> None:
+    written = json.dumps([status(engine, name, kind), runs(engine, name, kind)], default=str)
+    for value in values:
+        assert value not in written, f"a secret value appears in the status or runs of {kind}/{name}"
+
+
+def _ready(engine: Engine, kind: str, name: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        generation = conn.execute(
+            text("SELECT generation FROM statuses WHERE kind = :k AND name = :n"), {"k": kind, "n": name}
+        ).scalar()
+    return ready_at(engine, name, generation or 1, kind)
+
+
+def test_a_role_is_created_put_back_after_changes_by_hand_rotated_and_dropped(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    server.roles.append(unique)
+    url_password, first, second = (f"pw-{uuid.uuid4().hex}" for _ in range(3))
+    _secret(engine, f"{unique}-server", server.url(url_password))
+    _secret(engine, f"{unique}-password", first)
+    _insert(
+        engine, "postgres_roles", unique, server=f"{unique}-server", password=f"{unique}-password", login=True,
+        connection_limit=3,
+    )  # fmt: skip
+    row = wait_for(lambda: _ready(engine, "PostgresRole", unique), 20, "role ready")
+    assert row["outputs"] == {"name": unique}
+    made = server.role(unique)
+    assert made is not None and made["login"] and made["connection_limit"] == 3 and not made["createdb"]
+    assert _password_is(server, unique, first)
+    with psycopg.connect(libpq_url(server.admin), user=unique, password=first) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (unique,)
+
+    server.conn.execute(pgsql.SQL("ALTER ROLE {} NOLOGIN").format(pgsql.Identifier(unique)))
+    _look(engine, "PostgresRole", unique)
+    wait_for(lambda: (server.role(unique) or {}).get("login"), 20, "LOGIN put back")
+    assert any("alter role" in " ".join(r["actions"]) and "login: False -> True" in " ".join(r["actions"])
+               for r in runs(engine, unique, "PostgresRole"))  # fmt: skip
+
+    server.conn.execute(pgsql.SQL("ALTER ROLE {} PASSWORD 'changed-by-hand'").format(pgsql.Identifier(unique)))
+    assert not _password_is(server, unique, first)
+    _look(engine, "PostgresRole", unique)
+    wait_for(lambda: _password_is(server, unique, first), 20, "the password put back")
+
+    rotated = time.monotonic()
+    sql(engine, "UPDATE secrets SET value = :v WHERE name = :n", v=second, n=f"{unique}-password")
+    wait_for(lambda: _password_is(server, unique, second), 20, "the rotated password applied")
+    print(f"secret rotated -> role's password changed: {(time.monotonic() - rotated) * 1000:.0f} ms")
+    with psycopg.connect(libpq_url(server.admin), user=unique, password=second) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (unique,)
+
+    _no_secret_anywhere(engine, "PostgresRole", unique, [url_password, first, second])
+    sql(engine, "DELETE FROM postgres_roles WHERE name = :n", n=unique)
+    wait_for(lambda: server.role(unique) is None, 20, "role dropped")
+    wait_for(lambda: status(engine, unique, "PostgresRole") is None, 20, "tombstone gone")
+
+
+def test_a_password_check_recomputes_the_servers_scram_verifier() -> None:
+    """Pure: the controller's comparison of a stored verifier (as libpq makes it) with a password."""
+    with psycopg.connect("dbname=postgres host=127.0.0.1 user=postgres") as conn:
+        stored = conn.pgconn.encrypt_password("s3cret \u00a0x".encode(), b"app", b"scram-sha-256").decode()
+    assert postgres_role.verifies(stored, "s3cret \u00a0x", "app")
+    assert not postgres_role.verifies(stored, "s3cret x2", "app")
+    md5 = "md5" + hashlib.md5(b"pwapp").hexdigest()
+    assert postgres_role.verifies(md5, "pw", "app") and not postgres_role.verifies(md5, "px", "app")
+
+
+def test_a_plan_never_shows_a_password_or_the_servers_url() -> None:
+    desired = PostgresRole(name="app", server="srv", password="pw", login=True)
+    absent = postgres_role.RoleState(exists=False)
+    set_password = postgres_role.SetPassword(
+        postgres_role.Redacted("postgresql://u:hunter22@h/db"), "app", postgres_role.Redacted("hunter33")
+    )
+    assert "hunter" not in str(set_password) + repr(set_password)
+    assert postgres_role.attribute_drift(desired, postgres_role.RoleState(exists=True, login=False)) == [
+        "login: False -> True"
+    ]
+    assert not postgres_role.attribute_drift(desired, dataclass_like(absent, login=True))
+
+
+def dataclass_like(state: postgres_role.RoleState, **changes: Any) -> postgres_role.RoleState:
+    import dataclasses
+
+    return dataclasses.replace(state, exists=True, **changes)
