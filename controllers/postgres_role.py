@@ -70,9 +70,7 @@ def role_name(desired: PostgresRole) -> str:
 
 def saslprep(password: str) -> str:
     """RFC 4013 as PostgreSQL applies it before hashing: a password it cannot prepare is used as it is."""
-    mapped = "".join(
-        " " if stringprep.in_table_c12(c) else "" if stringprep.in_table_b1(c) else c for c in password
-    )
+    mapped = "".join(" " if stringprep.in_table_c12(c) else "" if stringprep.in_table_b1(c) else c for c in password)
     prepared = unicodedata.normalize("NFKC", mapped)
     prohibited = (
         stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3, stringprep.in_table_c4,
@@ -95,9 +93,7 @@ def verifies(stored: str, password: str, role: str) -> bool:
         stored_key, server_key = keys.split(":", 1)
         if method != "SCRAM-SHA-256":
             return False
-        salted = hashlib.pbkdf2_hmac(
-            "sha256", saslprep(password).encode(), base64.b64decode(salt), int(iterations)
-        )
+        salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), base64.b64decode(salt), int(iterations))
     except ValueError:
         return False
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()

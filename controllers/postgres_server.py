@@ -104,8 +104,12 @@ class Execute(Action):
     database: str | None = None
 
     def run(self) -> None:
-        with session(self.server.value, self.database) as raw:
-            raw.execute(self.statement)
+        if self.database is None:
+            with session(self.server.value) as raw:
+                raw.execute(self.statement)
+        else:
+            with closing_session(self.server.value, self.database) as raw:
+                raw.execute(self.statement)
 
     def __str__(self) -> str:
         return self.says

@@ -208,3 +208,61 @@ def dataclass_like(state: postgres_role.RoleState, **changes: Any) -> postgres_r
     import dataclasses
 
     return dataclasses.replace(state, exists=True, **changes)
+
+
+def _extensions(server: Server, database: str) -> list[str]:
+    url = make_url(server.admin).set(database=database).render_as_string(hide_password=False)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT extname FROM pg_extension ORDER BY 1")]
+
+
+def _ready_says(engine: Engine, kind: str, name: str, says: str) -> dict[str, Any] | None:
+    row = _ready(engine, kind, name)
+    ready = next((c for c in (row or {}).get("conditions", []) if c["type"] == "Ready"), {})
+    return row if row and says in ready.get("message", "") else None
+
+
+def test_a_database_is_created_for_its_owner_put_back_when_dropped_by_hand_and_orphaned_on_delete(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    owner, database = f"{unique}-owner", f"{unique}-db"
+    server.roles.append(owner)
+    server.databases.append(database)
+    url_password = f"pw-{uuid.uuid4().hex}"
+    _secret(engine, f"{unique}-server", server.url(url_password))
+    _insert(engine, "postgres_roles", owner, server=f"{unique}-server")
+    _insert(engine, "postgres_databases", database, server=f"{unique}-server", owner=owner, extensions=["citext"])
+    with engine.connect() as conn:
+        policy, depends_on = conn.execute(
+            text("SELECT deletion_policy, depends_on FROM postgres_databases WHERE name = :n"), {"n": database}
+        ).one()
+    assert policy == "orphan" and depends_on == [f"PostgresRole/{owner}"]  # its owner is a Setpoint resource
+    row = wait_for(lambda: _ready(engine, "PostgresDatabase", database), 30, "database ready")
+    assert server.database(database) == {"owner": owner, "encoding": "UTF8"}
+    assert "citext" in _extensions(server, database)
+    assert row["outputs"] == {"name": database, "url": f"postgresql://postgres@127.0.0.1:5432/{database}"}
+
+    server.conn.execute(pgsql.SQL("DROP DATABASE {}").format(pgsql.Identifier(database)))  # no session of ours holds it
+    _look(engine, "PostgresDatabase", database)
+    row = wait_for(lambda: _ready_says(engine, "PostgresDatabase", database, "its data is lost"), 20, "created again")
+    assert server.database(database) is not None and "citext" in _extensions(server, database)
+    ready = next(c for c in row["conditions"] if c["type"] == "Ready")
+    assert "dropped outside Setpoint" in ready["message"], ready
+    _no_secret_anywhere(engine, "PostgresDatabase", database, [url_password])
+
+    sql(engine, "DELETE FROM postgres_databases WHERE name = :n", n=database)
+    wait_for(lambda: status(engine, database, "PostgresDatabase") is None, 20, "forgotten")
+    assert server.database(database) is not None  # orphaned: its data stays
+
+
+def test_a_database_whose_row_says_delete_is_dropped(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    database = f"{unique}-db"
+    server.databases.append(database)
+    _secret(engine, f"{unique}-server", server.url("x-unused"))
+    _insert(engine, "postgres_databases", database, server=f"{unique}-server", deletion_policy="delete")
+    wait_for(lambda: _ready(engine, "PostgresDatabase", database), 30, "database ready")
+    assert server.database(database) is not None
+    sql(engine, "DELETE FROM postgres_databases WHERE name = :n", n=database)
+    wait_for(lambda: server.database(database) is None, 20, "database dropped")

@@ -35,6 +35,7 @@ def _load() -> None:
         return
     from controllers.app import AppController
     from controllers.file import FileController
+    from controllers.postgres_database import PostgresDatabaseController
     from controllers.postgres_role import PostgresRoleController
     from controllers.workload import WorkloadController
 
@@ -43,6 +44,7 @@ def _load() -> None:
     register(WorkloadController())
     register(AppController())
     register(PostgresRoleController())
+    register(PostgresDatabaseController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
     for module in config.get().controllers.split(","):  # SETPOINT_CONTROLLERS: modules calling register()
