@@ -28,13 +28,13 @@ RESERVED = ("public", "none", "current_role", "current_user", "session_user")
 """Role names PostgreSQL keeps for itself (as are those starting with pg_)."""
 
 
-def check_name(field: str, name: str) -> None:
+def check_name(field: str, name: str, reserved: tuple[str, ...] = RESERVED) -> None:
     """Any identifier PostgreSQL would keep as given (it is quoted everywhere), but none it reserves or cuts."""
     if not name or "\x00" in name:
         raise InvalidSpec(field, "an empty name or one with a NUL character cannot name a PostgreSQL object")
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
         raise InvalidSpec(field, f"{name!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes")
-    if name.lower().startswith("pg_") or name.lower() in RESERVED:
+    if name.lower().startswith("pg_") or name.lower() in reserved:
         raise InvalidSpec(field, f"{name!r} is reserved by PostgreSQL")
 
 

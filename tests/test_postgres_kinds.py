@@ -254,6 +254,27 @@ def test_a_database_is_created_for_its_owner_put_back_when_dropped_by_hand_and_o
     wait_for(lambda: status(engine, database, "PostgresDatabase") is None, 20, "forgotten")
     assert server.database(database) is not None  # orphaned: its data stays
 
+    # Its owner cannot be dropped while it owns the database: a permanent failure naming what blocks it.
+    sql(engine, "DELETE FROM postgres_roles WHERE name = :n", n=owner)
+    failed = wait_for(lambda: _refused(engine, "PostgresRole", owner), 20, "role's teardown refused")
+    assert failed["last_error"].startswith(f"role '{owner}' cannot be dropped: owner of database {database}")
+    assert "Traceback" not in failed["last_error"] and server.role(owner) is not None
+    assert failed["next_reconcile_at"] is None  # permanent: not retried until asked
+    server.conn.execute(pgsql.SQL("DROP DATABASE {}").format(pgsql.Identifier(database)))
+    _look(engine, "PostgresRole", owner)
+    wait_for(lambda: server.role(owner) is None, 20, "role dropped once nothing blocks it")
+
+
+def _failed(engine: Engine, kind: str, name: str) -> dict[str, Any] | None:
+    row = status(engine, name, kind)
+    return row if row and row["phase"] == "Failed" else None
+
+
+def _refused(engine: Engine, kind: str, name: str) -> dict[str, Any] | None:
+    """The tombstone of a resource whose teardown failed (its phase stays Deleting)."""
+    row = status(engine, name, kind)
+    return row if row and row["phase"] == "Deleting" and row["last_error"] else None
+
 
 def test_a_database_whose_row_says_delete_is_dropped(
     stack: dict[str, str], engine: Engine, server: Server, unique: str
@@ -266,3 +287,125 @@ def test_a_database_whose_row_says_delete_is_dropped(
     assert server.database(database) is not None
     sql(engine, "DELETE FROM postgres_databases WHERE name = :n", n=database)
     wait_for(lambda: server.database(database) is None, 20, "database dropped")
+
+
+def _table_privileges(server: Server, database: str, table: str, role: str) -> set[str]:
+    url = make_url(server.admin).set(database=database).render_as_string(hide_password=False)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT a.privilege_type FROM pg_class AS c, aclexplode(c.relacl) AS a "
+            "WHERE c.oid = %s::regclass AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            (table, role),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _in_database(server: Server, database: str, statement: pgsql.Composable) -> None:
+    url = make_url(server.admin).set(database=database).render_as_string(hide_password=False)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def test_a_grant_is_kept_put_back_after_a_revoke_and_revokes_exactly_its_own_on_delete(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    role, other, database, grant = f"{unique}-app", f"{unique}-other", f"{unique}-db", f"{unique}-grant"
+    server.roles += [role, other]
+    server.databases.append(database)
+    _secret(engine, f"{unique}-server", server.url(f"pw-{uuid.uuid4().hex}"))
+    _insert(engine, "postgres_roles", role, server=f"{unique}-server", login=True)
+    _insert(engine, "postgres_databases", database, server=f"{unique}-server", deletion_policy="delete")
+    wait_for(lambda: _ready(engine, "PostgresDatabase", database), 30, "database ready")
+    _in_database(server, database, pgsql.SQL("CREATE TABLE orders (id int)"))
+    server.conn.execute(pgsql.SQL("CREATE ROLE {}").format(pgsql.Identifier(other)))
+    server.conn.execute(
+        pgsql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(*map(pgsql.Identifier, (database, other)))
+    )
+    _insert(
+        engine, "postgres_grants", grant, server=f"{unique}-server", role=role, database=database,
+        privileges=["connect", "TEMPORARY"], schema_name="public", table_privileges=["SELECT"],
+    )  # fmt: skip
+    wait_for(lambda: _ready(engine, "PostgresGrant", grant), 30, "grant ready")
+    assert server.database_privileges(role, database) == {"CONNECT", "TEMPORARY"}
+    assert _table_privileges(server, database, "public.orders", role) == {"SELECT"}
+    _in_database(server, database, pgsql.SQL("CREATE TABLE later (id int)"))  # by the server's user: defaults apply
+    assert _table_privileges(server, database, "public.later", role) == {"SELECT"}
+
+    server.conn.execute(pgsql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(
+        *map(pgsql.Identifier, (database, role))))  # fmt: skip
+    _in_database(server, database, pgsql.SQL("REVOKE SELECT ON orders FROM {}").format(pgsql.Identifier(role)))
+    _look(engine, "PostgresGrant", grant)
+    wait_for(lambda: server.database_privileges(role, database) == {"CONNECT", "TEMPORARY"}, 20, "CONNECT put back")
+    wait_for(lambda: _table_privileges(server, database, "public.orders", role) == {"SELECT"}, 20, "SELECT put back")
+
+    sql(engine, "DELETE FROM postgres_grants WHERE name = :n", n=grant)
+    wait_for(lambda: server.database_privileges(role, database) == set(), 20, "grant revoked")
+    assert _table_privileges(server, database, "public.orders", role) == set()
+    assert server.database_privileges(other, database) == {"CREATE"}  # what the row did not grant stays
+
+    sql(engine, "DELETE FROM postgres_roles WHERE name = :n", n=role)
+    wait_for(lambda: server.role(role) is None, 20, "role dropped: the grant left nothing behind")
+
+
+def test_a_server_that_is_down_is_named_and_retried_and_holds_no_one_else_up(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    down, up = f"{unique}-down", f"{unique}-up"
+    server.roles += [down, up]
+    password = f"pw-{uuid.uuid4().hex}"
+    closed = make_url(server.admin).set(port=1, password=password).render_as_string(hide_password=False)
+    _secret(engine, f"{unique}-closed", closed)
+    _secret(engine, f"{unique}-server", server.url(password))
+    _insert(engine, "postgres_roles", down, server=f"{unique}-closed")
+    _insert(engine, "postgres_roles", up, server=f"{unique}-server")
+    wait_for(lambda: _ready(engine, "PostgresRole", up), 20, "the role on a live server ready")
+    row = wait_for(lambda: _failed(engine, "PostgresRole", down), 20, "the role on a closed port failed")
+    ready = next(c for c in row["conditions"] if c["type"] == "Ready")
+    assert "will retry" in ready["message"] and "postgresql://postgres:***@127.0.0.1:1/" in ready["message"], ready
+    assert row["next_reconcile_at"] is not None  # transient: retried with backoff
+    _no_secret_anywhere(engine, "PostgresRole", down, [password])
+
+    sql(engine, "UPDATE secrets SET value = :v WHERE name = :n", v=server.url(password), n=f"{unique}-closed")
+    wait_for(lambda: _ready(engine, "PostgresRole", down), 20, "converged once its server answers")
+    assert server.role(down) is not None
+
+
+def test_hostile_names_are_quoted_or_refused_and_nothing_else_is_touched(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    victim = f"{unique}-victim"
+    hostile_role = f'{unique}"; DROP ROLE "{victim}"; --'
+    hostile_database = f"{unique} db'; DROP DATABASE postgres; --"
+    server.roles += [victim, hostile_role]
+    server.databases.append(hostile_database)
+    server.conn.execute(pgsql.SQL("CREATE ROLE {}").format(pgsql.Identifier(victim)))
+    _secret(engine, f"{unique}-server", server.url("x-unused"))
+    _insert(engine, "postgres_roles", f"{unique}-role", server=f"{unique}-server", external_name=hostile_role)
+    _insert(
+        engine, "postgres_databases", f"{unique}-db", server=f"{unique}-server", external_name=hostile_database,
+        deletion_policy="delete",
+    )  # fmt: skip
+    _insert(
+        engine, "postgres_grants", f"{unique}-grant", server=f"{unique}-server", role=hostile_role,
+        database=hostile_database, privileges=["CONNECT"],
+    )  # fmt: skip
+    _insert(
+        engine, "postgres_grants", f"{unique}-bad", server=f"{unique}-server", role=hostile_role,
+        database=hostile_database, privileges=["CONNECT; DROP ROLE x"],
+    )  # fmt: skip
+    wait_for(lambda: _ready(engine, "PostgresGrant", f"{unique}-grant"), 30, "the grant between hostile names ready")
+    assert server.roles_like(f"{unique}%") == sorted([victim, hostile_role]) or set(
+        server.roles_like(f"{unique}%")
+    ) == {victim, hostile_role}
+    assert server.database(hostile_database) is not None and server.database("postgres") is not None
+    assert server.database_privileges(hostile_role, hostile_database) == {"CONNECT"}
+    bad = wait_for(lambda: (status(engine, f"{unique}-bad", "PostgresGrant") or {}).get("phase") == "Invalid"
+                   and status(engine, f"{unique}-bad", "PostgresGrant"), 20, "bad privileges refused")  # fmt: skip
+    assert bad["last_error"].startswith("privileges: 'CONNECT; DROP ROLE X' is not one of CONNECT, CREATE, TEMPORARY")
+
+    sql(engine, "DELETE FROM postgres_grants WHERE name LIKE :p", p=f"{unique}%")
+    sql(engine, "DELETE FROM postgres_databases WHERE name = :n", n=f"{unique}-db")
+    sql(engine, "DELETE FROM postgres_roles WHERE name = :n", n=f"{unique}-role")
+    wait_for(lambda: server.role(hostile_role) is None, 30, "the hostile-named role dropped")
+    wait_for(lambda: server.database(hostile_database) is None, 30, "the hostile-named database dropped")
+    assert server.role(victim) is not None and server.database("postgres") is not None

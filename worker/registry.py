@@ -36,6 +36,7 @@ def _load() -> None:
     from controllers.app import AppController
     from controllers.file import FileController
     from controllers.postgres_database import PostgresDatabaseController
+    from controllers.postgres_grant import PostgresGrantController
     from controllers.postgres_role import PostgresRoleController
     from controllers.workload import WorkloadController
 
@@ -45,6 +46,7 @@ def _load() -> None:
     register(AppController())
     register(PostgresRoleController())
     register(PostgresDatabaseController())
+    register(PostgresGrantController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
     for module in config.get().controllers.split(","):  # SETPOINT_CONTROLLERS: modules calling register()
