@@ -3,8 +3,9 @@ installed in it.
 
 A database holds data, so this kind's deletion_policy is 'orphan' unless a row says 'delete' (then DROP DATABASE
 … WITH (FORCE), as Terraform's provider ends sessions before dropping). A database dropped by hand is created
-again, and status says its data is lost: the controller knows the database it saw last by its oid (status.observed),
-and a database missing, or back with another oid, was dropped outside Setpoint. Sessions on the database itself
+again, and status says its data is lost: the controller knows the database it saw last by its oid (published in
+its outputs, which a failed reconcile keeps), and a database missing, or back with another oid, was dropped outside
+Setpoint. Sessions on the database itself
 (for extensions) are closed after use, so Setpoint never stands in the way of anyone's DROP DATABASE.
 """
 
@@ -42,20 +43,24 @@ class DatabaseState:
     """The database Setpoint saw last is gone (missing now, or another database under its name)."""
     data_lost: str | None = None
     """Said once the database was dropped outside Setpoint and created again, for as long as the resource lives."""
+    seen_oid: int | None = None
+    """The oid of the database this resource saw before, remembered while it is missing."""
 
 
 def database_name(desired: PostgresDatabase) -> str:
     return desired.external_name or desired.name
 
 
-def last_observed(desired: PostgresDatabase) -> dict[str, Any]:
-    """What the last reconcile of this resource (this uid) observed."""
+def last_seen(desired: PostgresDatabase) -> tuple[int | None, str | None]:
+    """The oid of the database this resource (this uid) last saw, and whether its data was lost before. The oid
+    is read from its published outputs, which a failed reconcile leaves as they were (its observed does not)."""
     with side_engine.engine().connect() as conn:
         found = conn.execute(
-            text("SELECT observed FROM statuses WHERE kind = :k AND name = :n AND uid = :u"),
+            text("SELECT outputs, observed FROM statuses WHERE kind = :k AND name = :n AND uid = :u"),
             {"k": PostgresDatabase.kind, "n": desired.name, "u": desired.uid},
-        ).scalar()
-    return found if isinstance(found, dict) else {}
+        ).first()
+    outputs, observed = (found[0] or {}, found[1] or {}) if found else ({}, {})
+    return outputs.get("oid"), observed.get("data_lost")
 
 
 class PostgresDatabaseController(Controller[PostgresDatabase, DatabaseState]):
@@ -75,7 +80,7 @@ class PostgresDatabaseController(Controller[PostgresDatabase, DatabaseState]):
     def observe(self, desired: PostgresDatabase) -> DatabaseState:
         name = database_name(desired)
         url = secrets.value(desired.server)
-        before = last_observed(desired)
+        seen, data_lost = last_seen(desired)
         with server.session(url) as raw:
             row = raw.execute(
                 "SELECT oid::bigint, pg_get_userbyid(datdba)::text, pg_encoding_to_char(encoding)::text "
@@ -89,11 +94,10 @@ class PostgresDatabaseController(Controller[PostgresDatabase, DatabaseState]):
                 )
             }
         unavailable = tuple(sorted(set(desired.extensions) - available))
-        seen = before.get("oid")
         if row is None:
-            return DatabaseState(False, unavailable=unavailable, dropped_outside=seen is not None)
+            return DatabaseState(False, unavailable=unavailable, dropped_outside=seen is not None, seen_oid=seen)
         oid, owner, encoding = row
-        data_lost = before.get("data_lost") or (DATA_LOST if seen is not None and seen != oid else None)
+        data_lost = data_lost or (DATA_LOST if seen is not None and seen != oid else None)
         installed: tuple[str, ...] = ()
         if desired.extensions:
             with server.closing_session(url, name) as raw:
@@ -152,7 +156,9 @@ class PostgresDatabaseController(Controller[PostgresDatabase, DatabaseState]):
 
     def outputs(self, desired: PostgresDatabase, actual: DatabaseState) -> dict[str, Any]:
         name = database_name(desired)
-        return {"name": name, "url": server.public_url(secrets.value(desired.server), name)}
+        published = {"name": name, "url": server.public_url(secrets.value(desired.server), name)}
+        oid = actual.oid if actual.oid is not None else actual.seen_oid
+        return published | ({"oid": oid} if oid is not None else {})
 
     def describe(self, actual: DatabaseState) -> dict[str, Any]:
         described = dataclasses.asdict(actual)

@@ -54,10 +54,11 @@ class Server:
 
     def database(self, name: str) -> dict[str, Any] | None:
         row = self.conn.execute(
-            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s",
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), oid::bigint FROM pg_database "
+            "WHERE datname = %s",
             (name,),
         ).fetchone()
-        return {"owner": row[0], "encoding": row[1]} if row else None
+        return {"owner": row[0], "encoding": row[1], "oid": row[2]} if row else None
 
     def database_privileges(self, role: str, database: str) -> set[str]:
         rows = self.conn.execute(
@@ -95,6 +96,11 @@ def server(servers: tuple[str, str], engine: Engine, unique: str) -> Iterator[Se
     try:
         yield made
     finally:
+        with engine.connect() as conn:  # shown by pytest if the test failed
+            for table in ("statuses", "runs"):
+                for row in conn.execute(text(f"SELECT * FROM {table} WHERE name LIKE :p ORDER BY 1, 2"),
+                                        {"p": f"{unique}%"}).mappings():  # fmt: skip
+                    print(table, dict(row))
         for table in ("postgres_grants", "postgres_databases", "postgres_roles"):
             sql(engine, f"UPDATE {table} SET deletion_policy = 'orphan' WHERE name LIKE :p", p=f"{unique}%")
             sql(engine, f"DELETE FROM {table} WHERE name LIKE :p", p=f"{unique}%")
@@ -255,14 +261,17 @@ def test_a_database_is_created_for_its_owner_put_back_when_dropped_by_hand_and_o
         ).one()
     assert policy == "orphan" and depends_on == [f"PostgresRole/{owner}"]  # its owner is a Setpoint resource
     row = wait_for(lambda: _ready(engine, "PostgresDatabase", database), 30, "database ready")
-    assert server.database(database) == {"owner": owner, "encoding": "UTF8"}
+    assert server.database(database) == {"owner": owner, "encoding": "UTF8", "oid": row["outputs"]["oid"]}
     assert "citext" in _extensions(server, database)
-    assert row["outputs"] == {"name": database, "url": f"postgresql://postgres@127.0.0.1:5432/{database}"}
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"  # no password, though the secret's URL has one
+    assert row["outputs"] == {"name": database, "url": url, "oid": row["outputs"]["oid"]}
 
     server.conn.execute(pgsql.SQL("DROP DATABASE {}").format(pgsql.Identifier(database)))  # no session of ours holds it
     _look(engine, "PostgresDatabase", database)
     try:
-        row = wait_for(lambda: _ready_says(engine, "PostgresDatabase", database, "its data is lost"), 20, "created again")
+        row = wait_for(
+            lambda: _ready_says(engine, "PostgresDatabase", database, "its data is lost"), 20, "created again"
+        )
     except AssertionError:
         print(status(engine, database, "PostgresDatabase"), runs(engine, database, "PostgresDatabase"))
         raise
@@ -438,8 +447,12 @@ def test_hostile_names_are_quoted_or_refused_and_nothing_else_is_touched(
         wait_for(lambda: server.role(hostile_role) is None, 30, "the hostile-named role dropped")
         wait_for(lambda: server.database(hostile_database) is None, 30, "the hostile-named database dropped")
     except AssertionError:
-        for kind, name in (("PostgresRole", "-role"), ("PostgresGrant", "-grant"), ("PostgresGrant", "-bad"),
-                           ("PostgresDatabase", "-db")):
+        for kind, name in (
+            ("PostgresRole", "-role"),
+            ("PostgresGrant", "-grant"),
+            ("PostgresGrant", "-bad"),
+            ("PostgresDatabase", "-db"),
+        ):
             print(kind, name, status(engine, unique + name, kind), runs(engine, unique + name, kind))
         raise
     wait_for(lambda: server.database(hostile_database) is None, 30, "the hostile-named database dropped")
