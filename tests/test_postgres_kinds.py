@@ -6,6 +6,7 @@ look asked for (`next_reconcile_at = now()`) or an event (a secret changed) expl
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -20,9 +21,10 @@ from psycopg import sql as pgsql
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from controllers import postgres_role
+from controllers import postgres_grant, postgres_role
 from models.database import libpq_url
-from models.postgres import PostgresRole
+from models.postgres import DATABASE_PRIVILEGES, TABLE_PRIVILEGES, PostgresRole
+from setpoint.errors import InvalidSpec
 from tests.conftest import wait_for
 from tests.helpers import ready_at, runs, sql, status
 
@@ -214,23 +216,26 @@ def test_a_password_check_recomputes_the_servers_scram_verifier() -> None:
     assert postgres_role.verifies(md5, "pw", "app") and not postgres_role.verifies(md5, "px", "app")
 
 
-def test_a_plan_never_shows_a_password_or_the_servers_url() -> None:
-    desired = PostgresRole(name="app", server="srv", password="pw", login=True)
-    absent = postgres_role.RoleState(exists=False)
+def test_a_role_plan_names_what_differs_and_never_a_password_or_the_servers_url() -> None:
+    """Pure: plan against observed states (secrets are read only for the actions' values, so none are needed here
+    when nothing is to be done)."""
+    desired = PostgresRole(name="app", server="srv", login=True, connection_limit=5)
+    drifted = postgres_role.RoleState(exists=True, login=False, connection_limit=5)
+    assert postgres_role.attribute_drift(desired, drifted) == ["login: False -> True"]
+    assert postgres_role.attribute_drift(desired, dataclasses.replace(drifted, login=True)) == []
     set_password = postgres_role.SetPassword(
         postgres_role.Redacted("postgresql://u:hunter22@h/db"), "app", postgres_role.Redacted("hunter33")
     )
-    assert "hunter" not in str(set_password) + repr(set_password)
-    assert postgres_role.attribute_drift(desired, postgres_role.RoleState(exists=True, login=False)) == [
-        "login: False -> True"
-    ]
-    assert not postgres_role.attribute_drift(desired, dataclass_like(absent, login=True))
+    shown = str(set_password) + repr(set_password)
+    assert "hunter" not in shown and str(set_password) == "set the password of role app"
 
 
-def dataclass_like(state: postgres_role.RoleState, **changes: Any) -> postgres_role.RoleState:
-    import dataclasses
-
-    return dataclasses.replace(state, exists=True, **changes)
+def test_grant_privileges_outside_the_allow_lists_are_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidSpec, match=r"^table_privileges: 'ALL' is not one of SELECT"):
+        postgres_grant.privileges("table_privileges", ["select", "ALL"], TABLE_PRIVILEGES)
+    assert postgres_grant.privileges("privileges", ["connect", "temp"], DATABASE_PRIVILEGES) == (
+        "CONNECT", "TEMPORARY",
+    )  # fmt: skip
 
 
 def _extensions(server: Server, database: str) -> list[str]:
