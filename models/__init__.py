@@ -7,6 +7,7 @@ from models.file import File
 from models.http_object import HTTPObject, HTTPObjectLocation
 from models.mysql import MySQLDatabase, MySQLGrant, MySQLUser
 from models.node import Node
+from models.postgres import PostgresDatabase, PostgresGrant, PostgresRole
 from models.run import Run
 from models.secret import Secret
 from models.status import Status
@@ -22,6 +23,9 @@ __all__ = [
     "HTTPObject",
     "HTTPObjectLocation",
     "Node",
+    "PostgresDatabase",
+    "PostgresGrant",
+    "PostgresRole",
     "Resource",
     "Run",
     "Secret",

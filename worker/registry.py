@@ -39,6 +39,9 @@ def _load() -> None:
     from controllers.mysql_database import MySQLDatabaseController
     from controllers.mysql_grant import MySQLGrantController
     from controllers.mysql_user import MySQLUserController
+    from controllers.postgres_database import PostgresDatabaseController
+    from controllers.postgres_grant import PostgresGrantController
+    from controllers.postgres_role import PostgresRoleController
     from controllers.workload import WorkloadController
 
     _loaded = True  # before the imports below, which may call register() and so come back here
@@ -49,6 +52,9 @@ def _load() -> None:
     register(MySQLDatabaseController())
     register(MySQLGrantController())
     register(HTTPObjectController())
+    register(PostgresRoleController())
+    register(PostgresDatabaseController())
+    register(PostgresGrantController())
     for entry in entry_points(group=GROUP):
         register(entry.load()())
     for module in config.get().controllers.split(","):  # SETPOINT_CONTROLLERS: modules calling register()

@@ -126,7 +126,9 @@ WITH status AS (
             WHEN :waiting AND NOT EXISTS (
                 SELECT FROM dependencies AS d LEFT JOIN statuses AS n ON n.kind = d.on_kind AND n.name = d.on_name
                 WHERE d.kind = :kind AND d.name = :name AND NOT COALESCE(
-                    n.ready AND n.observed_generation = n.generation AND n.deleted_at IS NULL, false))
+                    n.ready AND n.observed_generation = n.generation AND n.deleted_at IS NULL, false)
+                  -- a secret has no status: it is ready once it exists (worker/needs.py)
+                  AND NOT (d.on_kind = 'Secret' AND EXISTS (SELECT FROM secrets AS k WHERE k.name = d.on_name)))
             THEN now()
             ELSE now() + make_interval(secs => :next_in_s) END,
         -- only the message holding the current claim frees it; an older or hand-sent one must not

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 from models import mysql, triggers
 
 revision: str = '0014'
-down_revision: Union[str, None] = '0012'
+down_revision: Union[str, None] = '0013'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
