@@ -462,3 +462,32 @@ def test_hostile_names_are_quoted_or_refused_and_nothing_else_is_touched(
         raise
     wait_for(lambda: server.database(hostile_database) is None, 30, "the hostile-named database dropped")
     assert server.role(victim) is not None and server.database("postgres") is not None
+
+
+def test_many_roles_at_once_share_a_few_pooled_connections_to_their_server(
+    stack: dict[str, str], engine: Engine, server: Server, unique: str
+) -> None:
+    count = 40
+    tag = f"setpoint-pool-{unique}"  # how this test's connections are told apart on the server
+    _secret(engine, unique, make_url(server.url("pw")).update_query_dict({"application_name": tag}).render_as_string(
+        hide_password=False
+    ))  # fmt: skip
+    names = [f"{unique}-r{i:02d}" for i in range(count)]
+    server.roles.extend(names)
+    sql(
+        engine,
+        f"INSERT INTO postgres_roles (name, server, interval_seconds) SELECT n, :s, {SLOW} FROM unnest(CAST(:names AS text[])) AS n",
+        s=unique,
+        names=names,
+    )
+    most = 0
+
+    def converged() -> bool:
+        nonlocal most
+        opened = server.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (tag,))
+        most = max(most, int(opened.fetchone()[0]))  # type: ignore[index]
+        return sum(1 for name in names if server.role(name)) == count
+
+    wait_for(converged, 60, f"{count} roles created")
+    print(f"{count} roles reconciled at once: at most {most} connections to their server")
+    assert 0 < most <= 2 * 4  # the test stack's two worker processes, each at most POOL_SIZE + MAX_OVERFLOW
