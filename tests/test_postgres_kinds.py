@@ -476,7 +476,8 @@ def test_many_roles_at_once_share_a_few_pooled_connections_to_their_server(
     server.roles.extend(names)
     sql(
         engine,
-        f"INSERT INTO postgres_roles (name, server, interval_seconds) SELECT n, :s, {SLOW} FROM unnest(CAST(:names AS text[])) AS n",
+        "INSERT INTO postgres_roles (name, server, interval_seconds) "
+        f"SELECT n, :s, {SLOW} FROM unnest(CAST(:names AS text[])) AS n",
         s=unique,
         names=names,
     )
