@@ -290,6 +290,8 @@ def url_problem(url: str) -> str | None:
         return f"must be an http:// or https:// URL with a host, got {url[:200]!r}"
     if any(c in url for c in "\r\n\t ") or not url.isprintable():
         return "must not contain spaces or control characters"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (it is shown in status): put them in the headers secret"
     return None
 
 

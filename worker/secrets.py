@@ -15,7 +15,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import text
 
@@ -62,8 +62,10 @@ def remember(secret: str) -> None:
         return
     used.add(secret)
     with contextlib.suppress(ValueError):
-        password = urlsplit(secret).password
-        if password:
+        parts = urlsplit(secret)
+        hidden = [parts.password or ""]
+        hidden += [v for k, values in parse_qs(parts.query).items() if "pass" in k.lower() for v in values]
+        for password in filter(None, hidden):  # `…@host/db?password=…` is a libpq URL too
             used.update({password, unquote(password)})
 
 

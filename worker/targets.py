@@ -33,6 +33,15 @@ MAX_SERVERS = 16
 DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg", "mysql": "mysql+pymysql",
            "mariadb": "mysql+pymysql"}  # fmt: skip
 
+BUSY_WORDS = ("starting up", "shutting down", "too many", "recovery", "connection slots", "terminating connection")
+"""What a PostgreSQL refusal without a code says when it is the server's state, not the caller's credentials."""
+STATEMENT_TIMEOUTS: dict[str, dict[str, object]] = {
+    "postgresql+psycopg": {"options": "-c lock_timeout=10s -c statement_timeout=60s"},
+    "mysql+pymysql": {"read_timeout": 60, "write_timeout": 60},
+}
+"""A statement waiting on a lock (a GRANT behind a long transaction) gives up and is retried, rather than holding a
+worker process until its task's time limit."""
+
 _engines: collections.OrderedDict[str, tuple[int, Engine]] = collections.OrderedDict()
 _lock = threading.Lock()
 
@@ -58,8 +67,9 @@ def parse(url: str) -> URL:
 
 
 def shown(url: URL) -> str:
-    """The server as status may say it: no password."""
-    return url.set(drivername=url.drivername.split("+")[0]).render_as_string(hide_password=True)
+    """The server as status may say it: no password, and no query (libpq also takes `?password=…` there)."""
+    plain = url.set(drivername=url.drivername.split("+")[0], query={})
+    return plain.render_as_string(hide_password=True)
 
 
 def engine(url: str) -> Engine:
@@ -70,7 +80,10 @@ def engine(url: str) -> Engine:
         if found is not None and found[0] == os.getpid():
             _engines.move_to_end(key)
             return found[1]
-        args = {"connect_timeout": CONNECT_TIMEOUT_S}
+        args: dict[str, object] = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            **STATEMENT_TIMEOUTS.get(parsed.drivername, {}),
+        }
         made = create_engine(
             parsed, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_timeout=POOL_TIMEOUT_S,
             pool_pre_ping=True, connect_args=args,
@@ -102,14 +115,16 @@ def classify(url: URL, error: DBAPIError) -> Exception:
     first = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
     code = getattr(error.orig, "sqlstate", None) or ""
     mysql_code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-    refused_at_login = "FATAL:" in first and not any(
-        busy in first for busy in ("starting up", "shutting down", "too many", "recovery")
-    )  # no such role or database, a password refused, no pg_hba.conf entry
-    denied_pg = code.startswith(("28", "3D")) or code == "42501" or refused_at_login
+    if code:  # the server's own verdict: the class of its SQLSTATE
+        denied_pg = code.startswith(("28", "3D")) or code == "42501"  # authorization, no such database, privilege
+        busy_pg = code.startswith(("08", "53", "57P"))  # connection, resources, shutdown or restart
+    else:  # refused before the server gave a code (at connection time): read its words
+        busy_pg = any(word in first for word in BUSY_WORDS)
+        denied_pg = "FATAL:" in first and not busy_pg  # no such role or database, a password, pg_hba.conf
     denied_mysql = mysql_code in (1044, 1045, 1142, 1227)
     if denied_pg or denied_mysql:
         return AccessDenied(f"{shown(url)}: {first}")
-    unreachable = isinstance(error, OperationalError) and (not code or code.startswith(("08", "57P")))
+    unreachable = isinstance(error, OperationalError) and (not code or busy_pg)
     if error.connection_invalidated or unreachable or mysql_code in (2002, 2003, 2006, 2013):
         return ServerUnreachable(f"{shown(url)}: {first}")
     return error
