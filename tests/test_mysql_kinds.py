@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -47,7 +48,10 @@ def _mariadb_answers() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _mariadb_answers(), reason="no MariaDB at 127.0.0.1:3306 (root, no password)")
+# Skipped only on a developer's machine without MariaDB; in CI (which starts it, .ci/run) a missing server fails.
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and not _mariadb_answers(), reason="no MariaDB at 127.0.0.1:3306 (root, no password)"
+)
 
 
 def _query(statement: str, *args: Any) -> list[tuple[Any, ...]]:
