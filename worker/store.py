@@ -86,12 +86,13 @@ _LINKS = text(f"SELECT ({needs.SELECT}) AS needs, ({_DEPENDENTS}) AS dependents"
 
 
 def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
-    """Lock and read. A resource with links reads them once more, in a statement of its own: the first one's
+    """Lock and read. A resource whose links matter now reads them once more, in a statement of its own: the first one's
     snapshot may predate a dependency's change whose wake-up it then waited for on the status row's lock (and so
     would never see it, nor be woken again)."""
     row = conn.execute(_begin_statement(table), {"kind": kind, "name": name}).one()
     found, dependents = row.needs or [], row.dependents or []
-    if row.locked and (found or dependents):
+    # What it acts on depends on its needs; a teardown (no desired row) on its dependents: only those matter.
+    if row.locked and (dependents if row.desired is None else found):
         again = conn.execute(_LINKS, {"kind": kind, "name": name}).one()
         found, dependents = again.needs or [], again.dependents or []
     return Snapshot(bool(row.locked), row.desired, row.status, found, dependents)
