@@ -3,6 +3,7 @@
 from models.app import App
 from models.base import Resource, metadata
 from models.dependency import Dependency
+from models.event import Event, PendingEvent
 from models.file import File
 from models.http_object import HTTPObject, HTTPObjectLocation
 from models.mysql import MySQLDatabase, MySQLGrant, MySQLUser
@@ -16,6 +17,7 @@ from models.workload import Workload
 __all__ = [
     "App",
     "Dependency",
+    "Event",
     "File",
     "MySQLDatabase",
     "MySQLGrant",
@@ -23,6 +25,7 @@ __all__ = [
     "HTTPObject",
     "HTTPObjectLocation",
     "Node",
+    "PendingEvent",
     "PostgresDatabase",
     "PostgresGrant",
     "PostgresRole",
