@@ -2,6 +2,7 @@
 
 from models.app import App
 from models.base import Resource, metadata
+from models.change import Change
 from models.dependency import Dependency
 from models.file import File
 from models.http_object import HTTPObject, HTTPObjectLocation
@@ -15,6 +16,7 @@ from models.workload import Workload
 
 __all__ = [
     "App",
+    "Change",
     "Dependency",
     "File",
     "MySQLDatabase",
