@@ -1,4 +1,5 @@
 """Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days.
+Desired-state history's (`changes`): keep every resource's last N changes; a deleted one's go D days after its delete.
 
 A resource is one life of a name (its uid): the runs of an earlier resource that had the name count apart, and go
 once they are older than D days. Runs recorded before uids (uid NULL) count by name, as they always did.
@@ -30,3 +31,25 @@ def prune(engine: Engine, *, keep: int, days: int) -> int:
     """Delete the runs the rule no longer keeps; returns how many went."""
     with engine.begin() as conn:
         return conn.execute(_PRUNE, {"keep": keep, "days": days}).rowcount
+
+
+_PRUNE_CHANGES = text("""
+DELETE FROM changes WHERE id IN (
+    SELECT id FROM (
+        SELECT id, row_number() OVER (PARTITION BY kind, name, uid ORDER BY id DESC) AS newest FROM changes
+    ) AS ranked
+    WHERE newest > :keep
+)
+OR id IN (
+    SELECT c.id FROM changes AS c
+    JOIN (SELECT kind, name, uid, max(id) AS deleted FROM changes
+          WHERE operation = 'delete' AND at < now() - make_interval(days => :days) GROUP BY kind, name, uid) AS gone
+      ON c.kind = gone.kind AND c.name = gone.name AND c.uid IS NOT DISTINCT FROM gone.uid AND c.id <= gone.deleted
+)
+""")
+
+
+def prune_changes(engine: Engine, *, keep: int, days: int) -> int:
+    """Delete the changes of desired state the rule no longer keeps; returns how many went."""
+    with engine.begin() as conn:
+        return conn.execute(_PRUNE_CHANGES, {"keep": keep, "days": days}).rowcount

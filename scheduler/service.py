@@ -94,6 +94,10 @@ class Scheduler:
     def keep_house(self) -> None:
         pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept, days=self.settings.history_days)
         log.info("pruned run history", extra={"deleted": pruned})
+        pruned = retention.prune_changes(
+            self.engine, keep=self.settings.history_changes_kept, days=self.settings.history_days
+        )
+        log.info("pruned desired-state history", extra={"deleted": pruned})
 
     def watch_nodes(self) -> None:
         lost = nodes.mark_lost(self.engine, silent_s=self.settings.node_silent_seconds)
