@@ -54,13 +54,20 @@ class TriggerCost:
         """How many times longer the bulk UPDATE takes with history."""
         return self._median(True, "bulk_s") / self._median(False, "bulk_s")
 
+    def _range(self, history: bool, field: str, spec: str) -> str:
+        values = [getattr(r, field) for r in self.rounds if r.history == history]
+        return f"{min(values):{spec}}-{max(values):{spec}}"
+
     def headlines(self) -> list[str]:
+        """Medians of the rounds, each with its range."""
         return [
             f"changes trigger, single-row UPDATEs ({CLIENTS} clients, {self.updates:,} per round): "
-            f"{self._median(True, 'single_per_s'):,.0f}/s with history, {self._median(False, 'single_per_s'):,.0f}/s "
-            f"without: {self.single_ratio:.0%} of the throughput",
-            f"changes trigger, one UPDATE of {self.rows:,} rows: {self._median(True, 'bulk_s'):.2f} s with history, "
-            f"{self._median(False, 'bulk_s'):.2f} s without: {self.bulk_ratio:.2f}x the time",
+            f"{self._median(True, 'single_per_s'):,.0f}/s with history ({self._range(True, 'single_per_s', ',.0f')}), "
+            f"{self._median(False, 'single_per_s'):,.0f}/s without ({self._range(False, 'single_per_s', ',.0f')}): "
+            f"{self.single_ratio:.0%} of the throughput",
+            f"changes trigger, one UPDATE of {self.rows:,} rows: {self._median(True, 'bulk_s'):.2f} s with history "
+            f"({self._range(True, 'bulk_s', '.2f')}), {self._median(False, 'bulk_s'):.2f} s without "
+            f"({self._range(False, 'bulk_s', '.2f')}): {self.bulk_ratio:.2f}x the time",
         ]
 
 
