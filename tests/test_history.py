@@ -193,3 +193,12 @@ def test_rows_a_controller_writes_are_recorded_as_their_owners(stack: dict, engi
         assert written[0]["actor"] == f"setpoint:App/{unique}" and written[0]["db_user"] == "postgres"
     finally:
         sql(engine, "DELETE FROM apps WHERE name = :n", n=unique)
+
+
+def test_a_users_own_kind_made_after_the_migration_has_history_too(engine: Engine, unique: str) -> None:
+    # The tests' kinds are created as a user's migration makes them, with triggers.attach after `alembic upgrade`.
+    sql(engine, "INSERT INTO noops (name) VALUES (:n)", n=unique)
+    sql(engine, 'UPDATE noops SET labels = \'{"team": "web"}\' WHERE name = :n', n=unique)
+    found = changes(engine, unique, kind="Noop")
+    assert [c["operation"] for c in found] == ["insert", "update"]
+    assert found[1]["changed"] == {"labels": {"old": {}, "new": {"team": "web"}}}
