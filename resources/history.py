@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
 
 from resources.kinds import Kind, resolve
 from setpoint.errors import InvalidDocument, NotFound, PreconditionFailed
@@ -200,13 +201,20 @@ def rollback(
             {"reason": f"rollback to generation {generation}"},
         )
         listed = ", ".join(f'"{column}"' for column in columns)
-        written = conn.execute(
-            text(
-                f"UPDATE {kind.plural} AS t SET ({listed}) = (SELECT {listed} FROM "
-                f"jsonb_populate_record(NULL::{kind.plural}, CAST(:wanted AS jsonb))) "
-                "WHERE name = :name RETURNING generation"
-            ),
-            {"wanted": json.dumps(wanted), "name": name},
-        ).scalar_one()
+        try:
+            written = conn.execute(
+                text(
+                    f"UPDATE {kind.plural} AS t SET ({listed}) = (SELECT {listed} FROM "
+                    f"jsonb_populate_record(NULL::{kind.plural}, CAST(:wanted AS jsonb))) "
+                    "WHERE name = :name RETURNING generation"
+                ),
+                {"wanted": json.dumps(wanted), "name": name},
+            ).scalar_one()
+        except IntegrityError as error:  # what was valid then may not be now (a cycle with a newer resource)
+            said = getattr(getattr(error.orig, "diag", None), "message_primary", None) or str(error.orig)
+            raise InvalidDocument(
+                f"generation: {kind.name}/{name}'s generation {generation} cannot be written back now: {said}",
+                field="generation",
+            ) from None
     fields = tuple(sorted(c for c in columns if current.get(c) != wanted.get(c)))
     return Rolled(kind.name, name, generation, current["generation"], written, fields)

@@ -11,6 +11,7 @@ import json
 from typing import Annotated
 
 import typer
+import yaml
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,16 +23,17 @@ Limit = Annotated[int, typer.Option("--limit", min=1, max=history.MAX_PAGE, help
 
 
 def history_command(kind: KindArg, name: NameArg, output: Output = "table", limit: Limit = 50) -> None:
-    """Who changed the resource's desired state, when, why and what, newest first (-o json: every field, the old
-    and new values included). Kept: the last SETPOINT_HISTORY_CHANGES_KEPT changes of each resource."""
+    """Who changed the resource's desired state, when, why and what, newest first (-o json|yaml: every field, the
+    old and new values included). Kept: the last SETPOINT_HISTORY_CHANGES_KEPT changes of each resource."""
     with failures():
         found = history.kind_name(kind)
         changes = history.entries(_engine(), found, name, limit=limit)
-        if output == "json":
-            print(json.dumps([entry.as_json() for entry in changes], indent=2))
+        if output in ("json", "yaml"):
+            shown = [entry.as_json() for entry in changes]
+            print(json.dumps(shown, indent=2) if output == "json" else yaml.safe_dump(shown, sort_keys=False), end="")
             return
         if output != "table":
-            raise errors.UsageError(f"--output must be table or json, got {output!r}")
+            raise errors.UsageError(f"--output must be table, json or yaml, got {output!r}")
         if not changes:
             err.print(f"No history for {found}/{name}.")
             return

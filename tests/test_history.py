@@ -202,3 +202,19 @@ def test_a_users_own_kind_made_after_the_migration_has_history_too(engine: Engin
     found = changes(engine, unique, kind="Noop")
     assert [c["operation"] for c in found] == ["insert", "update"]
     assert found[1]["changed"] == {"labels": {"old": {}, "new": {"team": "web"}}}
+
+
+def test_a_rollback_that_would_close_a_cycle_now_is_refused_naming_the_generation(
+    client: TestClient, engine: Engine, unique: str
+) -> None:
+    a, b = f"{unique}-a", f"{unique}-b"
+    unwatched(engine, INSERT, b)
+    unwatched(engine, INSERT, a)
+    sql(engine, "UPDATE files SET depends_on = ARRAY['File/' || CAST(:b AS text)] WHERE name = :a", a=a, b=b)
+    sql(engine, "UPDATE files SET depends_on = '{}' WHERE name = :a", a=a)
+    sql(engine, "UPDATE files SET depends_on = ARRAY['File/' || CAST(:a AS text)] WHERE name = :b", a=a, b=b)
+    refused = client.post(f"/v1/files/{a}/rollback", json={"generation": 2})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "generation"]
+    assert "cycle" in refused.json()["detail"][0]["msg"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT generation FROM files WHERE name = :a"), {"a": a}).scalar() == 3
