@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import preconditions
 from api.bodies import Problem
-from api.routes import CHANGED, MAX_OFFSET, IfMatch, Name, Responses
+from api.routes import CHANGED, MAX_OFFSET, UNREADABLE, IfMatch, Name, Responses
 from models import change
 from resources import documents, history
 from resources.kinds import Kind
@@ -104,7 +104,7 @@ def router(kind: Kind, engine: Engine) -> APIRouter:
         response_model=Rolled,
         operation_id=f"rollback{kind.name}",
         summary=f"Write an earlier generation's desired state into a {kind.name}, as a new generation",
-        responses={**missing, **CHANGED},
+        responses={**UNREADABLE, **missing, **CHANGED},
     )
     def rollback(name: Name, body: Rollback, response: Response, if_match: IfMatch = None) -> dict[str, Any]:
         """A generation not in the resource's history (never written, or pruned) is 422 naming `generation`.
