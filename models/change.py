@@ -39,6 +39,8 @@ class Change(SQLModel, table=True):
     __table_args__ = (
         check("operation IN ('" + "', '".join(OPERATIONS) + "')", "operation_known", "insert, update or delete"),
         Index("ix_changes_resource", "kind", "name", "id"),
+        # The retention rule finds the resources deleted long ago without reading every change.
+        Index("ix_changes_deleted", "at", postgresql_where=text("operation = 'delete'")),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)  # type: ignore[call-overload]

@@ -118,10 +118,16 @@ def test_pruning_keeps_each_resources_last_changes_and_forgets_the_long_deleted(
         sql(engine, "DELETE FROM files WHERE name = :n", n=name)
     sql(engine, "UPDATE changes SET at = at - interval '30 days' WHERE name = :n", n=gone)
 
-    retention.prune_changes(engine, keep=3, days=14)
-
-    assert [c["generation"] for c in changes(engine, unique)] == [5, 6, 7], "the last 3, the newest kept"
+    _, newest = retention.prune_changes(engine, keep=5, days=14)
+    assert [c["generation"] for c in changes(engine, unique)] == [3, 4, 5, 6, 7], "the last 5, the newest kept"
     assert changes(engine, gone) == [] and len(changes(engine, recent)) == 2
+
+    # Later prunes look only at the resources changed since (the others have no more than they keep).
+    retention.prune_changes(engine, keep=3, days=14, after=newest)
+    assert len(changes(engine, unique)) == 5
+    sql(engine, "UPDATE files SET content = 'v6' WHERE name = :n", n=unique)
+    retention.prune_changes(engine, keep=3, days=14, after=newest)
+    assert [c["generation"] for c in changes(engine, unique)] == [6, 7, 8]
 
 
 @pytest.fixture(scope="module")
