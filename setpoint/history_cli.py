@@ -8,6 +8,7 @@ generation that is not in the resource's history among them).
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Annotated
 
 import typer
@@ -41,7 +42,7 @@ def history_command(kind: KindArg, name: NameArg, output: Output = "table", limi
         for entry in changes:
             table.add_row(
                 str(entry.generation) if entry.generation is not None else "-",
-                entry.at.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                 entry.operation,
                 escape(entry.who),
                 escape(entry.reason or ""),
