@@ -14,8 +14,9 @@ from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import auth, failures, limits, routes, secrets
+from api import auth, failures, history, limits, routes, secrets
 from api.bodies import Problem
+from models import change
 from models.database import make_engine
 from resources.kinds import all_kinds
 from setpoint.errors import UsageError
@@ -63,7 +64,7 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
     """
     if not settings.api_token and not insecure_no_auth:
         raise UsageError(NO_TOKEN)
-    engine = make_engine(settings.database_url)
+    engine = change.track(make_engine(settings.database_url))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
         lifespan=lifespan,
     )
     failures.install(app)
+    app.add_middleware(history.Acting, actor="api:token" if settings.api_token else "api:anonymous")
     locked: dict[str, Any] = {}
     if settings.api_token:
         app.add_middleware(auth.BearerToken, token=settings.api_token)
@@ -89,6 +91,7 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
     app.add_middleware(limits.BodySize, max_bytes=settings.api_max_body_bytes)
     for kind in all_kinds().values():
         app.include_router(routes.router(kind, engine), **locked)
+        app.include_router(history.router(kind, engine), **locked)
     app.include_router(secrets.router(engine), **locked)
     app.add_api_route(
         "/healthz",

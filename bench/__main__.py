@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import shutil
@@ -26,6 +27,7 @@ from sqlalchemy.engine import make_url
 from bench import (
     bare,
     bare_chain,
+    changes,
     dependencies,
     healing,
     hold,
@@ -227,6 +229,11 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     healed = healing.measure(dbs, found.broker_url, tag, logs, plan.heal, say)
     say(f"dependencies: {plan.chains} chains of {dependencies.CHAIN_LENGTH}, {plan.trees} tree(s) against flat sets")
     linked = dependencies.run(dbs, found.broker_url, tag, logs, plan.chains, plan.trees)
+    say("changes: UPDATE throughput of desired rows with and without the history trigger")
+    trigger_cost = changes.run(dbs, say=say)
+    (RESULTS / "changes.json").write_text(json.dumps(dataclasses.asdict(trigger_cost), indent=2) + "\n")
+    for line in trigger_cost.headlines():
+        say(line)
 
     held = None
     if plan.hold_s > 0:

@@ -2,6 +2,7 @@
 
 from models.app import App
 from models.base import Resource, metadata
+from models.change import Change
 from models.dependency import Dependency
 from models.event import Event, PendingEvent
 from models.file import File
@@ -16,6 +17,7 @@ from models.workload import Workload
 
 __all__ = [
     "App",
+    "Change",
     "Dependency",
     "Event",
     "File",

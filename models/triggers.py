@@ -170,11 +170,12 @@ def attach(table: str, kind: str, templated: tuple[str, ...] = (), secret_fields
     """The triggers that make `table` a kind named `kind` (run after creating the table), with the links of
     models/links.py: `templated` names the fields whose strings may reference other resources' outputs and
     secrets, `secret_fields` those holding a secret's name."""
-    from models import links, ownership
+    from models import change, links, ownership
 
     return (
         links.attach(table, kind, templated, secret_fields)
         + ownership.attach(table, kind)
+        + change.attach(table, kind)
         + f"""
 CREATE TRIGGER setpoint_stamp BEFORE INSERT OR UPDATE ON {table}
     FOR EACH ROW EXECUTE FUNCTION setpoint_stamp('{kind}');
@@ -188,11 +189,12 @@ CREATE TRIGGER setpoint_wake AFTER INSERT OR UPDATE OR DELETE ON {table}
 
 def detach(table: str) -> str:
     """Undo attach(): drop the kind's triggers (its statuses stay until their rows are gone)."""
-    from models import links, ownership
+    from models import change, links, ownership
 
     return (
         links.detach(table)
         + ownership.detach(table)
+        + change.detach(table)
         + "".join(
             f"DROP TRIGGER IF EXISTS {trigger} ON {table};\n"
             for trigger in ("setpoint_wake", "setpoint_track", "setpoint_stamp")

@@ -1,4 +1,5 @@
 """Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days.
+Desired-state history's (`changes`): keep every resource's last N changes; a deleted one's go D days after its delete.
 
 A resource is one life of a name (its uid): the runs of an earlier resource that had the name count apart, and go
 once they are older than D days. Runs recorded before uids (uid NULL) count by name, as they always did.
@@ -30,3 +31,30 @@ def prune(engine: Engine, *, keep: int, days: int) -> int:
     """Delete the runs the rule no longer keeps; returns how many went."""
     with engine.begin() as conn:
         return conn.execute(_PRUNE, {"keep": keep, "days": days}).rowcount
+
+
+_PRUNE_KEPT = text("""
+WITH touched AS (SELECT DISTINCT kind, name, uid FROM changes WHERE id > :after),
+ranked AS (
+    SELECT c.id, row_number() OVER (PARTITION BY c.kind, c.name, c.uid ORDER BY c.id DESC) AS newest
+    FROM changes AS c JOIN touched AS t ON c.kind = t.kind AND c.name = t.name AND c.uid IS NOT DISTINCT FROM t.uid
+)
+DELETE FROM changes WHERE id IN (SELECT id FROM ranked WHERE newest > :keep)
+""")
+_PRUNE_GONE = text("""
+DELETE FROM changes AS c USING (
+    SELECT kind, name, uid, max(id) AS deleted FROM changes
+    WHERE operation = 'delete' AND at < now() - make_interval(days => :days) GROUP BY kind, name, uid
+) AS gone
+WHERE c.kind = gone.kind AND c.name = gone.name AND c.uid IS NOT DISTINCT FROM gone.uid AND c.id <= gone.deleted
+""")
+
+
+def prune_changes(engine: Engine, *, keep: int, days: int, after: int = 0) -> tuple[int, int]:
+    """Delete the changes of desired state the rule no longer keeps. Only resources changed since the change `after`
+    can have more than `keep` (0: look at all); pass the newest id this returns to the next call. Returns (how many
+    went, the newest id)."""
+    with engine.begin() as conn:
+        newest = conn.execute(text("SELECT COALESCE(max(id), 0) FROM changes")).scalar_one()
+        kept = conn.execute(_PRUNE_KEPT, {"keep": keep, "after": after}).rowcount
+        return kept + conn.execute(_PRUNE_GONE, {"days": days}).rowcount, newest

@@ -35,6 +35,8 @@ class Scheduler:
         self.leading = False
         """True while this is the active scheduler (its metrics then report the fleet's state)."""
         self._woken = threading.Event()
+        self._changes_pruned_after = 0
+        """The newest change at the last prune: only resources changed since can have more than they keep."""
 
     def wake(self, tick: Job) -> None:
         """Claim now: a desired row changed. A wake during a running tick makes that tick go round again."""
@@ -94,6 +96,13 @@ class Scheduler:
     def keep_house(self) -> None:
         pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept, days=self.settings.history_days)
         log.info("pruned run history", extra={"deleted": pruned})
+        pruned, self._changes_pruned_after = retention.prune_changes(
+            self.engine,
+            keep=self.settings.history_changes_kept,
+            days=self.settings.history_days,
+            after=self._changes_pruned_after,
+        )
+        log.info("pruned desired-state history", extra={"deleted": pruned})
 
     def watch_nodes(self) -> None:
         lost = nodes.mark_lost(self.engine, silent_s=self.settings.node_silent_seconds)

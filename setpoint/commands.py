@@ -9,6 +9,7 @@ there are changes to make (PLAN_CHANGES_PENDING, as `terraform plan -detailed-ex
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from rich.tree import Tree
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from models import change
 from models.database import make_engine
 from resources import documents, graph, kinds, manifest, nodes
 from setpoint import errors
@@ -41,6 +43,9 @@ err = Console(stderr=True, soft_wrap=True)
 KindArg = Annotated[str, typer.Argument(help="file, File or files; `setpoint kinds` lists them.")]
 NameArg = Annotated[str, typer.Argument(help="The resource's name.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table, json or yaml.")]
+Reason = Annotated[
+    str | None, typer.Option("--reason", help="Why: recorded with the change, shown by `setpoint history`.")
+]
 Files = Annotated[
     list[str], typer.Option("--filename", "-f", help="A manifest file, a folder of them, or - for stdin.")
 ]
@@ -64,16 +69,28 @@ def failures() -> Iterator[None]:
 
 
 def _engine() -> Engine:
-    return make_engine(config.get().database_url)
+    return change.track(make_engine(config.get().database_url))
+
+
+def acting_as_user(reason: str | None) -> contextlib.AbstractContextManager[None]:
+    """The desired-state changes made inside are recorded as this user's (`cli:alice`), with `reason`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name, no passwd entry (a container's arbitrary uid)
+        import os
+
+        user = f"uid{os.getuid()}"
+    return change.acting(f"cli:{user}", reason)
 
 
 def apply(
     filename: Files,
     wait: Annotated[bool, typer.Option(help="Wait until every applied resource is ready.")] = False,
     timeout: Annotated[float, typer.Option(help="How long --wait waits, in seconds.")] = 300,
+    reason: Reason = None,
 ) -> None:
     """Create or update every document in one transaction; if any is invalid, nothing is applied."""
-    with failures():
+    with failures(), acting_as_user(reason):
         docs = [doc for target in filename for doc in manifest.load(target)]
         if not docs:
             raise errors.UsageError(f"no documents in {', '.join(filename)}")
@@ -114,9 +131,10 @@ def delete(
     kind: Annotated[str | None, typer.Argument(help="The kind, unless -f is given.")] = None,
     name: Annotated[str | None, typer.Argument(help="The name, unless -f is given.")] = None,
     filename: Files = [],  # noqa: B006 - typer reads the default, never mutates it
+    reason: Reason = None,
 ) -> None:
     """Delete resources; their controllers tear the real things down."""
-    with failures():
+    with failures(), acting_as_user(reason):
         if filename:
             targets = [(doc.kind, doc.name) for target in filename for doc in manifest.load(target)]
         elif kind and name:
@@ -345,18 +363,18 @@ def reconcile(kind: KindArg, name: NameArg) -> None:
         out.print(f"{found.name.lower()}/{name} due now")
 
 
-def pause(kind: KindArg, name: NameArg) -> None:
+def pause(kind: KindArg, name: NameArg, reason: Reason = None) -> None:
     """Observe and report drift, but take no action."""
-    _set_paused(kind, name, True)
+    _set_paused(kind, name, True, reason)
 
 
-def resume(kind: KindArg, name: NameArg) -> None:
+def resume(kind: KindArg, name: NameArg, reason: Reason = None) -> None:
     """Act on drift again."""
-    _set_paused(kind, name, False)
+    _set_paused(kind, name, False, reason)
 
 
-def _set_paused(kind: str, name: str, paused: bool) -> None:
-    with failures():
+def _set_paused(kind: str, name: str, paused: bool, reason: str | None) -> None:
+    with failures(), acting_as_user(reason):
         found = kinds.resolve(kind)
         documents.set_paused(_engine(), found, name, paused)
         out.print(f"{found.name.lower()}/{name} {'paused' if paused else 'resumed'}")

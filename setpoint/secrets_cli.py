@@ -18,7 +18,7 @@ from rich.table import Table
 
 from resources import secrets
 from setpoint import errors
-from setpoint.commands import _ago, _engine, err, failures, out
+from setpoint.commands import Reason, _ago, _engine, acting_as_user, err, failures, out
 from worker.secrets import MIN_SCRUBBED
 
 app = typer.Typer(
@@ -37,12 +37,13 @@ def set_(
     from_env: Annotated[
         str | None, typer.Option("--from-env", help="Read the value from this environment variable instead.")
     ] = None,
+    reason: Reason = None,
 ) -> None:
     """Create a secret or change its value, read from stdin (or --from-file, --from-env; never an argument).
 
     One trailing newline of stdin or of the file is dropped (what `echo` and editors add). Every resource that
     refers to the secret is reconciled at once with the new value."""
-    with failures():
+    with failures(), acting_as_user(reason):
         secrets.check_name(name)
         value = _read_value(name, from_file, from_env)
         done = secrets.put(_engine(), name, value)
@@ -111,9 +112,9 @@ def list_(
 
 
 @app.command("delete")
-def delete(name: SecretName) -> None:
+def delete(name: SecretName, reason: Reason = None) -> None:
     """Delete a secret; the resources that refer to it wait (DependencyMissing) until it is set again."""
-    with failures():
+    with failures(), acting_as_user(reason):
         secrets.check_name(name)
         gone = secrets.delete(_engine(), name)
         out.print(f"secret/{name} deleted")

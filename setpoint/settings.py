@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     history_days: int = Field(14, ge=1)
     """Runs older than this are pruned, except each resource's last history_noops_kept runs."""
 
+    history_changes_kept: int = Field(100, ge=1)
+    """Changes of desired state (table `changes`) kept per resource; a deleted resource's go history_days after it."""
+
     node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
     """The node this worker runs on (default: its host name). Workers take their node's queue besides the
     shared one: resources bound to the node, and host-local ones they reconciled first, come there."""

@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
+from models import change
 from setpoint.errors import PermanentError, TransientError
 from worker import needs, registry
 from worker.controller import Action
@@ -89,6 +90,7 @@ class ApplyOwned(Action):
         ).returning(table.c.name)
         try:
             with engine().begin() as conn:
+                change.stamp(conn, f"setpoint:{self.owner}")
                 if conn.execute(statement).first() is not None:
                     return
         except DBAPIError as error:
@@ -124,6 +126,7 @@ class DeleteOwned(Action):
     def run(self) -> None:
         table = _table(self.kind)
         with engine().begin() as conn:
+            change.stamp(conn, f"setpoint:{self.owner}")
             conn.execute(delete(table).where(table.c.name == self.name, table.c.owned_by == self.owner))
 
     def __str__(self) -> str:
