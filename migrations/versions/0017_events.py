@@ -5,7 +5,7 @@ Table `event_inbox`: what the statuses triggers record, in the transaction that 
 events_id_seq in the order they committed, so a reader resuming after id N misses nothing (models/event.py).
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-12-02 01:00:36.843215
 """
 from typing import Sequence, Union
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from models import triggers
 
 revision: str = '0017'
-down_revision: Union[str, None] = '0015'
+down_revision: Union[str, None] = '0016'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
