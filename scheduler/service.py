@@ -94,6 +94,8 @@ class Scheduler:
     def keep_house(self) -> None:
         pruned = retention.prune(self.engine, keep=self.settings.history_noops_kept, days=self.settings.history_days)
         log.info("pruned run history", extra={"deleted": pruned})
+        events = retention.prune_events(self.engine, kept=self.settings.events_kept, days=self.settings.events_days)
+        log.info("pruned events", extra={"deleted": events})
 
     def watch_nodes(self) -> None:
         lost = nodes.mark_lost(self.engine, silent_s=self.settings.node_silent_seconds)
