@@ -59,9 +59,9 @@ CONDITIONS = [
     },
 ]
 
-FAIL = """UPDATE statuses SET phase = 'Failed', ready = false, consecutive_failures = 1, last_error = %(error)s,
+FAIL = """UPDATE statuses SET phase = 'Failed', ready = false, consecutive_failures = 1, last_error = %(error)s::text,
     last_reconcile_at = now(), conditions = jsonb_build_array(jsonb_build_object('type', 'Ready', 'status', 'False',
-    'reason', 'ReconcileError', 'message', %(error)s, 'last_transition_time', now()))
+    'reason', 'ReconcileError', 'message', %(error)s::text, 'last_transition_time', now()))
 WHERE kind = 'File' AND name = %(name)s"""
 HEAL = """UPDATE statuses SET phase = 'Ready', ready = true, consecutive_failures = 0, last_error = NULL,
     last_reconcile_at = now(), conditions = %(conditions)s WHERE kind = 'File' AND name = %(name)s"""
@@ -164,7 +164,10 @@ def to_sse(database_url: str, base: str, changes: int, warmup: int = 5) -> list[
     seen = threading.Condition()
 
     def read() -> None:
-        with httpx.stream("GET", f"{base}/v1/events", params={"name": name}, timeout=None) as response:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.stream("GET", f"{base}/v1/events", params={"name": name}, timeout=None) as response,
+        ):
             for line in response.iter_lines():
                 ready.set()
                 if line.startswith("data: "):
