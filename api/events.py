@@ -215,7 +215,8 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
             if cursor is None:
                 found = await run_in_threadpool(events.recent, engine, wanted, limit)
             else:
-                found = await run_in_threadpool(events.page, engine, cursor, wanted, limit)
+                newest = await run_in_threadpool(events.head, engine)  # publishes what waits first
+                found = await run_in_threadpool(events.page, engine, cursor, wanted, limit, newest)
             return JSONResponse(found)
         if hub.full:
             return JSONResponse(

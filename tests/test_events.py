@@ -216,6 +216,32 @@ def test_a_silent_node_makes_one_node_lost_event(engine: Engine, unique: str, tm
     assert f"node gone-{unique} has never been seen" in made[-1]["message"]
 
 
+def condition_json(reason: str, ready: bool) -> str:
+    return json.dumps([{"type": "Ready", "status": str(ready), "reason": reason, "message": reason.lower()}])
+
+
+def test_a_crash_loop_is_said_once_not_at_every_restart(engine: Engine, unique: str, tmp_path: Path) -> None:
+    """Degraded, Progressing (a restart), Degraded again...: one NotReady; ready again, then degraded again: news."""
+    write = text(
+        "UPDATE statuses SET phase = :phase, ready = :ready, observed_generation = 1, last_reconcile_at = now(), "
+        "conditions = CAST(:c AS jsonb) WHERE name = :n"
+    )
+    steps = [("Progressing", "Progressing")] + [("Degraded", "CrashLoopBackOff"), ("Progressing", "Progressing")] * 3
+    steps += [("Ready", "Running"), ("Degraded", "CrashLoopBackOff"), ("Progressing", "Progressing")]
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(text("INSERT INTO files (name, path) VALUES (:n, :p)"), {"n": unique, "p": str(tmp_path / "f")})
+        for phase, reason in steps:
+            ready = phase == "Ready"
+            conn.execute(write, {"n": unique, "phase": phase, "ready": ready, "c": condition_json(reason, ready)})
+        made = [(e["type"], e["reason"]) for e in inbox(conn, unique)]
+        transaction.rollback()
+    assert made == [
+        ("NotReady", "CrashLoopBackOff"),
+        ("Ready", "Running"),
+        ("NotReady", "CrashLoopBackOff"),
+    ]
+
+
 def test_event_messages_and_drift_are_bounded(engine: Engine, unique: str, tmp_path: Path) -> None:
     """A controller's drift may quote what it would write: an event keeps 20 entries of 300 characters at most."""
     drift = json.dumps([{"change": f"write {'x' * 10_000} ({i})"} for i in range(50)])

@@ -68,6 +68,7 @@ DECLARE
     moved boolean;       -- a new generation observed
     reason_moved boolean;
     done jsonb;
+    last jsonb;          -- the resource's last event
 BEGIN
     IF TG_OP = 'DELETE' THEN
         INSERT INTO event_inbox (kind, name, uid, generation, type, reason, message)
@@ -132,6 +133,18 @@ BEGIN
         END IF;
     ELSIF OLD.ready OR (NEW.phase = 'Degraded' AND OLD.phase IS DISTINCT FROM 'Degraded') THEN
         happened := 'NotReady';
+    END IF;
+    IF happened = 'NotReady' AND NOT OLD.ready THEN
+        -- a crash loop goes Degraded, Progressing (a restart), Degraded again: said once, not at every restart
+        last := COALESCE(
+            (SELECT to_jsonb(i) FROM event_inbox AS i WHERE i.kind = NEW.kind AND i.name = NEW.name
+             ORDER BY i.seq DESC LIMIT 1),
+            (SELECT to_jsonb(e) FROM events AS e WHERE e.kind = NEW.kind AND e.name = NEW.name
+             ORDER BY e.id DESC LIMIT 1));
+        IF last->>'type' = 'NotReady' AND last->>'reason' IS NOT DISTINCT FROM why
+           AND (last->>'generation')::int IS NOT DISTINCT FROM COALESCE(NEW.observed_generation, NEW.generation) THEN
+            happened := NULL;
+        END IF;
     END IF;
     IF happened IS NULL THEN
         RETURN NULL;
