@@ -8,16 +8,18 @@ whose next reconcile is a day away, so the session's stack leaves it alone.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.conftest import Process, wait_for
 from tests.helpers import sql, unwatched
@@ -233,3 +235,51 @@ def test_streams_beyond_the_limit_are_503(base: str, unique: str) -> None:
 def _opens(base: str) -> bool:
     with httpx.stream("GET", f"{base}/v1/events", headers=AUTH, timeout=5) as response:
         return response.status_code == 200
+
+
+def test_a_client_too_slow_is_disconnected_not_buffered_without_bound(
+    database_url: str, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    """A client that stops reading: once its queue (10 here) overflows the server ends its stream, and what it
+    gets before the end is far less than what was sent; it would resume with its last id."""
+    port = free_port()
+    env = {**api_env(database_url), "SETPOINT_API_TOKEN": TOKEN, "SETPOINT_EVENTS_CLIENT_QUEUE": "10"}
+    api = Process([sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)], env, tmp_path / "api.log")
+    many = 2_000
+    try:
+        wait_for(lambda: b"200 OK" in _raw(port, "GET /healthz HTTP/1.0\r\n\r\n"), 30, "api answering")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO files (name, path) SELECT :p || i, '/nonexistent/slow/' || i "
+                    "FROM generate_series(1, :many) AS i"
+                ),
+                {"p": f"{unique}-", "many": many},
+            )
+            conn.execute(
+                text("UPDATE statuses SET next_reconcile_at = now() + interval '1 day' WHERE name LIKE :p"),
+                {"p": f"{unique}-%"},
+            )
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(f"GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            wait_for(lambda: b": listening" in client.recv(4096), 10, "the stream open")
+            for i in range(2):  # 4,000 events, none read meanwhile
+                sql(engine, (FAIL if i % 2 == 0 else HEAL).replace("name = :n", "name LIKE :n"), n=f"{unique}-%", m="x")
+            wait_for(lambda: "too slow, disconnected" in api.output(), 30, "the server giving up on the client")
+            client.settimeout(10)
+            received = b""
+            while chunk := client.recv(65536):  # the rest of what was sent, then the end
+                received += chunk
+        assert 0 < received.count(b"\nevent: ") < 2 * many
+    finally:
+        api.stop()
+
+
+def _raw(port: int, request: str) -> bytes:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(request.encode())
+            return conn.recv(4096)
+    except OSError:
+        return b""
