@@ -74,13 +74,17 @@ class Hub:
             self._thread.start()
 
     def _listen(self) -> None:
-        try:
-            after = events.head(self._engine)
-            for batch in self._follower.batches(after, events.EVERYTHING, self._stop):
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._fan_out, batch)
-        except Exception:
-            log.exception("events listener failed; the next stream starts it again")
+        after: int | None = None
+        while not self._stop.is_set():
+            try:
+                after = events.head(self._engine) if after is None else after
+                for batch in self._follower.batches(after, events.EVERYTHING, self._stop):
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._fan_out, batch)
+                    after = batch[-1]["id"]
+            except Exception:
+                log.exception("events listener failed; it starts again in a second")
+                self._stop.wait(1.0)
 
     def _fan_out(self, batch: list[dict[str, Any]]) -> None:
         for subscriber in self._subscribers:

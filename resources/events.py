@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine, bindparam, exc, text
 
 from models.database import CONNECT_ARGS, libpq_url
 from models.event import CHANNEL
@@ -189,6 +189,6 @@ class Follower:
                             idle_s = 0.0
                         woken = any(True for _ in conn.notifies(timeout=self._poll_s, stop_after=1))
                         idle_s = self._resync_s if woken else idle_s + self._poll_s
-            except psycopg.OperationalError as error:
+            except (psycopg.OperationalError, exc.OperationalError) as error:  # the server restarted, say
                 log.warning("events listen connection lost", extra={"error": str(error).splitlines()[0]})
                 stop.wait(1.0)
