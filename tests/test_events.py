@@ -104,6 +104,24 @@ def test_a_tampered_file_makes_exactly_one_drift_corrected_event_naming_what_dif
     assert corrected["message"] == f"drift corrected: write 8 bytes to {target}"
 
 
+def test_a_paused_file_tampered_with_makes_one_drifted_event_saying_what_differs(
+    stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "paused.conf"
+    managed_file(engine, unique, target)
+    sql(engine, "UPDATE files SET paused = true WHERE name = :n", n=unique)
+    wait_for(lambda: ready_at(engine, unique, 2), 20, "generation 2 (paused) observed")
+    target.write_text("left alone\n")
+    sql(engine, "UPDATE statuses SET next_reconcile_at = now() WHERE kind = 'File' AND name = :n", n=unique)
+    wait_for(lambda: "Drifted" in types(engine, unique), 20, "a Drifted event")
+    wait_for(lambda: settled(engine, unique), 10, "no reconcile pending")
+    assert types(engine, unique) == ["Ready", "Ready", "Drifted"]
+    drifted = of(engine, unique)[-1]
+    assert drifted["details"]["drift"] == [{"change": f"write 8 bytes to {target}"}]
+    assert drifted["reason"] == "Paused" and "drift left uncorrected" in drifted["message"]
+    assert target.read_text() == "left alone\n"
+
+
 def test_no_op_reconciles_make_no_event(stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path) -> None:
     managed_file(engine, unique, tmp_path / "quiet")
     for _ in range(5):
