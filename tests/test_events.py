@@ -122,6 +122,35 @@ def test_a_paused_file_tampered_with_makes_one_drifted_event_saying_what_differs
     assert target.read_text() == "left alone\n"
 
 
+def test_a_file_waiting_for_its_secret_says_so_once_then_ready_without_the_value(
+    stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    target, secret_name, value = tmp_path / "app.conf", f"{unique}-pw", f"s3cr3t-{uuid.uuid4().hex}"
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content, interval_seconds) VALUES (:n, :p, :c, :i)",
+        n=unique,
+        p=str(target),
+        c=f"password = {{{{ Secret/{secret_name} }}}}\n",
+        i=HOUR,
+    )
+    wait_for(lambda: types(engine, unique) == ["Waiting"], 20, "a Waiting event")
+    [waiting] = of(engine, unique)
+    assert waiting["reason"] == "DependencyMissing" and f"Secret/{secret_name}" in waiting["message"], waiting
+    sql(engine, "UPDATE files SET interval_seconds = :i WHERE name = :n", n=unique, i=HOUR - 1)  # waits again
+    wait_for(lambda: ready_at(engine, unique, 1) is None and status(engine, unique)["observed_generation"] == 2, 20)  # type: ignore[index]
+    sql(engine, "INSERT INTO secrets (name, value) VALUES (:n, :v)", n=secret_name, v=value)
+    try:
+        wait_for(lambda: target.exists() and value in target.read_text(), 20, "the file written with its secret")
+        wait_for(lambda: types(engine, unique)[-1:] == ["Ready"], 10, "a Ready event")
+        assert types(engine, unique) == ["Waiting", "Waiting", "Ready"], "again at generation 2, then ready"
+        assert value not in json.dumps(of(engine, unique))
+    finally:
+        sql(engine, "DELETE FROM files WHERE name = :n", n=unique)
+        wait_for(lambda: status(engine, unique) is None, 20, "teardown done")
+        sql(engine, "DELETE FROM secrets WHERE name = :n", n=secret_name)
+
+
 def test_no_op_reconciles_make_no_event(stack: dict[str, str], engine: Engine, unique: str, tmp_path: Path) -> None:
     managed_file(engine, unique, tmp_path / "quiet")
     for _ in range(5):
