@@ -37,7 +37,8 @@ class _EventFields(SQLModel):
     uid: uuid.UUID | None = Field(default=None, sa_type=Uuid)  # type: ignore[call-overload]
     generation: int | None = None
     type: str = Field(max_length=32)
-    """What happened: Ready, NotReady, DriftCorrected, Failed, Recovered, Invalid, Waiting, Deleted, ..."""
+    """What happened: Ready, NotReady, DriftCorrected, Drifted, Failed, Invalid, Recovered, Waiting, NodeLost, Deleted
+    (resources/events.py says what each means)."""
     reason: str | None = Field(default=None, max_length=128)
     message: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
     details: dict[str, Any] | None = _details()
