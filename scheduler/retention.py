@@ -59,6 +59,8 @@ def prune_changes(engine: Engine, *, keep: int, days: int, after: int = 0) -> tu
         newest = conn.execute(text("SELECT COALESCE(max(id), 0) FROM changes")).scalar_one()
         kept = conn.execute(_PRUNE_KEPT, {"keep": keep, "after": after}).rowcount
         return kept + conn.execute(_PRUNE_GONE, {"days": days}).rowcount, newest
+
+
 _PRUNE_EVENTS = text("""
 DELETE FROM events
 WHERE at < now() - make_interval(days => :days)
