@@ -12,10 +12,12 @@ from models.postgres import PostgresDatabase, PostgresGrant, PostgresRole
 from models.run import Run
 from models.secret import Secret
 from models.status import Status
+from models.webhook import Delivery, Webhook
 from models.workload import Workload
 
 __all__ = [
     "App",
+    "Delivery",
     "Dependency",
     "Event",
     "File",
@@ -33,6 +35,7 @@ __all__ = [
     "Run",
     "Secret",
     "Status",
+    "Webhook",
     "Workload",
     "metadata",
 ]
