@@ -1,0 +1,302 @@
+"""The webhook dispatcher: the active scheduler POSTs each published event to every webhook it matches, once.
+
+Woken by the events' NOTIFY (and every webhook_recheck_seconds, since NOTIFY replays nothing missed), it
+publishes the inbox (setpoint_publish_events()) and hands every webhook behind the newest event to a bounded
+pool of threads, one delivery in flight per webhook: a webhook's events go in id order, so in event order per
+resource, and a slow or dead receiver holds one thread, never another webhook's events.
+
+Exactly once by design, through the `deliveries` row of (webhook, event): an attempt is recorded (pending,
+attempts + 1) and committed before it is sent; a 2xx marks it delivered in the transaction that moves the
+webhook's cursor past it, so a delivered event is never sent again. A dispatcher killed between the two sends
+the unacknowledged event again after its restart, with the same X-Setpoint-Event-Id, on which receivers dedupe.
+A failure is retried with exponential backoff and jitter for webhook_retry_seconds, then recorded failed, and the
+webhook moves on. The secret's value is read at each send, through setpoint_webhook_secret(), and never logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx2
+import psycopg
+from sqlalchemy import Connection, text
+
+from models.database import CONNECT_ARGS, libpq_url, make_engine
+from models.event import CHANNEL
+from models.webhook import MAX_ERROR_CHARS
+from scheduler import metrics, webhook_body
+from setpoint.settings import Settings
+
+log = logging.getLogger("setpoint.webhooks")
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per POST, with its URL, is noise
+
+BATCH_S = 1.0
+"""How long one thread keeps delivering a webhook's backlog before it lets the others have a turn."""
+MAX_ANSWER_BYTES = 65_536
+"""What is read of a receiver's answer (then the connection is dropped): a webhook needs only its status."""
+
+_ROUND = text("""
+SELECT setpoint_publish_events() AS published, COALESCE((SELECT max(id) FROM events), 0) AS newest
+""")
+_HOOKS = text("SELECT name, paused, last_event_id FROM webhooks")
+_NEXT = text("""
+SELECT w.url, w.secret, e.*, d.state, d.attempts, d.first_attempt_at, d.next_attempt_at
+FROM webhooks AS w
+JOIN LATERAL (
+    SELECT * FROM events AS e
+    WHERE e.id > w.last_event_id
+      AND (w.kinds IS NULL OR e.kind = ANY(w.kinds)) AND (w.types IS NULL OR e.type = ANY(w.types))
+    ORDER BY e.id LIMIT 1
+) AS e ON true
+LEFT JOIN deliveries AS d ON d.webhook = w.name AND d.event_id = e.id
+WHERE w.name = :webhook AND NOT w.paused
+""")
+_CAUGHT_UP = text("""
+UPDATE webhooks SET last_event_id = GREATEST(last_event_id, COALESCE((SELECT max(id) FROM events), 0))
+WHERE name = :webhook AND NOT paused
+""")
+_ADVANCE = text("UPDATE webhooks SET last_event_id = :event_id WHERE name = :webhook AND last_event_id < :event_id")
+_ATTEMPT = text("""
+INSERT INTO deliveries AS d (webhook, event_id, state, attempts, first_attempt_at, last_attempt_at)
+VALUES (:webhook, :event_id, 'pending', 1, :now, :now)
+ON CONFLICT (webhook, event_id) DO UPDATE SET attempts = d.attempts + 1, last_attempt_at = :now,
+    first_attempt_at = COALESCE(d.first_attempt_at, :now), next_attempt_at = NULL
+WHERE d.state = 'pending'
+RETURNING attempts, first_attempt_at
+""")
+_WAITING = text("""
+INSERT INTO deliveries AS d (webhook, event_id, state, next_attempt_at, last_error)
+VALUES (:webhook, :event_id, 'pending', :next, :error)
+ON CONFLICT (webhook, event_id) DO UPDATE SET next_attempt_at = :next, last_error = :error
+""")
+_RESULT = text("""
+UPDATE deliveries SET state = :state, last_status = :status, last_error = :error, next_attempt_at = :next,
+    delivered_at = :delivered_at
+WHERE webhook = :webhook AND event_id = :event_id
+""")
+
+
+class Dispatcher:
+    """Started by the active scheduler (`start`), stopped when it stops leading (`stop`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.now = now
+        self.rng = rng or random.Random()
+        threads = settings.webhook_concurrency
+        self.engine = make_engine(settings.database_url, pool_size=threads + 1, max_overflow=1)
+        self.client = httpx2.Client(
+            follow_redirects=False,  # a receiver that moved is the webhook row's to change
+            limits=httpx2.Limits(max_connections=threads, max_keepalive_connections=threads, keepalive_expiry=30),
+        )
+        self.stopping = threading.Event()
+        self._poke = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook")
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._not_before: dict[str, float] = {}
+        """Monotonic time before which a webhook waits (its last attempt failed, or its secret is missing)."""
+        self._missing: set[str] = set()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for target, name in ((self._listen, "webhook-listen"), (self._run, "webhook-dispatch")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop sending: a POST in flight ends within webhook_timeout_seconds (its event is sent again later)."""
+        self.stopping.set()
+        self._poke.set()
+        for thread in self._threads:
+            thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+        self.engine.dispose()
+        metrics.WEBHOOK_PENDING.clear()  # a standby reports none: sums over schedulers count each once
+
+    def _listen(self) -> None:
+        """Poke the dispatcher at each NOTIFY, and once after every (re)connect: NOTIFY replays nothing missed."""
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(libpq_url(self.settings.database_url), autocommit=True, **CONNECT_ARGS) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._poke.set()
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._poke.set()
+            except psycopg.Error as error:
+                log.warning("webhook listen connection lost", extra={"error": str(error).strip()})
+                self.stopping.wait(self.settings.leader_retry_seconds)
+
+    def _run(self) -> None:
+        wait_s = 0.0
+        while not self.stopping.is_set():
+            self._poke.wait(wait_s)
+            self._poke.clear()
+            if self.stopping.is_set():
+                return
+            try:
+                wait_s = self._round()
+            except Exception:
+                log.exception("webhook dispatch round failed; it runs again")
+                wait_s = self.settings.leader_retry_seconds
+
+    def _round(self) -> float:
+        """Publish the inbox, then give every webhook with something to send to a thread; returns how long to
+        wait for a notification before looking again."""
+        with self.engine.begin() as conn:
+            newest = conn.execute(_ROUND).mappings().one()["newest"]
+            hooks = conn.execute(_HOOKS).mappings().all()
+        metrics.WEBHOOK_PENDING.clear()
+        wait_s = self.settings.webhook_recheck_seconds
+        at = time.monotonic()
+        for hook in hooks:
+            metrics.WEBHOOK_PENDING.labels(hook["name"]).set(max(0, newest - hook["last_event_id"]))
+            if hook["paused"] or hook["last_event_id"] >= newest:
+                continue
+            with self._lock:
+                if hook["name"] in self._busy:
+                    continue
+                later_s = self._not_before.get(hook["name"], 0.0) - at
+                if later_s > 0:
+                    wait_s = min(wait_s, later_s)
+                    continue
+                self._busy.add(hook["name"])
+            future = self._pool.submit(self._serve, hook["name"])
+            future.add_done_callback(functools.partial(self._served, hook["name"]))
+        return wait_s
+
+    def _served(self, webhook: str, done: Future[float]) -> None:
+        delay_s = 0.0 if done.cancelled() or done.exception() else done.result()
+        if done.exception():
+            log.error("webhook delivery broke; tried again", exc_info=done.exception(), extra={"webhook": webhook})
+            delay_s = self.settings.webhook_backoff_base_seconds
+        with self._lock:
+            self._busy.discard(webhook)
+            self._not_before[webhook] = time.monotonic() + delay_s
+        self._poke.set()
+
+    def _serve(self, webhook: str) -> float:
+        """Deliver the webhook's events in order for up to BATCH_S; returns how long it must wait (0: not at all)."""
+        until = time.monotonic() + BATCH_S
+        while not self.stopping.is_set() and time.monotonic() < until:
+            wait_s = self._step(webhook)
+            if wait_s is not None:
+                return wait_s
+        return 0.0
+
+    def _step(self, webhook: str) -> float | None:
+        """Deliver (or try to) the webhook's next matching event: None when done with it, else how long to wait."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(_NEXT, {"webhook": webhook}).mappings().first()
+            if row is None:  # paused, gone, or no matching event left: it has seen up to the newest
+                conn.execute(_CAUGHT_UP, {"webhook": webhook})
+                return 0.0
+            event_id = row["id"]
+            if row["state"] in ("delivered", "failed"):  # done with already (a cursor moved back by hand)
+                conn.execute(_ADVANCE, {"webhook": webhook, "event_id": event_id})
+                return None
+            if row["next_attempt_at"] is not None and row["next_attempt_at"] > now:
+                return (row["next_attempt_at"] - now).total_seconds()
+            secret = conn.execute(text("SELECT setpoint_webhook_secret(:w)"), {"w": webhook}).scalar()
+            if secret is None:
+                return self._wait_for_secret(conn, webhook, row["secret"], event_id, now)
+            attempt = conn.execute(_ATTEMPT, {"webhook": webhook, "event_id": event_id, "now": now}).one()
+        if webhook in self._missing:
+            self._missing.discard(webhook)
+            log.info("webhook secret found; delivering again", extra={"webhook": webhook})
+        body = webhook_body.render(dict(row))
+        status, error = self._post(row["url"], body, webhook_body.headers(event_id, webhook, body, secret))
+        return self._record(webhook, event_id, attempt.attempts, attempt.first_attempt_at, status, error, row["url"])
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+        """POST; returns the answer's status (None: no answer) and an error (None: a 2xx)."""
+        try:
+            with self.client.stream(
+                "POST", url, content=body, headers=headers, timeout=self.settings.webhook_timeout_seconds
+            ) as answer:
+                read = 0
+                for chunk in answer.iter_raw():
+                    read += len(chunk)
+                    if read > MAX_ANSWER_BYTES:
+                        break
+                if 200 <= answer.status_code < 300:
+                    return answer.status_code, None
+                return answer.status_code, f"HTTP {answer.status_code} {answer.reason_phrase}".strip()
+        except httpx2.TimeoutException as error:
+            return None, f"no answer within {self.settings.webhook_timeout_seconds:g}s ({type(error).__name__})"
+        except httpx2.HTTPError as error:
+            return None, f"{type(error).__name__}: {error}"
+
+    def _wait_for_secret(self, conn: Connection, webhook: str, secret: str, event_id: int, now: datetime) -> float:
+        delay_s = self.settings.webhook_backoff_max_seconds
+        error = (
+            f"secret {secret!r} does not exist: nothing sent; create it (setpoint secret set {secret}) and "
+            "this webhook's deliveries resume"
+        )
+        next_at = now + timedelta(seconds=delay_s)
+        conn.execute(_WAITING, {"webhook": webhook, "event_id": event_id, "next": next_at, "error": error})
+        metrics.WEBHOOK_DELIVERIES.labels("waiting").inc()
+        if webhook not in self._missing:
+            self._missing.add(webhook)
+            log.warning("webhook waits for its secret", extra={"webhook": webhook, "secret": secret})
+        return delay_s
+
+    def _record(
+        self,
+        webhook: str,
+        event_id: int,
+        attempts: int,
+        first_attempt_at: datetime,
+        status: int | None,
+        error: str | None,
+        url: str,
+    ) -> float | None:
+        now = self.now()
+        values: dict[str, Any] = {"webhook": webhook, "event_id": event_id, "status": status, "delivered_at": None}
+        if error is None:
+            with self.engine.begin() as conn:
+                delivered = {"state": "delivered", "error": None, "next": None, "delivered_at": now}
+                conn.execute(_RESULT, {**values, **delivered})
+                conn.execute(_ADVANCE, values)
+            metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+            return None
+        error = error.replace(url, "<url>")[:MAX_ERROR_CHARS]  # the URL may hold a token (Slack's do)
+        fields = {"webhook": webhook, "event_id": event_id, "attempts": attempts, "error": error}
+        if now - first_attempt_at >= timedelta(seconds=self.settings.webhook_retry_seconds):
+            with self.engine.begin() as conn:
+                conn.execute(_RESULT, {**values, "state": "failed", "error": error, "next": None})
+                conn.execute(_ADVANCE, values)
+            metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
+            log.warning("webhook delivery failed; given up, the webhook moves on", extra=fields)
+            return None
+        delay_s = self.backoff_s(attempts)
+        with self.engine.begin() as conn:
+            next_at = now + timedelta(seconds=delay_s)
+            conn.execute(_RESULT, {**values, "state": "pending", "error": error, "next": next_at})
+        metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
+        log.warning("webhook delivery attempt failed; retried", extra={**fields, "retry_in_s": round(delay_s, 3)})
+        return delay_s
+
+    def backoff_s(self, attempts: int) -> float:
+        """The delay after the `attempts`-th failed attempt: doubling from the base, capped, jittered by up to
+        half (so receivers coming back are not hit by every webhook at once)."""
+        settings = self.settings
+        delay_s = min(settings.webhook_backoff_max_seconds, settings.webhook_backoff_base_seconds * 2 ** (attempts - 1))
+        return delay_s * (0.5 + self.rng.random() / 2)
