@@ -37,6 +37,7 @@ from bench import (
     scale,
     servers,
     throughput,
+    webhooks,
 )
 from bench.results_model import Results
 from bench.stats import Latency
@@ -273,11 +274,15 @@ def main() -> int:
     parser.add_argument(
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )
+    parser.add_argument("--only", choices=["webhooks"], help="measure this part alone (bench/webhooks.py)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
+    if args.only == "webhooks":
+        webhooks.measure(args.quick, RESULTS)
+        return 0
     plan = QUICK if args.quick else FULL
     if args.hold is not None:
         plan = dataclasses.replace(plan, hold_s=args.hold)
-    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     try:
         with contextlib.ExitStack() as stack:
             results = run(plan, stack)
@@ -287,6 +292,7 @@ def main() -> int:
     paths = report.write(results, RESULTS)
     print("\n".join(f"wrote {path}" for path in paths))
     print("\n".join(report.headlines(results)))
+    print("\n".join(webhooks.measure(args.quick, RESULTS)))  # its own servers and scheduler, after the rest
     return 0
 
 

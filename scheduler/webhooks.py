@@ -43,12 +43,13 @@ BATCH_S = 1.0
 MAX_ANSWER_BYTES = 65_536
 """What is read of a receiver's answer (then the connection is dropped): a webhook needs only its status."""
 
-_ROUND = text("""
-SELECT setpoint_publish_events() AS published, COALESCE((SELECT max(id) FROM events), 0) AS newest
-""")
+_PUBLISH = text("SELECT setpoint_publish_events()")
+_NEWEST = text("SELECT COALESCE(max(id), 0) FROM events")
+"""Apart: a statement does not see the rows the function it calls has just published."""
 _HOOKS = text("SELECT name, paused, last_event_id FROM webhooks")
 _NEXT = text("""
-SELECT w.url, w.secret, e.*, d.state, d.attempts, d.first_attempt_at, d.next_attempt_at
+SELECT w.url, w.secret, setpoint_webhook_secret(w.name) AS secret_value, e.*,
+       d.state, d.attempts, d.first_attempt_at, d.next_attempt_at
 FROM webhooks AS w
 JOIN LATERAL (
     SELECT * FROM events AS e
@@ -82,6 +83,15 @@ UPDATE deliveries SET state = :state, last_status = :status, last_error = :error
     delivered_at = :delivered_at
 WHERE webhook = :webhook AND event_id = :event_id
 """)
+_DONE = text("""
+WITH done AS (
+    UPDATE deliveries SET state = :state, last_status = :status, last_error = :error, next_attempt_at = NULL,
+        delivered_at = :delivered_at
+    WHERE webhook = :webhook AND event_id = :event_id
+)
+UPDATE webhooks SET last_event_id = :event_id WHERE name = :webhook AND last_event_id < :event_id
+""")
+"""Delivered or given up: recorded, and the cursor moved past it, at once (one statement, one transaction)."""
 
 
 class Dispatcher:
@@ -97,7 +107,8 @@ class Dispatcher:
         self.now = now
         self.rng = rng or random.Random()
         threads = settings.webhook_concurrency
-        self.engine = make_engine(settings.database_url, pool_size=threads + 1, max_overflow=1)
+        # No ping per checkout (two per delivery): a connection lost with the server fails one step, tried again.
+        self.engine = make_engine(settings.database_url, pool_size=threads + 1, max_overflow=1, pool_pre_ping=False)
         self.client = httpx2.Client(
             follow_redirects=False,  # a receiver that moved is the webhook row's to change
             limits=httpx2.Limits(max_connections=threads, max_keepalive_connections=threads, keepalive_expiry=30),
@@ -160,7 +171,8 @@ class Dispatcher:
         """Publish the inbox, then give every webhook with something to send to a thread; returns how long to
         wait for a notification before looking again."""
         with self.engine.begin() as conn:
-            newest = conn.execute(_ROUND).mappings().one()["newest"]
+            conn.execute(_PUBLISH)
+            newest = conn.execute(_NEWEST).scalar_one()
             hooks = conn.execute(_HOOKS).mappings().all()
         metrics.WEBHOOK_PENDING.clear()
         wait_s = self.settings.webhook_recheck_seconds
@@ -214,7 +226,7 @@ class Dispatcher:
                 return None
             if row["next_attempt_at"] is not None and row["next_attempt_at"] > now:
                 return (row["next_attempt_at"] - now).total_seconds()
-            secret = conn.execute(text("SELECT setpoint_webhook_secret(:w)"), {"w": webhook}).scalar()
+            secret = row["secret_value"]
             if secret is None:
                 return self._wait_for_secret(conn, webhook, row["secret"], event_id, now)
             attempt = conn.execute(_ATTEMPT, {"webhook": webhook, "event_id": event_id, "now": now}).one()
@@ -245,7 +257,7 @@ class Dispatcher:
             return None, f"{type(error).__name__}: {error}"
 
     def _wait_for_secret(self, conn: Connection, webhook: str, secret: str, event_id: int, now: datetime) -> float:
-        delay_s = self.settings.webhook_backoff_max_seconds
+        delay_s = min(self.settings.webhook_recheck_seconds, self.settings.webhook_backoff_max_seconds)
         error = (
             f"secret {secret!r} does not exist: nothing sent; create it (setpoint secret set {secret}) and "
             "this webhook's deliveries resume"
@@ -272,17 +284,14 @@ class Dispatcher:
         values: dict[str, Any] = {"webhook": webhook, "event_id": event_id, "status": status, "delivered_at": None}
         if error is None:
             with self.engine.begin() as conn:
-                delivered = {"state": "delivered", "error": None, "next": None, "delivered_at": now}
-                conn.execute(_RESULT, {**values, **delivered})
-                conn.execute(_ADVANCE, values)
+                conn.execute(_DONE, {**values, "state": "delivered", "error": None, "delivered_at": now})
             metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
             return None
         error = error.replace(url, "<url>")[:MAX_ERROR_CHARS]  # the URL may hold a token (Slack's do)
         fields = {"webhook": webhook, "event_id": event_id, "attempts": attempts, "error": error}
         if now - first_attempt_at >= timedelta(seconds=self.settings.webhook_retry_seconds):
             with self.engine.begin() as conn:
-                conn.execute(_RESULT, {**values, "state": "failed", "error": error, "next": None})
-                conn.execute(_ADVANCE, values)
+                conn.execute(_DONE, {**values, "state": "failed", "error": error})
             metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
             log.warning("webhook delivery failed; given up, the webhook moves on", extra=fields)
             return None

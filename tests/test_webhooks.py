@@ -23,10 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql as pgsql
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 
-from models.database import make_engine
+from models.database import libpq_url, make_engine
 from tests.conftest import (
     ROOT,
     Process,
@@ -116,6 +120,7 @@ class Receiver:
 class Stack:
     engine: Engine
     env: dict[str, str]
+    """The scheduler's environment."""
     folder: Path
     scheduler: Process
     worker: Process
@@ -127,12 +132,30 @@ class Stack:
         return "".join(path.read_text(errors="replace") for path in self.folder.glob("scheduler*.log"))
 
 
+@contextlib.contextmanager
+def scheduler_login(url: str) -> Iterator[str]:
+    """The URL of a fresh LOGIN user granted setpoint_scheduler alone, as a deployment runs the scheduler."""
+    user, password = f"setpoint_scheduler_hooks_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE setpoint_scheduler").format(
+                pgsql.Identifier(user), pgsql.Literal(password)
+            )
+        )
+    try:
+        yield make_url(url).set(username=user, password=password).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(user)))
+
+
 @pytest.fixture(scope="module")
 def hooks(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A database, a scheduler and a worker of this module's own, with short backoff and retry times."""
+    """A database, a scheduler and a worker of this module's own, with short backoff and retry times. The
+    scheduler logs in with the scheduler's role alone, so the dispatcher is shown to need no more."""
     admin, broker = servers
     folder = tmp_path_factory.mktemp("webhooks")
-    with scratch_database(admin, "webhooks") as url:
+    with scratch_database(admin, "webhooks") as url, scheduler_login(url) as scheduler_url:
         env = stack_env(
             url,
             broker,
@@ -148,9 +171,9 @@ def hooks(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         sql(engine, "INSERT INTO secrets (name, value) VALUES ('hook-secret', :v)", v=SECRET)
         stack = Stack(
             engine,
-            env,
+            {**env, "SETPOINT_DATABASE_URL": scheduler_url},
             folder,
-            start_scheduler(env, folder / "scheduler.log"),
+            start_scheduler({**env, "SETPOINT_DATABASE_URL": scheduler_url}, folder / "scheduler.log"),
             start_worker(env, folder / "worker.log"),
         )
         try:
@@ -281,7 +304,7 @@ def test_a_new_webhook_starts_after_the_newest_event(hooks: Stack, webhooks: lis
     receiver = Receiver().start()
     add_webhook(hooks, webhooks, receiver, [kind])
     emit(hooks.engine, kind, "after")
-    wait_for(lambda: receiver.requests, 10, "a delivery")
+    wait_for(lambda: receiver.requests, 2, "a delivery, woken by the event (the periodic look is every 5 s)")
     time.sleep(0.3)  # give a wrong extra delivery the time to show
     assert [r.event["name"] for r in receiver.requests] == ["after"]
 
@@ -510,3 +533,26 @@ def test_a_tampered_file_produces_exactly_one_drift_corrected_event_and_one_sign
     mine = [r for r in receiver.requests if r.event["name"] == name]
     assert len(mine) == 1 and signed(mine[0]) and mine[0].event["type"] == "DriftCorrected"
     assert [(d["state"], d["attempts"]) for d in deliveries(hooks.engine, hook)] == [("delivered", 1)]
+
+
+def test_the_schedulers_role_reads_no_secret_and_changes_no_webhook_but_its_cursor(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    receiver = Receiver().start()
+    hook = add_webhook(hooks, webhooks, receiver, [kind])
+    scheduler = make_engine(hooks.env["SETPOINT_DATABASE_URL"])
+    try:
+        for statement in (
+            "SELECT value FROM secrets",
+            "UPDATE webhooks SET url = 'http://127.0.0.1:1/stolen' WHERE name = :n",
+            "UPDATE webhooks SET paused = true WHERE name = :n",
+            "INSERT INTO webhooks (name, url, secret) VALUES ('forged', 'http://127.0.0.1:1/x', 'hook-secret')",
+            "INSERT INTO event_inbox (kind, name, type) VALUES ('File', 'forged', 'Ready')",
+        ):
+            with pytest.raises(ProgrammingError) as refused:
+                sql(scheduler, statement, n=hook)
+            assert isinstance(refused.value.orig, psycopg.errors.InsufficientPrivilege), statement
+        with scheduler.connect() as conn:  # a secret no webhook names is out of its reach
+            assert conn.execute(text("SELECT setpoint_webhook_secret('no-such-hook')")).scalar() is None
+    finally:
+        scheduler.dispose()
