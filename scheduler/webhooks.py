@@ -121,6 +121,7 @@ class Dispatcher:
         self._not_before: dict[str, float] = {}
         """Monotonic time before which a webhook waits (its last attempt failed, or its secret is missing)."""
         self._missing: set[str] = set()
+        self._gauged: set[str] = set()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -174,7 +175,12 @@ class Dispatcher:
             conn.execute(_PUBLISH)
             newest = conn.execute(_NEWEST).scalar_one()
             hooks = conn.execute(_HOOKS).mappings().all()
-        metrics.WEBHOOK_PENDING.clear()
+        names = {hook["name"] for hook in hooks}
+        for gone in self._gauged - names:  # removed webhooks: no gauge, no backoff left behind
+            metrics.WEBHOOK_PENDING.remove(gone)
+            with self._lock:
+                self._not_before.pop(gone, None)
+        self._gauged = names
         wait_s = self.settings.webhook_recheck_seconds
         at = time.monotonic()
         for hook in hooks:

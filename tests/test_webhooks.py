@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from models.database import libpq_url, make_engine
+from scheduler import retention
 from tests.conftest import (
     ROOT,
     Process,
@@ -42,6 +43,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.helpers import sql
+from tests.test_metrics import Samples, metrics_port, sample, scrape, scrape_when
 
 SECRET = f"hook-secret-{uuid.uuid4().hex}"
 """A value no test writes anywhere but `secrets`: found anywhere else, it leaked."""
@@ -556,3 +558,44 @@ def test_the_schedulers_role_reads_no_secret_and_changes_no_webhook_but_its_curs
             assert conn.execute(text("SELECT setpoint_webhook_secret('no-such-hook')")).scalar() is None
     finally:
         scheduler.dispose()
+
+
+def test_the_scheduler_counts_deliveries_by_result_and_shows_what_each_webhook_has_pending(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    port = metrics_port(hooks.scheduler)
+    before = scrape(port)
+    receiver = Receiver(failures=2).start()
+    hook = add_webhook(hooks, webhooks, receiver, [kind])
+    emit(hooks.engine, kind, "counted")
+
+    def counted(samples: Samples) -> bool:
+        def grew(result: str) -> float:
+            name = "setpoint_webhook_deliveries_total"
+            return (sample(samples, name, result=result) or 0) - (sample(before, name, result=result) or 0)
+
+        pending = sample(samples, "setpoint_webhook_pending_events", webhook=hook)
+        return grew("retried") == 2 and grew("delivered") == 1 and pending == 0
+
+    scrape_when(port, counted, "two retried, one delivered, nothing pending")
+    sql(hooks.engine, "UPDATE webhooks SET paused = true WHERE name = :n", n=hook)
+    emit(hooks.engine, kind, "waits")
+    scrape_when(
+        port, lambda s: sample(s, "setpoint_webhook_pending_events", webhook=hook) == 1, "one pending while paused"
+    )
+
+
+def test_deliveries_done_with_go_with_run_history_and_pending_ones_stay(hooks: Stack, webhooks: list[str]) -> None:
+    hook = add_webhook(hooks, webhooks, Receiver(), ["NoSuchKind"], paused=True)
+    old, new = "now() - interval '15 days'", "now() - interval '1 day'"
+    for event_id, state, at in ((1, "delivered", old), (2, "failed", old), (3, "pending", old), (4, "delivered", new)):
+        sql(
+            hooks.engine,
+            "INSERT INTO deliveries (webhook, event_id, state, attempts, last_attempt_at) "
+            f"VALUES (:w, :e, :s, 1, {at})",
+            w=hook,
+            e=event_id,
+            s=state,
+        )
+    retention.prune(hooks.engine, keep=20, days=14)
+    assert [d["event_id"] for d in deliveries(hooks.engine, hook)] == [3, 4]
