@@ -48,22 +48,21 @@ _NEWEST = text("SELECT COALESCE(max(id), 0) FROM events")
 """Apart: a statement does not see the rows the function it calls has just published."""
 _HOOKS = text("SELECT name, paused, last_event_id FROM webhooks")
 _NEXT = text("""
-SELECT w.url, w.secret, setpoint_webhook_secret(w.name) AS secret_value, e.*,
+SELECT newest.id AS newest, w.url, w.secret, setpoint_webhook_secret(w.name) AS secret_value, e.*,
        d.state, d.attempts, d.first_attempt_at, d.next_attempt_at
 FROM webhooks AS w
-JOIN LATERAL (
+CROSS JOIN (SELECT COALESCE(max(id), 0) AS id FROM events) AS newest
+LEFT JOIN LATERAL (
     SELECT * FROM events AS e
-    WHERE e.id > w.last_event_id
+    WHERE e.id > w.last_event_id AND e.id <= newest.id
       AND (w.kinds IS NULL OR e.kind = ANY(w.kinds)) AND (w.types IS NULL OR e.type = ANY(w.types))
     ORDER BY e.id LIMIT 1
 ) AS e ON true
 LEFT JOIN deliveries AS d ON d.webhook = w.name AND d.event_id = e.id
 WHERE w.name = :webhook AND NOT w.paused
 """)
-_CAUGHT_UP = text("""
-UPDATE webhooks SET last_event_id = GREATEST(last_event_id, COALESCE((SELECT max(id) FROM events), 0))
-WHERE name = :webhook AND NOT paused
-""")
+"""The webhook's next matching event, and the newest event, read in one snapshot: with none matching, the webhook
+has seen up to that newest one (not up to one published a moment later, which this statement did not look at)."""
 _ADVANCE = text("UPDATE webhooks SET last_event_id = :event_id WHERE name = :webhook AND last_event_id < :event_id")
 _ATTEMPT = text("""
 INSERT INTO deliveries AS d (webhook, event_id, state, attempts, first_attempt_at, last_attempt_at)
@@ -200,9 +199,10 @@ class Dispatcher:
         return wait_s
 
     def _served(self, webhook: str, done: Future[float]) -> None:
-        delay_s = 0.0 if done.cancelled() or done.exception() else done.result()
-        if done.exception():
-            log.error("webhook delivery broke; tried again", exc_info=done.exception(), extra={"webhook": webhook})
+        broke = None if done.cancelled() else done.exception()
+        delay_s = 0.0 if done.cancelled() or broke else done.result()
+        if broke:
+            log.error("webhook delivery broke; tried again", exc_info=broke, extra={"webhook": webhook})
             delay_s = self.settings.webhook_backoff_base_seconds
         with self._lock:
             self._busy.discard(webhook)
@@ -223,8 +223,10 @@ class Dispatcher:
         now = self.now()
         with self.engine.begin() as conn:
             row = conn.execute(_NEXT, {"webhook": webhook}).mappings().first()
-            if row is None:  # paused, gone, or no matching event left: it has seen up to the newest
-                conn.execute(_CAUGHT_UP, {"webhook": webhook})
+            if row is None:  # paused or gone
+                return 0.0
+            if row["id"] is None:  # no matching event left: it has seen up to the newest
+                conn.execute(_ADVANCE, {"webhook": webhook, "event_id": row["newest"]})
                 return 0.0
             event_id = row["id"]
             if row["state"] in ("delivered", "failed"):  # done with already (a cursor moved back by hand)
@@ -235,7 +237,9 @@ class Dispatcher:
             secret = row["secret_value"]
             if secret is None:
                 return self._wait_for_secret(conn, webhook, row["secret"], event_id, now)
-            attempt = conn.execute(_ATTEMPT, {"webhook": webhook, "event_id": event_id, "now": now}).one()
+            attempt = conn.execute(_ATTEMPT, {"webhook": webhook, "event_id": event_id, "now": now}).first()
+            if attempt is None:  # done with meanwhile (by a scheduler that led a moment ago)
+                return None
         if webhook in self._missing:
             self._missing.discard(webhook)
             log.info("webhook secret found; delivering again", extra={"webhook": webhook})
@@ -312,6 +316,6 @@ class Dispatcher:
     def backoff_s(self, attempts: int) -> float:
         """The delay after the `attempts`-th failed attempt: doubling from the base, capped, jittered by up to
         half (so receivers coming back are not hit by every webhook at once)."""
-        settings = self.settings
-        delay_s = min(settings.webhook_backoff_max_seconds, settings.webhook_backoff_base_seconds * 2 ** (attempts - 1))
+        doubled_s = self.settings.webhook_backoff_base_seconds * 2 ** min(attempts - 1, 30)
+        delay_s = min(self.settings.webhook_backoff_max_seconds, doubled_s)
         return delay_s * (0.5 + self.rng.random() / 2)

@@ -27,11 +27,14 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 from sqlalchemy import Engine, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from models.database import libpq_url, make_engine
 from scheduler import retention
+from scheduler.webhooks import Dispatcher
+from setpoint.settings import Settings
 from tests.conftest import (
     ROOT,
     Process,
@@ -599,3 +602,47 @@ def test_deliveries_done_with_go_with_run_history_and_pending_ones_stay(hooks: S
         )
     retention.prune(hooks.engine, keep=20, days=14)
     assert [d["event_id"] for d in deliveries(hooks.engine, hook)] == [3, 4]
+
+
+def test_a_stream_of_events_each_committed_alone_arrives_complete_and_in_order(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    receiver = Receiver().start()
+    add_webhook(hooks, webhooks, receiver, [kind])
+    with hooks.engine.connect() as conn:
+        for i in range(300):
+            conn.execute(
+                text("INSERT INTO event_inbox (kind, name, type) VALUES (:k, :n, 'Ready')"), {"k": kind, "n": f"s-{i}"}
+            )
+            conn.commit()
+            time.sleep(0.002 * (i % 3))
+    wait_for(lambda: len(receiver.requests) >= 300, 30, "all 300")
+    assert [r.event["name"] for r in receiver.requests] == [f"s-{i}" for i in range(300)]
+
+
+def test_an_event_published_while_the_dispatcher_looks_for_one_is_not_skipped(fresh: dict[str, str]) -> None:
+    """The cursor moves only to what the dispatcher looked at: an event published between its look and its
+    cursor's move is delivered next, not skipped. (A dispatcher in this process, to publish at that moment.)"""
+    url = fresh["SETPOINT_DATABASE_URL"]
+    engine = make_engine(url)
+    receiver = Receiver().start()
+    sql(engine, "INSERT INTO secrets (name, value) VALUES ('hook-secret', :v)", v=SECRET)
+    sql(engine, "INSERT INTO webhooks (name, url, secret) VALUES ('racy', :u, 'hook-secret')", u=receiver.url)
+    dispatcher = Dispatcher(Settings(database_url=url, scheduler_metrics_port=None))
+    published: list[str] = []
+
+    def publish_meanwhile(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM events" in statement and not published:
+            published.append(statement)
+            emit(engine, "File", "meanwhile")
+            sql(engine, "SELECT setpoint_publish_events()")
+
+    sqlalchemy_event.listen(dispatcher.engine, "after_cursor_execute", publish_meanwhile)
+    try:
+        assert dispatcher._step("racy") == 0.0, "nothing to send at its look"
+        assert published
+        assert dispatcher._step("racy") is None, "then the event published meanwhile"
+        assert [r.event["name"] for r in receiver.requests] == ["meanwhile"]
+    finally:
+        dispatcher.stop()
+        engine.dispose()

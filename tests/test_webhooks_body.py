@@ -1,14 +1,18 @@
-"""What a receiver gets, as values: the body's fields and bytes, Slack's text, the signature (no servers needed)."""
+"""What a receiver gets and when, as values: the body's fields and bytes, Slack's text, the signature, the
+backoff between attempts (no servers needed)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import random
 import uuid
 from datetime import UTC, datetime
 
 from scheduler import webhook_body
+from scheduler.webhooks import Dispatcher
+from setpoint.settings import Settings
 
 EVENT = {
     "id": 42,
@@ -58,3 +62,24 @@ def test_the_signature_is_the_hmac_sha256_of_the_exact_body() -> None:
     assert headers["X-Setpoint-Event-Id"] == "42" and headers["X-Setpoint-Webhook"] == "ops"
     assert headers["Content-Type"] == "application/json"
     assert "s3cret" not in json.dumps(headers) and b"s3cret" not in body
+
+
+class Fixed(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_retries_back_off_doubling_to_the_cap_with_up_to_half_of_each_delay_jittered_away() -> None:
+    settings = Settings(webhook_backoff_base_seconds=1, webhook_backoff_max_seconds=60, scheduler_metrics_port=None)
+    longest, shortest = Dispatcher(settings, rng=Fixed(0.999999)), Dispatcher(settings, rng=Fixed(0.0))
+    try:
+        assert [round(longest.backoff_s(n)) for n in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+        assert [shortest.backoff_s(n) for n in (1, 2, 7)] == [0.5, 1.0, 30.0]
+        assert round(longest.backoff_s(100_000)) == 60, "a week of retries does not overflow"
+    finally:
+        for dispatcher in (longest, shortest):
+            dispatcher.stop()
