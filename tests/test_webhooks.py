@@ -646,3 +646,18 @@ def test_an_event_published_while_the_dispatcher_looks_for_one_is_not_skipped(fr
     finally:
         dispatcher.stop()
         engine.dispose()
+
+
+def test_the_readme_sql_adds_webhooks_as_written(hooks: Stack) -> None:
+    block = next(
+        b for b in re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S) if "webhooks" in b
+    )
+    with hooks.engine.connect() as conn:  # in one transaction, rolled back: the dispatcher never sees them
+        for statement in filter(str.strip, re.sub(r"--[^\n]*", "", block).split(";")):
+            conn.execute(text(statement))
+        rows = conn.execute(text("SELECT name, kinds, types, paused FROM webhooks WHERE name IN ('ops', 'db-alerts')"))
+        assert sorted(map(tuple, rows)) == [
+            ("db-alerts", ["PostgresRole", "PostgresDatabase"], ["Failed", "DriftCorrected", "Recovered"], False),
+            ("ops", None, None, True),
+        ]
+        conn.rollback()

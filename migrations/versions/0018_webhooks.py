@@ -50,7 +50,6 @@ $$;
 
 GRANT SELECT, UPDATE (last_event_id) ON webhooks TO setpoint_scheduler;
 GRANT SELECT, INSERT, UPDATE, DELETE ON deliveries TO setpoint_scheduler;
-GRANT SELECT ON webhooks, deliveries TO setpoint_api;
 """
 """The dispatcher (the scheduler's role) may read a secret's value only through setpoint_webhook_secret(), only
 for a secret a webhook names; NULL when there is no such secret (its deliveries wait)."""
@@ -99,7 +98,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(triggers.drop_functions(SIGNATURES))
-    op.execute("REVOKE ALL ON webhooks, deliveries FROM setpoint_scheduler, setpoint_api")
+    op.execute("REVOKE ALL ON webhooks, deliveries FROM setpoint_scheduler")
     op.execute("DROP TRIGGER IF EXISTS setpoint_webhook_changed ON webhooks")
     op.execute("DROP TRIGGER IF EXISTS setpoint_webhook_stamp ON webhooks")
     op.execute("DROP FUNCTION IF EXISTS setpoint_webhook_stamp()")
