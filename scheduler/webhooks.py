@@ -128,6 +128,7 @@ class Dispatcher:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        log.info("webhook dispatcher started")
 
     def stop(self) -> None:
         """Stop sending: a POST in flight ends within webhook_timeout_seconds (its event is sent again later)."""
@@ -139,6 +140,7 @@ class Dispatcher:
         self.client.close()
         self.engine.dispose()
         metrics.WEBHOOK_PENDING.clear()  # a standby reports none: sums over schedulers count each once
+        log.info("webhook dispatcher stopped")
 
     def _listen(self) -> None:
         """Poke the dispatcher at each NOTIFY, and once after every (re)connect: NOTIFY replays nothing missed."""

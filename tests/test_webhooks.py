@@ -33,6 +33,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from models.database import libpq_url, make_engine
 from scheduler import retention
+from scheduler.leader import LOCK_ID
 from scheduler.webhooks import Dispatcher
 from setpoint.settings import Settings
 from tests.conftest import (
@@ -661,3 +662,24 @@ def test_the_readme_sql_adds_webhooks_as_written(hooks: Stack) -> None:
             ("ops", None, None, True),
         ]
         conn.rollback()
+
+
+def test_a_scheduler_that_loses_leadership_stops_sending_and_sends_again_once_it_leads(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    receiver = Receiver().start()
+    add_webhook(hooks, webhooks, receiver, [kind])
+    stopped = hooks.scheduler.output().count("webhook dispatcher stopped")
+    with hooks.engine.connect() as conn:  # the leader's session ends, as when its connection breaks
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :lock "
+                "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"lock": LOCK_ID},
+        )
+    wait_for(lambda: hooks.scheduler.output().count("webhook dispatcher stopped") > stopped, 10, "dispatcher stopped")
+    emit(hooks.engine, kind, "after")
+    wait_for(lambda: receiver.requests, 20, "delivered once it leads again")
+    time.sleep(0.3)
+    assert [r.event["name"] for r in receiver.requests] == ["after"]
