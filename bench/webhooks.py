@@ -121,7 +121,7 @@ def burst(conn: psycopg.Connection, receiver: Receiver, count: int) -> float:
         (count,),
     )
     committed = time.perf_counter()
-    return receiver.wait(f"burst-{count}", 120) - committed
+    return receiver.wait(f"burst-{count}", max(120.0, count / 20)) - committed
 
 
 def _recorded(conn: psycopg.Connection, count: int, timeout_s: float = 30.0) -> None:

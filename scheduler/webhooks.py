@@ -47,31 +47,36 @@ _PUBLISH = text("SELECT setpoint_publish_events()")
 _NEWEST = text("SELECT COALESCE(max(id), 0) FROM events")
 """Apart: a statement does not see the rows the function it calls has just published."""
 _HOOKS = text("SELECT name, paused, last_event_id FROM webhooks")
-_NEXT = text("""
-SELECT newest.id AS newest, w.url, w.secret, setpoint_webhook_secret(w.name) AS secret_value, e.*,
-       d.state, d.attempts, d.first_attempt_at, d.next_attempt_at
-FROM webhooks AS w
-CROSS JOIN (SELECT COALESCE(max(id), 0) AS id FROM events) AS newest
-LEFT JOIN LATERAL (
-    SELECT * FROM events AS e
-    WHERE e.id > w.last_event_id AND e.id <= newest.id
-      AND (w.kinds IS NULL OR e.kind = ANY(w.kinds)) AND (w.types IS NULL OR e.type = ANY(w.types))
-    ORDER BY e.id LIMIT 1
-) AS e ON true
-LEFT JOIN deliveries AS d ON d.webhook = w.name AND d.event_id = e.id
-WHERE w.name = :webhook AND NOT w.paused
+_STEP = text("""
+WITH next AS (
+    SELECT newest.id AS newest, w.name AS webhook, w.url, w.secret, setpoint_webhook_secret(w.name) AS secret_value,
+           e.*, d.state, d.next_attempt_at
+    FROM webhooks AS w
+    CROSS JOIN (SELECT COALESCE(max(id), 0) AS id FROM events) AS newest
+    LEFT JOIN LATERAL (
+        SELECT * FROM events AS e
+        WHERE e.id > w.last_event_id AND e.id <= newest.id
+          AND (w.kinds IS NULL OR e.kind = ANY(w.kinds)) AND (w.types IS NULL OR e.type = ANY(w.types))
+        ORDER BY e.id LIMIT 1
+    ) AS e ON true
+    LEFT JOIN deliveries AS d ON d.webhook = w.name AND d.event_id = e.id
+    WHERE w.name = :webhook AND NOT w.paused
+), attempt AS (
+    INSERT INTO deliveries AS d (webhook, event_id, state, attempts, first_attempt_at, last_attempt_at)
+    SELECT next.webhook, next.id, 'pending', 1, :now, :now FROM next
+    WHERE next.id IS NOT NULL AND next.secret_value IS NOT NULL AND COALESCE(next.state, 'pending') = 'pending'
+      AND (next.next_attempt_at IS NULL OR next.next_attempt_at <= :now)
+    ON CONFLICT (webhook, event_id) DO UPDATE SET attempts = d.attempts + 1, last_attempt_at = EXCLUDED.last_attempt_at,
+        first_attempt_at = COALESCE(d.first_attempt_at, EXCLUDED.first_attempt_at), next_attempt_at = NULL
+    WHERE d.state = 'pending'
+    RETURNING d.attempts AS attempt, d.first_attempt_at AS attempt_first
+)
+SELECT next.*, attempt.attempt, attempt.attempt_first FROM next LEFT JOIN attempt ON true
 """)
-"""The webhook's next matching event, and the newest event, read in one snapshot: with none matching, the webhook
-has seen up to that newest one (not up to one published a moment later, which this statement did not look at)."""
+"""One statement, so one snapshot and one commit: the webhook's next matching event and the newest event, and,
+if it is to be sent now, its attempt recorded. With none matching, the webhook has seen up to that newest event
+(not up to one published a moment later, which this statement did not look at)."""
 _ADVANCE = text("UPDATE webhooks SET last_event_id = :event_id WHERE name = :webhook AND last_event_id < :event_id")
-_ATTEMPT = text("""
-INSERT INTO deliveries AS d (webhook, event_id, state, attempts, first_attempt_at, last_attempt_at)
-VALUES (:webhook, :event_id, 'pending', 1, :now, :now)
-ON CONFLICT (webhook, event_id) DO UPDATE SET attempts = d.attempts + 1, last_attempt_at = :now,
-    first_attempt_at = COALESCE(d.first_attempt_at, :now), next_attempt_at = NULL
-WHERE d.state = 'pending'
-RETURNING attempts, first_attempt_at
-""")
 _WAITING = text("""
 INSERT INTO deliveries AS d (webhook, event_id, state, next_attempt_at, last_error)
 VALUES (:webhook, :event_id, 'pending', :next, :error)
@@ -107,7 +112,13 @@ class Dispatcher:
         self.rng = rng or random.Random()
         threads = settings.webhook_concurrency
         # No ping per checkout (two per delivery): a connection lost with the server fails one step, tried again.
-        self.engine = make_engine(settings.database_url, pool_size=threads + 1, max_overflow=1, pool_pre_ping=False)
+        self.engine = make_engine(
+            settings.database_url,
+            pool_size=threads + 1,
+            max_overflow=1,
+            pool_pre_ping=False,
+            isolation_level="AUTOCOMMIT",  # every statement is one transaction: one round trip, one commit
+        )
         self.client = httpx2.Client(
             follow_redirects=False,  # a receiver that moved is the webhook row's to change
             limits=httpx2.Limits(max_connections=threads, max_keepalive_connections=threads, keepalive_expiry=30),
@@ -172,7 +183,7 @@ class Dispatcher:
     def _round(self) -> float:
         """Publish the inbox, then give every webhook with something to send to a thread; returns how long to
         wait for a notification before looking again."""
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             conn.execute(_PUBLISH)
             newest = conn.execute(_NEWEST).scalar_one()
             hooks = conn.execute(_HOOKS).mappings().all()
@@ -223,8 +234,8 @@ class Dispatcher:
     def _step(self, webhook: str) -> float | None:
         """Deliver (or try to) the webhook's next matching event: None when done with it, else how long to wait."""
         now = self.now()
-        with self.engine.begin() as conn:
-            row = conn.execute(_NEXT, {"webhook": webhook}).mappings().first()
+        with self.engine.connect() as conn:  # autocommit: each statement its own transaction
+            row = conn.execute(_STEP, {"webhook": webhook, "now": now}).mappings().first()
             if row is None:  # paused or gone
                 return 0.0
             if row["id"] is None:  # no matching event left: it has seen up to the newest
@@ -234,20 +245,19 @@ class Dispatcher:
             if row["state"] in ("delivered", "failed"):  # done with already (a cursor moved back by hand)
                 conn.execute(_ADVANCE, {"webhook": webhook, "event_id": event_id})
                 return None
-            if row["next_attempt_at"] is not None and row["next_attempt_at"] > now:
-                return (row["next_attempt_at"] - now).total_seconds()
-            secret = row["secret_value"]
-            if secret is None:
-                return self._wait_for_secret(conn, webhook, row["secret"], event_id, now)
-            attempt = conn.execute(_ATTEMPT, {"webhook": webhook, "event_id": event_id, "now": now}).first()
-            if attempt is None:  # done with meanwhile (by a scheduler that led a moment ago)
-                return None
+            if row["attempt"] is None:  # not sent now: it waits for its time, or its secret, or was sent meanwhile
+                if row["next_attempt_at"] is not None and row["next_attempt_at"] > now:
+                    return (row["next_attempt_at"] - now).total_seconds()
+                if row["secret_value"] is None:
+                    return self._wait_for_secret(conn, webhook, row["secret"], event_id, now)
+                return None  # done with by a scheduler that led a moment ago
+        secret = row["secret_value"]
         if webhook in self._missing:
             self._missing.discard(webhook)
             log.info("webhook secret found; delivering again", extra={"webhook": webhook})
         body = webhook_body.render(dict(row))
         status, error = self._post(row["url"], body, webhook_body.headers(event_id, webhook, body, secret))
-        return self._record(webhook, event_id, attempt.attempts, attempt.first_attempt_at, status, error, row["url"])
+        return self._record(webhook, event_id, row["attempt"], row["attempt_first"], status, error, row["url"])
 
     def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
         """POST; returns the answer's status (None: no answer) and an error (None: a 2xx)."""
@@ -295,20 +305,20 @@ class Dispatcher:
         now = self.now()
         values: dict[str, Any] = {"webhook": webhook, "event_id": event_id, "status": status, "delivered_at": None}
         if error is None:
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn:
                 conn.execute(_DONE, {**values, "state": "delivered", "error": None, "delivered_at": now})
             metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
             return None
         error = error.replace(url, "<url>")[:MAX_ERROR_CHARS]  # the URL may hold a token (Slack's do)
         fields = {"webhook": webhook, "event_id": event_id, "attempts": attempts, "error": error}
         if now - first_attempt_at >= timedelta(seconds=self.settings.webhook_retry_seconds):
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn:
                 conn.execute(_DONE, {**values, "state": "failed", "error": error})
             metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
             log.warning("webhook delivery failed; given up, the webhook moves on", extra=fields)
             return None
         delay_s = self.backoff_s(attempts)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             next_at = now + timedelta(seconds=delay_s)
             conn.execute(_RESULT, {**values, "state": "pending", "error": error, "next": next_at})
         metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
