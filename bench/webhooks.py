@@ -15,16 +15,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 from bench import processes, servers
@@ -44,6 +47,9 @@ class Webhooks:
     burst: int
     burst_s: float
     """From the burst's commit to its last event received."""
+    scheduler_cpu_ms: float
+    """CPU milliseconds of the scheduler process (the dispatcher) per delivery during the burst: what a busy
+    machine does not change, unlike the rate."""
 
     @property
     def per_s(self) -> float:
@@ -113,15 +119,20 @@ def latency(conn: psycopg.Connection, receiver: Receiver, samples: int, rng: ran
     return Latency.of(took)
 
 
-def burst(conn: psycopg.Connection, receiver: Receiver, count: int) -> float:
-    """Seconds from the commit of `count` events in one statement to the last one received."""
+def burst(conn: psycopg.Connection, receiver: Receiver, count: int, scheduler_pid: int) -> tuple[float, float]:
+    """Seconds from the commit of `count` events in one statement to the last one received, and the scheduler's
+    CPU milliseconds per delivery meanwhile."""
+    scheduler = psutil.Process(scheduler_pid)
+    cpu = scheduler.cpu_times()
     conn.execute(
         "INSERT INTO event_inbox (kind, name, type, reason, message) "
         "SELECT 'File', 'burst-' || i, 'DriftCorrected', 'Drift', 'content differed' FROM generate_series(1, %s) AS i",
         (count,),
     )
     committed = time.perf_counter()
-    return receiver.wait(f"burst-{count}", max(120.0, count / 20)) - committed
+    took = receiver.wait(f"burst-{count}", max(120.0, count / 20)) - committed
+    used = scheduler.cpu_times()
+    return took, ((used.user + used.system) - (cpu.user + cpu.system)) * 1000 / count
 
 
 def _recorded(conn: psycopg.Connection, count: int, timeout_s: float = 30.0) -> None:
@@ -146,14 +157,14 @@ def run(dbs: servers.Databases, broker_url: str, tag: str, logs: Path, samples: 
             conn.execute("INSERT INTO webhooks (name, url, secret) VALUES ('bench', %s, 'bench-hook')", (receiver.url,))
             scheduler.wait_for(processes.SCHEDULER_LEADING)
             measured = latency(conn, receiver, samples, random.Random(0))
-            took = burst(conn, receiver, count)
+            took, cpu_ms = burst(conn, receiver, count, scheduler.pid)
             _recorded(conn, WARMUP + samples + count)
     finally:
         processes.stop_all([scheduler])
         receiver.close()
         servers.delete_queues(broker_url, f"{tag}-webhooks")
         dbs.drop(url)
-    return Webhooks(measured, count, took)
+    return Webhooks(measured, count, took, cpu_ms)
 
 
 def headlines(w: Webhooks) -> list[str]:
@@ -161,7 +172,8 @@ def headlines(w: Webhooks) -> list[str]:
     return [
         f"webhooks: event committed -> POST received p50 / p99 {w.latency.p50_s * 1000:.1f} / "
         f"{w.latency.p99_s * 1000:.1f} ms over {w.latency.count} (target p99 <= {TARGET_P99_S * 1000:.0f} ms: {met})",
-        f"webhooks: {w.per_s:.0f} deliveries/s to a fast receiver ({w.burst:,} events in {w.burst_s:.2f} s)",
+        f"webhooks: {w.per_s:.0f} deliveries/s to a fast receiver ({w.burst:,} events in {w.burst_s:.2f} s), "
+        f"{w.scheduler_cpu_ms:.2f} ms of the scheduler's CPU each",
     ]
 
 
@@ -181,9 +193,11 @@ def measure(quick: bool, results: Path) -> list[str]:
     """Measure on servers and a scheduler of its own, write `results`/webhooks.json; returns the headlines."""
     logs = results / "logs"
     (logs / "state").mkdir(parents=True, exist_ok=True)
+    date, load_at_start = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()[0]
     with _databases() as (dbs, broker_url, tag):
         found = run(dbs, broker_url, tag, logs, 200 if quick else 1000, 2000 if quick else 10_000)
-    (results / "webhooks.json").write_text(json.dumps(found.to_json(), indent=2) + "\n")
+    machine = {"mode": "quick" if quick else "full", "date": date, "load_average": [load_at_start, os.getloadavg()[0]]}
+    (results / "webhooks.json").write_text(json.dumps({**machine, **found.to_json()}, indent=2) + "\n")
     lines = headlines(found)
     print("\n".join(lines), file=sys.stderr)
     return lines
