@@ -640,9 +640,9 @@ def test_an_event_published_while_the_dispatcher_looks_for_one_is_not_skipped(fr
 
     sqlalchemy_event.listen(dispatcher.engine, "after_cursor_execute", publish_meanwhile)
     try:
-        assert dispatcher._step("racy") == 0.0, "nothing to send at its look"
+        assert dispatcher.courier.step("racy") == 0.0, "nothing to send at its look"
         assert published
-        assert dispatcher._step("racy") is None, "then the event published meanwhile"
+        assert dispatcher.courier.step("racy") is None, "then the event published meanwhile"
         assert [r.event["name"] for r in receiver.requests] == ["meanwhile"]
     finally:
         dispatcher.stop()

@@ -77,9 +77,9 @@ def test_retries_back_off_doubling_to_the_cap_with_up_to_half_of_each_delay_jitt
     settings = Settings(webhook_backoff_base_seconds=1, webhook_backoff_max_seconds=60, scheduler_metrics_port=None)
     longest, shortest = Dispatcher(settings, rng=Fixed(0.999999)), Dispatcher(settings, rng=Fixed(0.0))
     try:
-        assert [round(longest.backoff_s(n)) for n in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 2, 4, 8, 16, 32, 60, 60]
-        assert [shortest.backoff_s(n) for n in (1, 2, 7)] == [0.5, 1.0, 30.0]
-        assert round(longest.backoff_s(100_000)) == 60, "a week of retries does not overflow"
+        assert [round(longest.courier.backoff_s(n)) for n in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+        assert [shortest.courier.backoff_s(n) for n in (1, 2, 7)] == [0.5, 1.0, 30.0]
+        assert round(longest.courier.backoff_s(100_000)) == 60, "a week of retries does not overflow"
     finally:
         for dispatcher in (longest, shortest):
             dispatcher.stop()
