@@ -40,6 +40,7 @@ from bench import (
     scale,
     servers,
     throughput,
+    webhooks,
 )
 from bench.results_model import Results
 from bench.stats import Latency
@@ -288,14 +289,18 @@ def main() -> int:
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )
     parser.add_argument("--events", action="store_true", help="measure the events part alone (python -m bench.events)")
+    parser.add_argument("--only", choices=["webhooks"], help="measure this part alone (bench/webhooks.py)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     if args.events:
         sys.argv = [sys.argv[0]]
         return events.main()
+    if args.only == "webhooks":
+        webhooks.measure(args.quick, RESULTS)
+        return 0
     plan = QUICK if args.quick else FULL
     if args.hold is not None:
         plan = dataclasses.replace(plan, hold_s=args.hold)
-    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     try:
         notes: list[str] = []
         with contextlib.ExitStack() as stack:
@@ -306,6 +311,7 @@ def main() -> int:
     paths = report.write(results, RESULTS)
     print("\n".join(f"wrote {path}" for path in paths))
     print("\n".join([*report.headlines(results), *notes]))
+    print("\n".join(webhooks.measure(args.quick, RESULTS)))  # its own servers and scheduler, after the rest
     return 0
 
 

@@ -13,11 +13,13 @@ from models.postgres import PostgresDatabase, PostgresGrant, PostgresRole
 from models.run import Run
 from models.secret import Secret
 from models.status import Status
+from models.webhook import Delivery, Webhook
 from models.workload import Workload
 
 __all__ = [
     "App",
     "Change",
+    "Delivery",
     "Dependency",
     "Event",
     "File",
@@ -35,6 +37,7 @@ __all__ = [
     "Run",
     "Secret",
     "Status",
+    "Webhook",
     "Workload",
     "metadata",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from prometheus_client import REGISTRY, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
@@ -33,6 +33,19 @@ ENQUEUE_LAG = Histogram(
     "setpoint_enqueue_lag_seconds",
     "How long after a resource fell due the scheduler claimed and enqueued its reconcile.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+WEBHOOK_DELIVERIES = Counter(
+    "setpoint_webhook_deliveries",
+    "Webhook delivery attempts by result: delivered (2xx), retried (failed, tried again with backoff), failed (given "
+    "up after webhook_retry_seconds), waiting (the webhook's secret is missing: nothing sent).",
+    ["result"],
+)
+WEBHOOK_PENDING = Gauge(
+    "setpoint_webhook_pending_events",
+    "Events published since a webhook's cursor, by webhook: what it has yet to deliver (or skip, when its filters "
+    "do not match). Alert when it keeps growing: its receiver is down, slow or paused.",
+    ["webhook"],
 )
 
 LOCK_TIMEOUT_MS = 1000

@@ -4,6 +4,7 @@ Events go after SETPOINT_EVENTS_DAYS, or once more than SETPOINT_EVENTS_KEPT new
 
 A resource is one life of a name (its uid): the runs of an earlier resource that had the name count apart, and go
 once they are older than D days. Runs recorded before uids (uid NULL) count by name, as they always did.
+Webhook deliveries done with (delivered or failed) go after D days too; a pending one stays until it is done.
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ DELETE FROM runs WHERE id IN (
 """)
 
 
+_PRUNE_DELIVERIES = text("""
+DELETE FROM deliveries WHERE last_attempt_at < now() - make_interval(days => :days) AND state <> 'pending'
+""")
+
+
 def prune(engine: Engine, *, keep: int, days: int) -> int:
-    """Delete the runs the rule no longer keeps; returns how many went."""
+    """Delete the runs the rule no longer keeps (and old webhook deliveries); returns how many runs went."""
     with engine.begin() as conn:
+        conn.execute(_PRUNE_DELIVERIES, {"days": days})
         return conn.execute(_PRUNE, {"keep": keep, "days": days}).rowcount
 
 

@@ -17,7 +17,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from models.database import make_engine
-from scheduler import claim, metrics, nodes, retention
+from scheduler import claim, metrics, nodes, retention, webhooks
 from scheduler.leader import Leadership
 from scheduler.wake import Listener
 from setpoint.settings import Settings
@@ -138,6 +138,8 @@ class Scheduler:
             next_run_time=datetime.now(UTC),
         )
         clock.start()
+        dispatcher = webhooks.Dispatcher(self.settings)  # events to webhooks: the active scheduler's alone
+        dispatcher.start()
         listener = Listener(self.settings.database_url)
         self.leading = True
         try:
@@ -151,6 +153,7 @@ class Scheduler:
                     return
         finally:
             self.leading = False
+            dispatcher.stop()
             clock.shutdown(wait=True)
             listener.close()
 

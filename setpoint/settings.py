@@ -194,6 +194,26 @@ class Settings(BaseSettings):
     """How often a worker reloads its node's watches even without a notification (a resource moved to another
     node, a missed notification): the watcher's safety net, as the interval is the reconciles'."""
 
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    """How long the webhook dispatcher waits for a receiver to answer a POST before it counts as a failed attempt."""
+
+    webhook_retry_seconds: float = Field(3600.0, gt=0)
+    """How long after its first attempt an event is retried before it is recorded failed and its webhook moves on:
+    a receiver down for less than this gets everything afterwards, in order."""
+
+    webhook_backoff_base_seconds: float = Field(1.0, gt=0)
+    """The first delay before retrying a delivery; doubled at each failed attempt, with jitter."""
+
+    webhook_backoff_max_seconds: float = Field(60.0, gt=0)
+    """The longest delay between two attempts of one delivery."""
+
+    webhook_concurrency: int = Field(8, ge=1, le=256)
+    """How many webhooks the dispatcher sends to at once (a thread each): that many slow receivers at once can
+    take every thread; each webhook has at most one delivery in flight."""
+
+    webhook_recheck_seconds: float = Field(5.0, gt=0)
+    """How often the dispatcher looks for events even without a notification (the safety net for a missed one)."""
+
     _url_origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("log_level", mode="before")
