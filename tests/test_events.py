@@ -15,18 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql as pgsql
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from models.database import libpq_url, make_engine
+from models.database import make_engine
 from resources import events
 from scheduler import retention
 from tests.conftest import scratch_database, wait_for
-from tests.helpers import ready_at, runs, sql, status, unwatched
+from tests.helpers import logged_in_as_roles, ready_at, runs, settled, sql, status, unwatched
 from tests.test_secret_leaks import condition, insert_workload, secret  # noqa: F401 - a fixture
 
 HOUR = 3600
@@ -39,22 +36,6 @@ def of(engine: Engine, name: str, kind: str | None = None) -> list[dict[str, Any
 
 def types(engine: Engine, name: str, kind: str | None = None) -> list[str]:
     return [event["type"] for event in of(engine, name, kind)]
-
-
-def settled(engine: Engine, name: str) -> bool:
-    """No reconcile pending, none for half a second: a write of Setpoint's own (seen by its watch) has been
-    looked at already."""
-    with engine.connect() as conn:
-        return bool(
-            conn.execute(
-                text(
-                    "SELECT s.enqueued_at IS NULL AND s.next_reconcile_at > now() + interval '10 minutes' "
-                    "AND (SELECT max(finished_at) FROM runs WHERE name = :n) < now() - interval '0.5 seconds' "
-                    "FROM statuses AS s WHERE s.name = :n"
-                ),
-                {"n": name},
-            ).scalar()
-        )
 
 
 def runs_count(engine: Engine, name: str) -> int:
@@ -311,29 +292,8 @@ def test_event_messages_and_drift_are_bounded(engine: Engine, unique: str, tmp_p
 
 @pytest.fixture(scope="module")
 def role_engines(database_url: str) -> Iterator[dict[str, Engine]]:
-    """An engine per Setpoint role, logged in as a user made for the test (as a deployment does)."""
-    users = {
-        role: f"{role}_ev_{uuid.uuid4().hex[:8]}" for role in ("setpoint_worker", "setpoint_scheduler", "setpoint_api")
-    }
-    engines = {}
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        for role, user in users.items():
-            password = uuid.uuid4().hex
-            conn.execute(
-                pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                    pgsql.Identifier(user), pgsql.Literal(password), pgsql.Identifier(role)
-                )
-            )
-            url = make_url(database_url).set(username=user, password=password)
-            engines[role] = make_engine(url.render_as_string(hide_password=False))
-    try:
+    with logged_in_as_roles(database_url) as engines:
         yield engines
-    finally:
-        for each in engines.values():
-            each.dispose()
-        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-            for user in users.values():
-                conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(user)))
 
 
 def test_each_role_does_its_part_of_events_and_no_more(

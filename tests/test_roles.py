@@ -16,46 +16,24 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql as pgsql
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from models.database import libpq_url, make_engine
+from models.database import libpq_url
 from resources import documents, kinds
 from resources.manifest import Document
 from scheduler import claim, nodes, retention
 from setpoint.settings import Settings
 from tests.conftest import alembic
-from tests.helpers import runs, sql, status
+from tests.helpers import ROLES, logged_in_as_roles, runs, sql, status
 from worker import heartbeat, runtime
-
-ROLES = ("setpoint_worker", "setpoint_scheduler", "setpoint_api")
 
 
 @pytest.fixture(scope="module")
 def login(database_url: str) -> Iterator[dict[str, Engine]]:
-    """An engine per role, logged in as a fresh LOGIN user that is a member of it; the users go afterwards."""
-    users = {role: f"{role}_test_{uuid.uuid4().hex[:8]}" for role in ROLES}
-    engines = {}
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        for role, user in users.items():
-            password = uuid.uuid4().hex
-            conn.execute(
-                pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                    pgsql.Identifier(user), pgsql.Literal(password), pgsql.Identifier(role)
-                )
-            )
-            url = make_url(database_url).set(username=user, password=password)
-            engines[role] = make_engine(url.render_as_string(hide_password=False))
-    try:
+    with logged_in_as_roles(database_url) as engines:
         yield engines
-    finally:
-        for engine in engines.values():
-            engine.dispose()
-        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-            for user in users.values():
-                conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(user)))
 
 
 def refused(engine: Engine, statement: str, **params: Any) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 from controllers import processes, shim, workload
 from models.database import make_engine
 from setpoint.settings import Settings
+from tests import helpers
 from tests.conftest import (
     Process,
     replicas_of,
@@ -117,18 +118,7 @@ def test_a_chmod_is_healed_at_once(watched: Stack, tmp_path: Path) -> None:
 
 
 def settled(stack: Stack, name: str) -> bool:
-    """Nothing due before the hour's interval, and the last run ended over half a second ago (so no reconcile
-    caused by Setpoint's own write is about to look anyway)."""
-    with stack.engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT s.enqueued_at IS NULL AND s.next_reconcile_at > now() + interval '10 minutes' "
-                "AND (SELECT max(finished_at) FROM runs WHERE name = :n) < now() - interval '0.5 seconds' "
-                "FROM statuses AS s WHERE s.name = :n"
-            ),
-            {"n": name},
-        ).scalar()
-    return bool(row)
+    return helpers.settled(stack.engine, name)
 
 
 def test_a_file_replaced_by_rename_or_deleted_is_healed_at_once(watched: Stack, tmp_path: Path) -> None:
