@@ -14,7 +14,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import auth, failures, history, limits, routes, secrets
+from api import auth, events, failures, history, limits, routes, secrets
 from api.bodies import Problem
 from models import change
 from models.database import make_engine
@@ -65,10 +65,12 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
     if not settings.api_token and not insecure_no_auth:
         raise UsageError(NO_TOKEN)
     engine = change.track(make_engine(settings.database_url))
+    event_routes, event_hub = events.router(engine, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        event_hub.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -93,6 +95,7 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
         app.include_router(routes.router(kind, engine), **locked)
         app.include_router(history.router(kind, engine), **locked)
     app.include_router(secrets.router(engine), **locked)
+    app.include_router(event_routes, **locked)
     app.add_api_route(
         "/healthz",
         health(engine),

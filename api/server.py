@@ -44,4 +44,5 @@ def serve(settings: Settings, host: str, port: int, *, insecure_no_auth: bool = 
             extra={"host": host, "port": port},
         )
     # log_config=None: uvicorn's loggers go through the handler logs.configure() installed.
-    uvicorn.run(app, host=host, port=port, log_config=None)
+    # Event streams never end by themselves: at shutdown they are given a few seconds, then cancelled.
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=3)

@@ -29,6 +29,7 @@ from bench import (
     bare_chain,
     changes,
     dependencies,
+    events,
     healing,
     hold,
     processes,
@@ -75,6 +76,8 @@ class Plan:
     hold_interval_s: float = 60.0
     hold_s: float = 600.0
     """How long the load is held (0: not at all)."""
+    event_changes: int = 200
+    """Status changes timed from commit to their event on an SSE stream (issue 15)."""
 
 
 QUICK_HEAL = healing.HealPlan(
@@ -98,7 +101,7 @@ FULL_HEAL = healing.HealPlan(
     idle_window_s=60.0,
 )
 """Watched Files: `files` tampered with plus `idle_files` never touched (2,000 and 10,000 in all)."""
-QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, QUICK_HEAL, hold_s=0)
+QUICK = Plan("quick", 600, 40, 1.0, 20, 100, (10_000,), 8.0, 5, QUICK_HEAL, hold_s=0, event_changes=100)
 FULL = Plan("full", 5_000, 300, 1.0, 40, 500, (10_000, 100_000), 30.0, 5, FULL_HEAL, chains=30, trees=3)
 ROUNDTRIP_WARMUP = 20
 REACTION_WARMUP = 3
@@ -138,7 +141,7 @@ def wait_converged(database_url: str, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
-def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
+def run(plan: Plan, stack: contextlib.ExitStack, notes: list[str]) -> Results:
     load_at_start = os.getloadavg()[0]
     date = datetime.now(UTC).isoformat(timespec="seconds")
     tag = f"bench-{uuid.uuid4().hex[:8]}"
@@ -225,6 +228,10 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> Results:
     processes.stop_all([scheduler, *workers])  # the hold and the scale scenarios run on an otherwise quiet machine
     dbs.drop(url)
 
+    measured = events.run(dbs.clone("events"), logs, plan.event_changes)
+    notes.extend(events.lines(measured))
+    say("events: " + "; ".join(notes))
+
     say("healing: watching, polling alone and supervisord, on a stack of their own")
     healed = healing.measure(dbs, found.broker_url, tag, logs, plan.heal, say)
     say(f"dependencies: {plan.chains} chains of {dependencies.CHAIN_LENGTH}, {plan.trees} tree(s) against flat sets")
@@ -280,20 +287,25 @@ def main() -> int:
     parser.add_argument(
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )
+    parser.add_argument("--events", action="store_true", help="measure the events part alone (python -m bench.events)")
     args = parser.parse_args()
+    if args.events:
+        sys.argv = [sys.argv[0]]
+        return events.main()
     plan = QUICK if args.quick else FULL
     if args.hold is not None:
         plan = dataclasses.replace(plan, hold_s=args.hold)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     try:
+        notes: list[str] = []
         with contextlib.ExitStack() as stack:
-            results = run(plan, stack)
+            results = run(plan, stack, notes)
     except KeyboardInterrupt:
         say("interrupted: every process it started is stopped, its databases and queues removed")
         return 130
     paths = report.write(results, RESULTS)
     print("\n".join(f"wrote {path}" for path in paths))
-    print("\n".join(report.headlines(results)))
+    print("\n".join([*report.headlines(results), *notes]))
     return 0
 
 

@@ -1,5 +1,6 @@
 """Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days.
 Desired-state history's (`changes`): keep every resource's last N changes; a deleted one's go D days after its delete.
+Events go after SETPOINT_EVENTS_DAYS, or once more than SETPOINT_EVENTS_KEPT newer ones exist.
 
 A resource is one life of a name (its uid): the runs of an earlier resource that had the name count apart, and go
 once they are older than D days. Runs recorded before uids (uid NULL) count by name, as they always did.
@@ -58,3 +59,19 @@ def prune_changes(engine: Engine, *, keep: int, days: int, after: int = 0) -> tu
         newest = conn.execute(text("SELECT COALESCE(max(id), 0) FROM changes")).scalar_one()
         kept = conn.execute(_PRUNE_KEPT, {"keep": keep, "after": after}).rowcount
         return kept + conn.execute(_PRUNE_GONE, {"days": days}).rowcount, newest
+
+
+_PRUNE_EVENTS = text("""
+DELETE FROM events
+WHERE at < now() - make_interval(days => :days)
+   OR id <= (SELECT id FROM events ORDER BY id DESC OFFSET :kept LIMIT 1)
+""")
+
+
+def prune_events(engine: Engine, *, kept: int, days: int) -> int:
+    """Publish what waits in the inbox (so it never grows when nobody reads), then delete events older than `days`
+    or beyond the newest `kept`; returns how many went."""
+    with engine.begin() as conn:
+        conn.execute(text("SELECT setpoint_publish_events()"))
+    with engine.begin() as conn:
+        return conn.execute(_PRUNE_EVENTS, {"kept": kept, "days": days}).rowcount

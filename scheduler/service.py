@@ -103,6 +103,8 @@ class Scheduler:
             after=self._changes_pruned_after,
         )
         log.info("pruned desired-state history", extra={"deleted": pruned})
+        events = retention.prune_events(self.engine, kept=self.settings.events_kept, days=self.settings.events_days)
+        log.info("pruned events", extra={"deleted": events})
 
     def watch_nodes(self) -> None:
         lost = nodes.mark_lost(self.engine, silent_s=self.settings.node_silent_seconds)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from setpoint import commands, errors, history_cli, secrets_cli, stack, urls
+from setpoint import commands, errors, events_cli, history_cli, secrets_cli, stack, urls
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -112,6 +112,7 @@ def migrate() -> None:
 
 commands.register(app)
 history_cli.register(app)
+app.command("events")(events_cli.events_command)
 app.add_typer(secrets_cli.app, name="secret")
 
 if __name__ == "__main__":

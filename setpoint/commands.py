@@ -153,11 +153,20 @@ def get(
     name: Annotated[str | None, typer.Argument(help="One resource; all of the kind if left out.")] = None,
     output: Output = "table",
     phase: Annotated[str | None, typer.Option(help="Only resources in this phase.")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="After the table, print a new row whenever one of them changes.")
+    ] = False,
 ) -> None:
-    """List resources with their status, or show one; -o json|yaml prints {kind, name, spec, status}."""
+    """List resources with their status, or show one; -o json|yaml prints {kind, name, spec, status}; -w then
+    prints a row each time an event of theirs happens (Ctrl-C ends it), as `kubectl get -w` does."""
+    from resources import events
+
     with failures():
         found = kinds.resolve(kind)
         engine = _engine()
+        if watch and output != "table":
+            raise errors.UsageError("--watch prints a table: leave out --output")
+        after = events.head(engine) if watch else 0  # every event after the table was read comes as a row
         items = (
             [documents.get(engine, found, name)]
             if name
@@ -170,20 +179,30 @@ def get(
             raise errors.UsageError(f"--output must be table, json or yaml, got {output!r}")
         if not items:
             err.print(f"No {found.plural} found.")  # as kubectl says, on stderr: stdout stays a table or nothing
-            return
-        table = Table("NAME", "READY", "PHASE", "GENERATION", "LAST RECONCILE", "MESSAGE", box=None)
-        for item in items:
-            status = item["status"]
-            observed = status.get("observed_generation")
-            table.add_row(
-                item["name"],
-                "yes" if status["ready"] else "no",
-                status["phase"],
-                f"{status['generation']}/{observed if observed is not None else '-'}",
-                _ago(status.get("last_reconcile_at")),
-                status["message"],
-            )
-        out.print(table)
+        else:
+            table = Table("NAME", "READY", "PHASE", "GENERATION", "LAST RECONCILE", "MESSAGE", box=None)
+            for item in items:
+                table.add_row(*row_cells(item))
+            out.print(table)
+        if watch:
+            from setpoint import events_cli
+
+            out.file.flush()
+            events_cli.watch_rows(engine, found, name, after)
+
+
+def row_cells(item: dict[str, Any]) -> list[str]:
+    """One resource's row in `get`'s table."""
+    status = item["status"]
+    observed = status.get("observed_generation")
+    return [
+        item["name"],
+        "yes" if status["ready"] else "no",
+        status["phase"],
+        f"{status['generation']}/{observed if observed is not None else '-'}",
+        _ago(status.get("last_reconcile_at")),
+        status["message"],
+    ]
 
 
 def _ago(timestamp: str | None) -> str:

@@ -90,6 +90,22 @@ class Settings(BaseSettings):
     history_changes_kept: int = Field(100, ge=1)
     """Changes of desired state (table `changes`) kept per resource; a deleted resource's go history_days after it."""
 
+    events_days: int = Field(14, ge=1)
+    """Events older than this are pruned by the scheduler's housekeeping."""
+
+    events_kept: int = Field(100_000, ge=100)
+    """At most this many events are kept (the newest); older ones are pruned even if younger than events_days."""
+
+    events_max_clients: int = Field(100, ge=1)
+    """The most event streams (`GET /v1/events`) one API process serves at once; one more is answered 503."""
+
+    events_client_queue: int = Field(1_000, ge=10)
+    """Events waiting to be sent to one stream client; a client that falls this far behind is disconnected (it
+    resumes with Last-Event-ID) rather than buffered without bound."""
+
+    events_heartbeat_seconds: float = Field(15.0, gt=0)
+    """An idle event stream sends a comment this often, so that proxies keep it open."""
+
     node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
     """The node this worker runs on (default: its host name). Workers take their node's queue besides the
     shared one: resources bound to the node, and host-local ones they reconciled first, come there."""
