@@ -1,0 +1,75 @@
+// Setpoint's console: live updates and confirmation dialogs. Every page works without this file.
+//
+// Live updates: the page follows GET /v1/events (server-sent events, with the session's cookie) and, on each
+// event, re-fetches its server-rendered part (data-fragment) into data-target. Events only say what changed
+// state, so the part is also re-fetched every data-refresh-s seconds (the last reconcile time moves without an
+// event), every 5 s while the stream is down (the browser reconnects it by itself, resuming after the last event
+// id), and every second for data-fast-s seconds after an action.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const status = document.getElementById("live-status");
+  const say = (text) => { if (status) status.textContent = text; };
+
+  // Confirmation dialogs: the action's link leads to a confirm page; with a <dialog>, confirm in place instead.
+  document.querySelectorAll("a[data-dialog]").forEach((link) => {
+    const dialog = document.getElementById(link.dataset.dialog);
+    if (!dialog || typeof dialog.showModal !== "function") return;
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      dialog.showModal();
+    });
+  });
+
+  const fragment = body.dataset.fragment;
+  const target = fragment && document.getElementById(body.dataset.target);
+  if (!target) return;
+
+  let inFlight = false;
+  let again = false;
+  async function refresh() {
+    if (inFlight) { again = true; return; }
+    inFlight = true;
+    try {
+      const answer = await fetch(fragment, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (answer.status === 401) { window.location.reload(); return; }
+      if (answer.ok) {
+        const focused = document.activeElement && document.activeElement.id;
+        target.innerHTML = await answer.text();
+        if (focused && !document.getElementById(focused)) document.getElementById("main").focus();
+        else if (focused) document.getElementById(focused).focus();
+      }
+    } catch (error) {
+      say("Cannot reach the server; retrying");
+    } finally {
+      inFlight = false;
+      if (again) { again = false; setTimeout(refresh, 200); }
+    }
+  }
+
+  let timer = null;
+  function soon() {  // several events in a burst: one refresh
+    if (timer === null) timer = setTimeout(() => { timer = null; refresh(); }, 250);
+  }
+
+  let streaming = false;
+  if (body.dataset.events && typeof EventSource === "function") {
+    const source = new EventSource(body.dataset.events, { withCredentials: true });
+    source.addEventListener("open", () => { streaming = true; say("Live"); });
+    source.addEventListener("error", () => { streaming = false; say("Live updates interrupted: refreshing every 5 s"); });
+    (body.dataset.eventTypes || "").split(" ").filter(Boolean).forEach((type) => source.addEventListener(type, soon));
+    source.addEventListener("message", soon);
+  } else {
+    say("Refreshing every 5 s");
+  }
+
+  const every = Number(body.dataset.refreshS || 15) * 1000;
+  const fastUntil = Date.now() + Number(body.dataset.fastS || 0) * 1000;
+  let last = Date.now();
+  setInterval(() => {
+    const now = Date.now();
+    const period = now < fastUntil ? 1000 : streaming ? every : 5000;
+    if (now - last >= period && !document.hidden) { last = now; refresh(); }
+  }, 1000);
+})();
