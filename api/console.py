@@ -335,7 +335,7 @@ def router(console: Console) -> APIRouter:
             await run_in_threadpool(do)
         except NotFound:
             return missing(request, session, kind_name, name)
-        log.info("console action", extra={"actor": actor, "action": action, "kind": kind.name, "name": name})
+        log.info("console action", extra={"actor": actor, "action": action, "kind": kind.name, "resource": name})
         return RedirectResponse(f"{PREFIX}/r/{kind.name}/{name}?done={action}", status_code=303)
 
     def check_write(request: Request, session: Session | None, form: dict[str, str]) -> Response | None:

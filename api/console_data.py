@@ -199,7 +199,8 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
     """Resources not ready, minute by minute over the last hour, derived from the events table: today's count, and
     going back, each resource's readiness as its last event before that minute said (Ready, DriftCorrected: ready;
     NotReady, Failed, Invalid, Waiting, NodeLost, Drifted: not; Deleted: gone). Before its first event of the hour
-    a resource is as its last earlier event said, else the opposite of what its first one reports."""
+    a resource is as its last earlier event said; with none, it is not counted (it was most likely not there yet: a
+    new resource's short wait for its first Ready is left out). Resources without events this hour count as now."""
     start = now - timedelta(minutes=minutes)
     types = sorted(READY_TYPES | NOT_READY_TYPES | {"Deleted"})
     with engine.connect() as conn:
@@ -213,9 +214,7 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
         for row in found[:MAX_CHART_EVENTS]:
             timelines.setdefault((row.kind, row.name), []).append((row.at, _state(row.type)))
         before = _before(conn, list(timelines), start, types)
-    initial = {
-        key: before[key] if key in before else (1 if steps[0][1] == 0 else 0) for key, steps in timelines.items()
-    }
+    initial = {key: before.get(key, 0) for key in timelines}
     now_state = sum(steps[-1][1] for steps in timelines.values())
     points = []
     for minute in range(minutes + 1):

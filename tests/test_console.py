@@ -268,3 +268,23 @@ def test_no_secret_value_is_shown(
     assert f"Secret/{unique}-pw" in shown[1]
     for page in shown:
         assert value not in page
+
+
+def test_the_not_ready_chart_follows_the_events_of_the_last_hour(engine: Engine, unique: str) -> None:
+    from datetime import UTC, datetime
+
+    from api import console_data
+
+    with engine.begin() as conn:
+        for minutes_ago, happened in ((30, "Failed"), (10, "Ready")):
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, at, kind, name, type) VALUES "
+                    "(nextval('events_id_seq'), now() - make_interval(mins => :m), 'File', :n, :t)"
+                ),
+                {"m": minutes_ago, "n": unique, "t": happened},
+            )
+    points = [count for _, count in console_data.not_ready_chart(engine, datetime.now(UTC)).points]
+    assert len(points) == 61
+    assert points[35] - points[25] == 1  # failed 30 minutes ago
+    assert points[55] - points[45] == -1  # ready again 10 minutes ago
