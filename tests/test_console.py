@@ -22,6 +22,9 @@ from setpoint.settings import Settings
 from tests.conftest import wait_for
 from tests.helpers import sql, unwatched
 from tests.test_api_safety import api_env, setpoint_api
+from tests.test_roles import login
+
+role_logins = login  # the fixture, by a name of ours: an engine logged in as each role
 
 TOKEN = "console-test-token-" + "y" * 24
 ORIGIN = {"Origin": "http://testserver"}
@@ -288,3 +291,21 @@ def test_the_not_ready_chart_follows_the_events_of_the_last_hour(engine: Engine,
     assert len(points) == 61
     assert points[35] - points[25] == 1  # failed 30 minutes ago
     assert points[55] - points[45] == -1  # ready again 10 minutes ago
+
+
+def test_everything_the_console_reads_works_with_the_api_role(
+    role_logins: dict[str, Engine], engine: Engine, unique: str
+) -> None:
+    """As in the compose deployment, where the API (and so the console) logs in as setpoint_api."""
+    from datetime import UTC, datetime
+
+    from api import console_data
+    from resources.kinds import resolve
+
+    a_file(engine, unique)
+    api = role_logins["setpoint_api"]
+    page = console_data.fleet(api, console_data.Filters(name=unique))
+    assert [row.name for row in page.rows] == [unique]
+    console_data.not_ready_chart(api, datetime.now(UTC))
+    found = console_data.resource(api, resolve("File"), unique)
+    assert found.changes and found.document["name"] == unique
