@@ -83,19 +83,20 @@ def _union(kinds: list[Kind]) -> str:
 
 
 _ROW = """
-d.kind, d.name, COALESCE(s.phase, 'Pending') AS phase,
-COALESCE(s.ready AND s.observed_generation = d.generation, false) AS ready,
-d.generation, s.observed_generation, s.last_reconcile_at, d.paused, d.deleting,
-CASE WHEN s.observed_generation IS DISTINCT FROM d.generation AND NOT d.deleting
-          AND (COALESCE(s.ready, false) OR COALESCE(said.message, '') = '')
+d.kind, d.name, COALESCE(d.phase, 'Pending') AS phase,
+COALESCE(d.ready AND d.observed_generation = d.generation, false) AS ready,
+d.generation, d.observed_generation, d.last_reconcile_at, d.paused, d.deleting,
+CASE WHEN d.observed_generation IS DISTINCT FROM d.generation AND NOT d.deleting
+          AND (COALESCE(d.ready, false) OR COALESCE(said.message, '') = '')
      THEN format('generation %s not yet observed', d.generation)
-          || COALESCE(' (observed ' || s.observed_generation || ')', '')
+          || COALESCE(' (observed ' || d.observed_generation || ')', '')
      ELSE COALESCE(said.message, '') END AS message
 """
+"""A row of the page (desired and status columns side by side in `d`), as documents.view says it."""
 
 _SAID = """LEFT JOIN LATERAL (SELECT COALESCE(
-    (SELECT c ->> 'message' FROM jsonb_array_elements(s.conditions) AS c WHERE c ->> 'type' = 'Ready'),
-    s.last_error, '') AS message) AS said ON true"""
+    (SELECT c ->> 'message' FROM jsonb_array_elements(d.conditions) AS c WHERE c ->> 'type' = 'Ready'),
+    d.last_error, '') AS message) AS said ON true"""
 
 
 def _where(filters: Filters, *, phase: bool) -> tuple[str, dict[str, Any]]:
@@ -149,7 +150,10 @@ def fleet(engine: Engine, filters: Filters, page: int = 1, page_size: int = PAGE
         pages = max(1, -(-total // page_size))
         page = min(max(1, page), pages)
         listing = text(
-            f"SELECT {_ROW} {source} {_SAID} WHERE {where} ORDER BY d.kind, d.name LIMIT :limit OFFSET :offset"
+            f"SELECT {_ROW} FROM (SELECT d.kind, d.name, d.generation, d.paused, d.deleting, s.phase, s.ready, "
+            "s.observed_generation, s.last_reconcile_at, s.conditions, s.last_error "
+            f"{source} WHERE {where} ORDER BY d.kind, d.name LIMIT :limit OFFSET :offset) AS d "
+            f"{_SAID} ORDER BY d.kind, d.name"
         )
         rows = conn.execute(
             _with_kinds(listing),
@@ -214,20 +218,25 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
         for row in found[:MAX_CHART_EVENTS]:
             timelines.setdefault((row.kind, row.name), []).append((row.at, _state(row.type)))
         before = _before(conn, list(timelines), start, types)
-    initial = {key: before.get(key, 0) for key in timelines}
-    now_state = sum(steps[-1][1] for steps in timelines.values())
+    # A sweep over every change of state in time order: O(events + minutes), whatever the fleet's size.
+    then = current
+    changes: list[tuple[datetime, int]] = []
+    for key, steps in timelines.items():
+        state = before.get(key, 0)
+        for when, said in steps:
+            if said != state:
+                changes.append((when, said - state))
+                state = said
+        then -= state - before.get(key, 0)  # back to what it was at the start of the window
+    changes.sort(key=lambda change: change[0])
     points = []
+    at_change = 0
     for minute in range(minutes + 1):
         at = start + timedelta(minutes=minute)
-        then = 0
-        for key, steps in timelines.items():
-            state = initial[key]
-            for when, said in steps:
-                if when > at:
-                    break
-                state = said
-            then += state
-        points.append((at, max(0, current - now_state + then)))
+        while at_change < len(changes) and changes[at_change][0] <= at:
+            then += changes[at_change][1]
+            at_change += 1
+        points.append((at, max(0, then)))
     points[-1] = (now, current)
     return Chart(points, partial)
 

@@ -28,6 +28,7 @@ from bench import (
     bare,
     bare_chain,
     changes,
+    console,
     dependencies,
     events,
     healing,
@@ -241,6 +242,10 @@ def run(plan: Plan, stack: contextlib.ExitStack, notes: list[str]) -> Results:
     (RESULTS / "changes.json").write_text(json.dumps(dataclasses.asdict(trigger_cost), indent=2) + "\n")
     for line in trigger_cost.headlines():
         say(line)
+    say("console: page load times with 10,000 resources")
+    page_times = console.run(dbs, samples=50 if plan.mode == "quick" else 100, say=say)
+    (RESULTS / "console.json").write_text(json.dumps(dataclasses.asdict(page_times), indent=2) + "\n")
+    notes.extend(page_times.headlines())
 
     held = None
     if plan.hold_s > 0:
@@ -288,7 +293,14 @@ def main() -> int:
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )
     parser.add_argument("--events", action="store_true", help="measure the events part alone (python -m bench.events)")
+    parser.add_argument(
+        "--console", action="store_true", help="measure the web console's pages alone (python -m bench.console)"
+    )
     args = parser.parse_args()
+    if args.console:
+        sys.argv = [sys.argv[0]]
+        console.main()
+        return 0
     if args.events:
         sys.argv = [sys.argv[0]]
         return events.main()
