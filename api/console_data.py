@@ -204,7 +204,8 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
     going back, each resource's readiness as its last event before that minute said (Ready, DriftCorrected: ready;
     NotReady, Failed, Invalid, Waiting, NodeLost, Drifted: not; Deleted: gone). Before its first event of the hour
     a resource is as its last earlier event said; with none, it is not counted (it was most likely not there yet: a
-    new resource's short wait for its first Ready is left out). Resources without events this hour count as now."""
+    new resource's short wait for its first Ready is left out). Resources without events this hour count as now, those
+    made this hour from when they were made."""
     start = now - timedelta(minutes=minutes)
     types = sorted(READY_TYPES | NOT_READY_TYPES | {"Deleted"})
     with engine.connect() as conn:
@@ -218,6 +219,7 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
         for row in found[:MAX_CHART_EVENTS]:
             timelines.setdefault((row.kind, row.name), []).append((row.at, _state(row.type)))
         before = _before(conn, list(timelines), start, types)
+        born = _born_not_ready(conn, start)
     # A sweep over every change of state in time order: O(events + minutes), whatever the fleet's size.
     then = current
     changes: list[tuple[datetime, int]] = []
@@ -228,6 +230,10 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
                 changes.append((when, said - state))
                 state = said
         then -= state - before.get(key, 0)  # back to what it was at the start of the window
+    for key, created_at in born.items():  # not ready since it was made this hour, with no event yet: from then on
+        if key not in timelines:
+            then -= 1
+            changes.append((created_at, 1))
     changes.sort(key=lambda change: change[0])
     points = []
     at_change = 0
@@ -239,6 +245,26 @@ def not_ready_chart(engine: Engine, now: datetime, minutes: int = CHART_MINUTES)
         points.append((at, max(0, then)))
     points[-1] = (now, current)
     return Chart(points, partial)
+
+
+def _born_not_ready(conn: Connection, start: datetime) -> dict[tuple[str, str], datetime]:
+    """The resources made since `start` that are not ready now, with when they were made."""
+    kinds = present(conn)
+    if not kinds:
+        return {}
+    made = " UNION ALL ".join(
+        f"SELECT '{kind.name}' AS kind, name, uid, created_at FROM {kind.plural} WHERE created_at >= :start"
+        for kind in kinds
+    )
+    rows = conn.execute(
+        text(
+            f"SELECT d.kind, d.name, d.created_at FROM ({made}) AS d JOIN statuses AS s "
+            "ON s.kind = d.kind AND s.name = d.name AND s.uid = d.uid "
+            "WHERE NOT (s.ready AND s.observed_generation IS NOT DISTINCT FROM s.generation)"
+        ),
+        {"start": start},
+    ).all()
+    return {(row.kind, row.name): row.created_at for row in rows}
 
 
 def _before(conn: Connection, keys: list[tuple[str, str]], start: datetime, types: list[str]) -> dict[Any, int]:

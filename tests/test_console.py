@@ -309,3 +309,15 @@ def test_everything_the_console_reads_works_with_the_api_role(
     console_data.not_ready_chart(api, datetime.now(UTC))
     found = console_data.resource(api, resolve("File"), unique)
     assert found.changes and found.document["name"] == unique
+
+
+def test_a_resource_made_this_hour_and_never_ready_counts_from_when_it_was_made(engine: Engine, unique: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api import console_data
+
+    later = datetime.now(UTC) + timedelta(minutes=20)  # the chart drawn 20 minutes from now: made at minute 40
+    before = [count for _, count in console_data.not_ready_chart(engine, later).points]
+    a_file(engine, unique)  # pending: its next reconcile is a day away
+    after = [count for _, count in console_data.not_ready_chart(engine, later).points]
+    assert (after[35] - before[35], after[45] - before[45]) == (0, 1)

@@ -35,10 +35,17 @@
       const answer = await fetch(fragment, { credentials: "same-origin", headers: { Accept: "text/html" } });
       if (answer.status === 401) { window.location.reload(); return; }
       if (answer.ok) {
-        const focused = document.activeElement && document.activeElement.id;
+        // Keyboard users keep their place: the focused link (or element with an id) is focused again after.
+        const active = document.activeElement;
+        const inside = active && target.contains(active);
+        const href = inside && active.getAttribute("href");
+        const id = inside && active.id;
         target.innerHTML = await answer.text();
-        if (focused && !document.getElementById(focused)) document.getElementById("main").focus();
-        else if (focused) document.getElementById(focused).focus();
+        if (inside) {
+          const again = (id && document.getElementById(id)) ||
+            (href && Array.from(target.querySelectorAll("a[href]")).find((a) => a.getAttribute("href") === href));
+          (again || document.getElementById("main")).focus();
+        }
       }
     } catch (error) {
       say("Cannot reach the server; retrying");
@@ -50,7 +57,7 @@
 
   let timer = null;
   function soon() {  // several events in a burst: one refresh
-    if (timer === null) timer = setTimeout(() => { timer = null; refresh(); }, 250);
+    if (timer === null) timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); }, 250);
   }
 
   let streaming = false;
