@@ -91,7 +91,10 @@ def same_origin(connection: HTTPConnection) -> bool:
     if not said or said == "null":
         return False
     parts = urlsplit(said)
-    return (parts.scheme, parts.netloc) == (connection.url.scheme, connection.headers.get("host", ""))
+    # Behind a proxy that ends TLS the request may look like http while the page was https: an https origin of the
+    # same host is this site too (a proxy must pass the Host header through unchanged).
+    scheme_ok = parts.scheme in (connection.url.scheme, "https")
+    return scheme_ok and parts.netloc == connection.headers.get("host", "")
 
 
 def secure(connection: HTTPConnection) -> bool:

@@ -56,8 +56,11 @@
   }
 
   let timer = null;
+  let last = Date.now();
   function soon() {  // several events in a burst: one refresh
-    if (timer === null) timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); }, 250);
+    if (timer !== null) return;
+    const wait = Math.max(250, last + 1000 - Date.now());  // at most one refresh a second, however busy the fleet
+    timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); }, wait);
   }
 
   let streaming = false;
@@ -73,7 +76,6 @@
 
   const every = Number(body.dataset.refreshS || 15) * 1000;
   const fastUntil = Date.now() + Number(body.dataset.fastS || 0) * 1000;
-  let last = Date.now();
   setInterval(() => {
     const now = Date.now();
     const period = now < fastUntil ? 1000 : streaming ? every : 5000;
