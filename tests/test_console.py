@@ -321,3 +321,15 @@ def test_a_resource_made_this_hour_and_never_ready_counts_from_when_it_was_made(
     a_file(engine, unique)  # pending: its next reconcile is a day away
     after = [count for _, count in console_data.not_ready_chart(engine, later).points]
     assert (after[35] - before[35], after[45] - before[45]) == (0, 1)
+
+
+def test_over_https_the_session_cookie_is_secure(database_url: str) -> None:
+    app = create_app(Settings(database_url=database_url, api_token=TOKEN))
+    with TestClient(app, base_url="https://console.example") as client:
+        answer = client.post(
+            "/console/login",
+            data={"token": TOKEN},
+            headers={"Origin": "https://console.example"},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
