@@ -110,10 +110,10 @@ def _where(filters: Filters, *, phase: bool) -> tuple[str, dict[str, Any]]:
     if filters.label:
         key, has_value, value = filters.label.partition("=")
         if has_value:
-            clauses.append("d.labels -> :label_key = to_jsonb(CAST(:label_value AS text))")
+            clauses.append("d.labels ->> CAST(:label_key AS text) = CAST(:label_value AS text)")  # 3 matches "3"
             params["label_value"] = value.strip()
         else:
-            clauses.append("d.labels ? :label_key")
+            clauses.append("d.labels ? CAST(:label_key AS text)")
         params["label_key"] = key.strip()
     return " AND ".join(clauses), params
 

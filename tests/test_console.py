@@ -231,6 +231,8 @@ def test_the_fleet_pages_and_filters_by_kind_phase_label_and_name(locked: TestCl
     assert "page 3 of 3" in locked.get("/console/", params={"name": prefix, "page": "3"}).text
     assert names(name=prefix, phase="Failed") == [f"{prefix}-007"]
     assert len(names(name=prefix, label="team=web", page="2")) == 25
+    assert len(names(name=prefix, label="team", page="3")) == 50
+    assert names(name=prefix, label="team=nobody") == []
     assert names(name=prefix, kind="Workload") == []
     unknown = locked.get("/console/", params={"kind": "gadget"})
     assert "unknown kind &#39;gadget&#39;" in unknown.text
