@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ HEADERS = {
 """No page of the console may be framed by another site (a confirm button under someone else's page), load a
 script from elsewhere, or be cached."""
 MAX_FORM_BYTES = 16 * 1024
+CHART_TTL_S = 10.0
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -100,6 +102,16 @@ class Console:
     """Whether actions are offered: with a token (to a signed-in user), or without one if the server was started
     with --console-actions."""
     templates: jinja2.Environment = dataclasses.field(default_factory=_templates)
+
+    _chart: tuple[float, console_data.Chart] | None = None
+
+    async def chart(self, now: datetime) -> console_data.Chart:
+        """The not-ready chart, drawn at most every CHART_TTL_S (it is minute by minute; every tab's live refresh
+        would otherwise read the hour's events again)."""
+        if self._chart is None or time.monotonic() - self._chart[0] > CHART_TTL_S:
+            drawn = await run_in_threadpool(console_data.not_ready_chart, self.engine, now)
+            self._chart = (time.monotonic(), drawn)
+        return self._chart[1]
 
     def session(self, request: Request) -> Session | None:
         return self.sessions.of(request)
@@ -206,7 +218,7 @@ def router(console: Console) -> APIRouter:
         filters, page, problem = _filters(request)
         now = datetime.now(UTC)
         fleet = await run_in_threadpool(console_data.fleet, console.engine, filters, page)
-        chart = await run_in_threadpool(console_data.not_ready_chart, console.engine, now)
+        chart = await console.chart(now)
         groups: dict[str, list[console_data.Row]] = {}
         for row in fleet.rows:
             groups.setdefault(row.kind, []).append(row)
