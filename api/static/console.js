@@ -33,7 +33,8 @@
     inFlight = true;
     try {
       const answer = await fetch(fragment, { credentials: "same-origin", headers: { Accept: "text/html" } });
-      if (answer.status === 401) { window.location.reload(); return; }
+      // Signed out (401) or the resource gone (404): the full page says so.
+      if (answer.status === 401 || answer.status === 404) { window.location.reload(); return; }
       if (answer.ok) {
         // Keyboard users keep their place: the focused link (or element with an id) is focused again after.
         const active = document.activeElement;
