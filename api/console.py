@@ -106,12 +106,16 @@ class Console:
     _chart: tuple[float, console_data.Chart] | None = None
 
     async def chart(self, now: datetime) -> console_data.Chart:
-        """The not-ready chart, drawn at most every CHART_TTL_S (it is minute by minute; every tab's live refresh
-        would otherwise read the hour's events again)."""
+        """The not-ready chart, its past minutes drawn at most every CHART_TTL_S (every tab's live refresh would
+        otherwise read the hour's events again), its last point always counted afresh."""
         if self._chart is None or time.monotonic() - self._chart[0] > CHART_TTL_S:
             drawn = await run_in_threadpool(console_data.not_ready_chart, self.engine, now)
             self._chart = (time.monotonic(), drawn)
-        return self._chart[1]
+            return drawn
+        # The minutes past may be 10 s old; the count now is always today's (it is what the rows below show).
+        cached = self._chart[1]
+        current = await run_in_threadpool(console_data.not_ready_now, self.engine)
+        return console_data.Chart([*cached.points[:-1], (now, current)], cached.partial)
 
     def session(self, request: Request) -> Session | None:
         return self.sessions.of(request)

@@ -194,6 +194,11 @@ WHERE e.at < :start AND e.type IN :types ORDER BY e.kind, e.name, e.id DESC
 """)
 
 
+def not_ready_now(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(_NOT_READY_NOW).scalar_one())
+
+
 def _state(event_type: str) -> int:
     """1 not ready, 0 ready or gone."""
     return 1 if event_type in NOT_READY_TYPES else 0
