@@ -14,7 +14,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import auth, events, failures, history, limits, routes, secrets
+from api import auth, console, events, failures, history, limits, routes, secrets
 from api.bodies import Problem
 from models import change
 from models.database import make_engine
@@ -56,11 +56,12 @@ NO_TOKEN = (
 )
 
 
-def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
+def create_app(settings: Settings, *, insecure_no_auth: bool = False, console_actions: bool = False) -> FastAPI:
     """The API over the database at `settings.database_url`, with one engine of its own, disposed at shutdown.
 
     Without `settings.api_token` anyone who reaches the port may run commands on every worker's host (a
     workload's `command`), so serving without a token must be asked for: `insecure_no_auth`, else UsageError.
+    The web console (/console) is then read-only, unless `console_actions` too.
     """
     if not settings.api_token and not insecure_no_auth:
         raise UsageError(NO_TOKEN)
@@ -81,9 +82,10 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI
     )
     failures.install(app)
     app.add_middleware(history.Acting, actor="api:token" if settings.api_token else "api:anonymous")
+    sessions = console.mount(app, engine, token=settings.api_token, actions=console_actions and insecure_no_auth)
     locked: dict[str, Any] = {}
     if settings.api_token:
-        app.add_middleware(auth.BearerToken, token=settings.api_token)
+        app.add_middleware(auth.BearerToken, token=settings.api_token, session=sessions.of)
         # Enforced by the middleware above; this only tells the OpenAPI schema (and Swagger's Authorize button).
         locked = {
             "dependencies": [Security(HTTPBearer(auto_error=False))],

@@ -7,21 +7,41 @@ schema, not the docs, not even a 404 that would tell which paths exist.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = frozenset({"/healthz"})
 """Load balancers and orchestrators probe health without credentials."""
+CONSOLE = "/console"
+"""The web console checks its own session on every page (api/console.py): it shows its sign-in page to anyone."""
+COOKIE_PATHS = frozenset({"/v1/events"})
+"""Read (GET) with the console's session cookie as well as the token: a browser's EventSource cannot send a header."""
 
 
 class BearerToken:
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, session: Callable[[HTTPConnection], object] | None = None) -> None:
         self.app = app
         self.token = token.encode()
+        self.session = session
+        """The console's session of a request (None if it has no valid one)."""
+
+    def _console(self, scope: Scope) -> bool:
+        path = scope["path"]
+        if path == CONSOLE or path.startswith(CONSOLE + "/"):
+            return True
+        return (
+            path in COOKIE_PATHS
+            and scope["method"] == "GET"
+            and self.session is not None
+            and b"authorization" not in dict(scope["headers"])
+            and self.session(HTTPConnection(scope)) is not None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self._console(scope):
             refusal = self.refusal(dict(scope["headers"]).get(b"authorization"))
             if refusal is not None:
                 await refusal(scope, receive, send)

@@ -25,7 +25,9 @@ def loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings, host: str, port: int, *, insecure_no_auth: bool = False) -> None:
+def serve(
+    settings: Settings, host: str, port: int, *, insecure_no_auth: bool = False, console_actions: bool = False
+) -> None:
     """Serve until interrupted; Ctrl-C or SIGTERM shuts down gracefully and closes the database pool.
 
     UsageError, before anything listens, if there is no token and serving without one was not asked for on
@@ -36,7 +38,12 @@ def serve(settings: Settings, host: str, port: int, *, insecure_no_auth: bool = 
             f"--insecure-no-auth is allowed only on a loopback --host (127.0.0.1, ::1 or localhost), not {host!r}: "
             "set SETPOINT_API_TOKEN to serve on other addresses"
         )
-    app = create_app(settings, insecure_no_auth=insecure_no_auth)
+    if console_actions and (settings.api_token or not insecure_no_auth):
+        raise UsageError(
+            "--console-actions is for a console served without a token (with --insecure-no-auth on a loopback "
+            "--host); with SETPOINT_API_TOKEN set, the console's actions are open to whoever signs in with it"
+        )
+    app = create_app(settings, insecure_no_auth=insecure_no_auth, console_actions=console_actions)
     logs.configure()
     if not settings.api_token:
         log.warning(

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from bench import (
     bare,
     bare_chain,
     changes,
+    console,
     dependencies,
     events,
     healing,
@@ -242,6 +244,10 @@ def run(plan: Plan, stack: contextlib.ExitStack, notes: list[str]) -> Results:
     (RESULTS / "changes.json").write_text(json.dumps(dataclasses.asdict(trigger_cost), indent=2) + "\n")
     for line in trigger_cost.headlines():
         say(line)
+    say("console: page load times with 10,000 resources")
+    page_times = console.run(dbs, samples=50 if plan.mode == "quick" else 100, say=say)
+    (RESULTS / "console.json").write_text(json.dumps(dataclasses.asdict(page_times), indent=2) + "\n")
+    notes.extend(page_times.headlines())
 
     held = None
     if plan.hold_s > 0:
@@ -282,22 +288,31 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+PARTS: dict[str, Callable[[bool], int | None]] = {
+    "changes": lambda quick: changes.main(),
+    "console": lambda quick: console.main(),
+    "events": lambda quick: events.main(),
+    "webhooks": lambda quick: (webhooks.measure(quick, RESULTS), 0)[1],
+}
+"""The parts that run alone, each on servers of its own."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a scaled-down run, about three minutes")
     parser.add_argument(
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )
-    parser.add_argument("--events", action="store_true", help="measure the events part alone (python -m bench.events)")
-    parser.add_argument("--only", choices=["webhooks"], help="measure this part alone (bench/webhooks.py)")
+    parser.add_argument(
+        "--only",
+        choices=sorted(PARTS),
+        help="measure this part alone, as `python -m bench.PART` does (webhooks: with --quick, a smaller run)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
-    if args.events:
+    if args.only:
         sys.argv = [sys.argv[0]]
-        return events.main()
-    if args.only == "webhooks":
-        webhooks.measure(args.quick, RESULTS)
-        return 0
+        return PARTS[args.only](args.quick) or 0
     plan = QUICK if args.quick else FULL
     if args.hold is not None:
         plan = dataclasses.replace(plan, hold_s=args.hold)

@@ -91,13 +91,22 @@ def api(
             "hosts. Allowed only on a loopback --host.",
         ),
     ] = False,
+    console_actions: Annotated[
+        bool,
+        typer.Option(
+            "--console-actions",
+            help="With --insecure-no-auth: let the web console (/console) reconcile, pause and resume, as "
+            "console:anonymous. Without a token the console is otherwise read-only.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the REST API over desired state (OpenAPI at /docs); every request needs SETPOINT_API_TOKEN as a
-    bearer token. Without a token it refuses to start, unless --insecure-no-auth on a loopback address."""
+    """Serve the REST API over desired state (OpenAPI at /docs) and the web console (/console); every request needs
+    SETPOINT_API_TOKEN as a bearer token (the console asks for it once). Without a token it refuses to start, unless
+    --insecure-no-auth on a loopback address."""
     from api import server
 
     try:
-        server.serve(config.get(), host, port, insecure_no_auth=insecure_no_auth)
+        server.serve(config.get(), host, port, insecure_no_auth=insecure_no_auth, console_actions=console_actions)
     except errors.UsageError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None

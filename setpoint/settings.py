@@ -89,6 +89,7 @@ class Settings(BaseSettings):
 
     history_changes_kept: int = Field(100, ge=1)
     """Changes of desired state (table `changes`) kept per resource; a deleted resource's go history_days after it."""
+
     events_days: int = Field(14, ge=1)
     """Events older than this are pruned by the scheduler's housekeeping."""
 

@@ -1,0 +1,337 @@
+"""The web console without a browser: sign-in, sessions, CSRF and origin checks, read-only mode, the fleet's
+filters and pages, the resource page, and that no secret value is ever shown (HTTP through Starlette's client).
+
+Resources are written in SQL with their next reconcile a day away (the session's stack leaves them alone) unless a
+test needs a worker's status.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from api.app import create_app
+from resources import secrets
+from setpoint.settings import Settings
+from tests.conftest import wait_for
+from tests.helpers import sql, unwatched
+from tests.test_api_safety import api_env, setpoint_api
+from tests.test_roles import login
+
+role_logins = login  # the fixture, by a name of ours: an engine logged in as each role
+
+TOKEN = "console-test-token-" + "y" * 24
+ORIGIN = {"Origin": "http://testserver"}
+
+
+@pytest.fixture(scope="module")
+def locked(database_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(database_url=database_url, api_token=TOKEN))) as client:
+        yield client
+
+
+def sign_in(client: TestClient, name: str = "alice") -> None:
+    answer = client.post("/console/login", data={"token": TOKEN, "name": name}, headers=ORIGIN, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+
+
+def csrf(client: TestClient, path: str) -> str:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def a_file(engine: Engine, name: str, **labels: str) -> None:
+    import json
+
+    unwatched(
+        engine,
+        "INSERT INTO files (name, path, content, labels) VALUES (:n, :p, 'x', CAST(:l AS jsonb))",
+        name,
+        p=f"/tmp/{name}",
+        l=json.dumps(labels),
+    )
+
+
+def test_the_console_asks_for_the_token_once_and_refuses_a_wrong_one(database_url: str) -> None:
+    with TestClient(create_app(Settings(database_url=database_url, api_token=TOKEN))) as client:
+        first = client.get("/console/?kind=File", follow_redirects=False)
+        assert first.status_code == 303 and first.headers["location"].startswith("/console/login?next=")
+        wrong = client.post("/console/login", data={"token": "guess"}, headers=ORIGIN, follow_redirects=False)
+        assert wrong.status_code == 401
+        assert "not the API&#39;s token" in wrong.text and "setpoint_console" not in wrong.headers.get("set-cookie", "")
+        right = client.post(
+            "/console/login",
+            data={"token": TOKEN, "name": "alice", "next": "/console/?kind=File"},
+            headers=ORIGIN,
+            follow_redirects=False,
+        )
+        assert right.status_code == 303 and right.headers["location"] == "/console/?kind=File"
+        cookie = right.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert TOKEN not in cookie and "Secure" not in cookie  # plain http here; https gets Secure
+        assert client.get("/console/").status_code == 200
+
+
+def test_sign_in_from_another_site_and_a_foreign_next_are_refused(database_url: str) -> None:
+    with TestClient(create_app(Settings(database_url=database_url, api_token=TOKEN))) as client:
+        elsewhere = {"Origin": "https://evil.example"}
+        assert client.post("/console/login", data={"token": TOKEN}, headers=elsewhere).status_code == 403
+        answer = client.post(
+            "/console/login", data={"token": TOKEN, "next": "https://evil.example/"}, headers=ORIGIN,
+            follow_redirects=False,
+        )  # fmt: skip
+        assert answer.headers["location"] == "/console/"
+
+
+def test_the_session_opens_the_console_and_the_event_stream_and_nothing_else(locked: TestClient) -> None:
+    assert locked.get("/v1/events", params={"stream": "false"}).status_code == 401
+    sign_in(locked)
+    assert locked.get("/v1/events", params={"stream": "false"}).status_code == 200
+    assert locked.get("/v1/files").status_code == 401
+    assert locked.get("/openapi.json").status_code == 401
+    assert locked.post("/v1/files", json={"name": "x", "spec": {"path": "/tmp/x"}}).status_code == 401
+    assert locked.get("/v1/files", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_a_forged_or_tampered_cookie_is_no_session(database_url: str) -> None:
+    with TestClient(create_app(Settings(database_url=database_url, api_token=TOKEN))) as client:
+        sign_in(client)
+        value = client.cookies["setpoint_console"]
+        payload, _, signature = value.rpartition(".")
+        client.cookies.clear()
+        client.cookies.set("setpoint_console", payload + "." + "0" * len(signature))
+        assert client.get("/console/", follow_redirects=False).status_code == 303
+        assert client.get("/v1/events", params={"stream": "false"}).status_code == 401
+    with TestClient(create_app(Settings(database_url=database_url, api_token="another-token-" + "z" * 20))) as other:
+        other.cookies.set("setpoint_console", value)  # signed for another token
+        assert other.get("/console/", follow_redirects=False).status_code == 303
+
+
+def test_pause_and_resume_need_the_csrf_token_and_this_origin_and_are_recorded_as_the_user(
+    locked: TestClient, engine: Engine, unique: str
+) -> None:
+    a_file(engine, unique)
+    sign_in(locked, "alice")
+    page = f"/console/r/File/{unique}"
+    token = csrf(locked, page)
+    action = f"{page}/pause"
+    assert locked.post(action, data={"csrf": "nope"}, headers=ORIGIN).status_code == 403
+    assert locked.post(action, data={"csrf": token}, headers={"Origin": "https://evil.example"}).status_code == 403
+    assert locked.post(action, data={"csrf": token}).status_code == 403  # neither Origin nor Referer
+    assert not paused(engine, unique)
+    done = locked.post(action, data={"csrf": token}, headers=ORIGIN, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == f"{page}?done=pause"
+    assert paused(engine, unique)
+    with engine.connect() as conn:
+        who = conn.execute(
+            text("SELECT actor, reason FROM changes WHERE kind = 'File' AND name = :n ORDER BY id DESC LIMIT 1"),
+            {"n": unique},
+        ).one()
+    assert who.actor == "console:alice" and who.reason == "pause from the web console"
+    shown = locked.get(page).text
+    assert "console:alice" in shown and 'id="paused">yes' in shown and "Resume" in shown
+    locked.post(f"{page}/resume", data={"csrf": token}, headers={"Referer": f"http://testserver{page}"})
+    assert not paused(engine, unique)
+
+
+def test_reconcile_now_makes_it_due_and_the_confirm_page_works_without_script(
+    locked: TestClient, engine: Engine, unique: str
+) -> None:
+    a_file(engine, unique)
+    sign_in(locked)
+    confirm = locked.get(f"/console/r/File/{unique}/reconcile")
+    assert confirm.status_code == 200 and "Reconcile now: File/" in confirm.text
+    token = re.search(r'name="csrf" value="([^"]+)"', confirm.text)
+    assert token
+    locked.post(f"/console/r/File/{unique}/reconcile", data={"csrf": token.group(1)}, headers=ORIGIN)
+    with engine.connect() as conn:
+        due = conn.execute(
+            text("SELECT next_reconcile_at < now() + interval '1 hour' FROM statuses WHERE name = :n"), {"n": unique}
+        ).scalar()
+    assert due
+
+
+def paused(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(text("SELECT paused FROM files WHERE name = :n"), {"n": name}).scalar())
+
+
+def test_without_a_token_the_console_is_read_only(database_url: str, engine: Engine, unique: str) -> None:
+    a_file(engine, unique)
+    with TestClient(create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True)) as client:
+        page = client.get(f"/console/r/File/{unique}")
+        assert page.status_code == 200 and "read-only" in page.text and "Reconcile now" not in page.text
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert token is None
+        refused = client.post(f"/console/r/File/{unique}/pause", data={"csrf": "x"}, headers=ORIGIN)
+        assert refused.status_code == 403 and "read-only" in refused.text
+        assert client.get(f"/console/r/File/{unique}/pause").status_code == 403
+    assert not paused(engine, unique)
+
+
+def test_console_actions_flag_allows_actions_without_a_token(database_url: str, engine: Engine, unique: str) -> None:
+    a_file(engine, unique)
+    app = create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True, console_actions=True)
+    with TestClient(app) as client:
+        token = csrf(client, f"/console/r/File/{unique}")
+        assert client.post(f"/console/r/File/{unique}/pause", data={"csrf": token}, headers=ORIGIN).status_code == 200
+    assert paused(engine, unique)
+    with engine.connect() as conn:
+        actor = conn.execute(
+            text("SELECT actor FROM changes WHERE name = :n ORDER BY id DESC LIMIT 1"), {"n": unique}
+        ).scalar()
+    assert actor == "console:anonymous"
+
+
+def test_console_actions_is_refused_with_a_token_or_without_insecure_no_auth(database_url: str) -> None:
+    env = api_env(database_url)
+    alone = setpoint_api(env, "--console-actions")
+    assert alone.returncode == 2
+    assert "--console-actions is for a console served without a token" in alone.stdout + alone.stderr
+    tokened = setpoint_api({**env, "SETPOINT_API_TOKEN": TOKEN}, "--console-actions", "--insecure-no-auth")
+    assert tokened.returncode == 2
+
+
+def test_the_fleet_pages_and_filters_by_kind_phase_label_and_name(locked: TestClient, engine: Engine) -> None:
+    prefix = f"pg-{uuid.uuid4().hex[:6]}"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO files (name, path, content, labels) SELECT :p || '-' || lpad(i::text, 3, '0'), "
+                "'/tmp/' || :p || i, 'x', jsonb_build_object('team', CASE WHEN i % 2 = 0 THEN 'web' ELSE 'db' END) "
+                "FROM generate_series(1, 250) AS i"
+            ),
+            {"p": prefix},
+        )
+        conn.execute(
+            text("UPDATE statuses SET next_reconcile_at = now() + interval '1 day' WHERE starts_with(name, :p)"),
+            {"p": prefix},
+        )
+        conn.execute(text("UPDATE statuses SET phase = 'Failed' WHERE name = :n"), {"n": f"{prefix}-007"})
+    sign_in(locked)
+
+    def names(**query: str) -> list[str]:
+        page = locked.get("/console/", params=query)
+        assert page.status_code == 200
+        return re.findall(rf'<a href="/console/r/File/({prefix}-\d+)">', page.text)
+
+    first = names(name=prefix)
+    assert len(first) == 100 and first[0] == f"{prefix}-001"
+    third = names(name=prefix, page="3")
+    assert len(third) == 50 and third[-1] == f"{prefix}-250"
+    assert "page 3 of 3" in locked.get("/console/", params={"name": prefix, "page": "3"}).text
+    assert names(name=prefix, phase="Failed") == [f"{prefix}-007"]
+    assert len(names(name=prefix, label="team=web", page="2")) == 25
+    assert len(names(name=prefix, label="team", page="3")) == 50
+    assert names(name=prefix, label="team=nobody") == []
+    assert names(name=prefix, kind="Workload") == []
+    unknown = locked.get("/console/", params={"kind": "gadget"})
+    assert "unknown kind &#39;gadget&#39;" in unknown.text
+    fragment = locked.get("/console/fragment/fleet", params={"name": prefix, "phase": "Failed"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text and f"{prefix}-007" in fragment.text
+
+
+def test_the_pages_forbid_framing_and_foreign_scripts(locked: TestClient) -> None:
+    sign_in(locked)
+    page = locked.get("/console/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert locked.get("/console/static/console.js").status_code == 200
+
+
+def test_no_secret_value_is_shown(
+    stack: dict[str, str], locked: TestClient, engine: Engine, unique: str, tmp_path: Path
+) -> None:
+    value = f"hunter2-{uuid.uuid4().hex}"
+    secrets.put(engine, f"{unique}-pw", value)
+    path = tmp_path / "conf"
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content, interval_seconds) VALUES (:n, :p, :c, 1)",
+        n=unique,
+        p=str(path),
+        c=f"password={{{{ Secret/{unique}-pw }}}}\n",
+    )
+    wait_for(lambda: path.exists() and value in path.read_text(), 30, "the file written with the secret")
+    path.write_text("password=tampered\n")  # drift: the worker puts it back, and reports what differed
+    wait_for(lambda: value in path.read_text(), 30, "the file put back")
+    sign_in(locked)
+    shown = [
+        locked.get("/console/", params={"name": unique}).text,
+        locked.get(f"/console/r/File/{unique}").text,
+        locked.get(f"/console/fragment/r/File/{unique}").text,
+    ]
+    assert f"Secret/{unique}-pw" in shown[1]
+    for page in shown:
+        assert value not in page
+
+
+def test_the_not_ready_chart_follows_the_events_of_the_last_hour(engine: Engine, unique: str) -> None:
+    from datetime import UTC, datetime
+
+    from api import console_data
+
+    with engine.begin() as conn:
+        for minutes_ago, happened in ((30, "Failed"), (10, "Ready")):
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, at, kind, name, type) VALUES "
+                    "(nextval('events_id_seq'), now() - make_interval(mins => :m), 'File', :n, :t)"
+                ),
+                {"m": minutes_ago, "n": unique, "t": happened},
+            )
+    points = [count for _, count in console_data.not_ready_chart(engine, datetime.now(UTC)).points]
+    assert len(points) == 61
+    assert points[35] - points[25] == 1  # failed 30 minutes ago
+    assert points[55] - points[45] == -1  # ready again 10 minutes ago
+
+
+def test_everything_the_console_reads_works_with_the_api_role(
+    role_logins: dict[str, Engine], engine: Engine, unique: str
+) -> None:
+    """As in the compose deployment, where the API (and so the console) logs in as setpoint_api."""
+    from datetime import UTC, datetime
+
+    from api import console_data
+    from resources.kinds import resolve
+
+    a_file(engine, unique)
+    api = role_logins["setpoint_api"]
+    page = console_data.fleet(api, console_data.Filters(name=unique))
+    assert [row.name for row in page.rows] == [unique]
+    console_data.not_ready_chart(api, datetime.now(UTC))
+    found = console_data.resource(api, resolve("File"), unique)
+    assert found.changes and found.document["name"] == unique
+
+
+def test_a_resource_made_this_hour_and_never_ready_counts_from_when_it_was_made(engine: Engine, unique: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api import console_data
+
+    later = datetime.now(UTC) + timedelta(minutes=20)  # the chart drawn 20 minutes from now: made at minute 40
+    before = [count for _, count in console_data.not_ready_chart(engine, later).points]
+    a_file(engine, unique)  # pending: its next reconcile is a day away
+    after = [count for _, count in console_data.not_ready_chart(engine, later).points]
+    assert (after[35] - before[35], after[45] - before[45]) == (0, 1)
+
+
+def test_over_https_the_session_cookie_is_secure(database_url: str) -> None:
+    app = create_app(Settings(database_url=database_url, api_token=TOKEN))
+    with TestClient(app, base_url="https://console.example") as client:
+        answer = client.post(
+            "/console/login",
+            data={"token": TOKEN},
+            headers={"Origin": "https://console.example"},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
