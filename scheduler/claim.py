@@ -7,6 +7,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
+from scheduler import policies
+
 # A claimed resource is marked enqueued. It is claimable again when its reconcile has finished (the
 # worker clears the mark), or when its message was lost (worker host gone, Redis flushed): nobody
 # picked it up within one interval, though a worker could have (a resource on a node waits in that
@@ -23,25 +25,53 @@ _INTERVAL = "make_interval(secs => COALESCE(interval_seconds, :default_interval)
 _NODE_ALIVE = """(node IS NULL OR EXISTS (
     SELECT 1 FROM nodes AS n
     WHERE n.name = statuses.node AND n.last_seen_at >= now() - make_interval(secs => :node_silent)))"""
-_CLAIM = text(f"""
-WITH due AS (
-    SELECT kind, name FROM statuses
-    WHERE next_reconcile_at <= now()
-      AND (enqueued_at IS NULL
-           OR (COALESCE(picked_at, '-infinity') < enqueued_at AND enqueued_at < now() - {_INTERVAL}
+_LOST = f"""(COALESCE(picked_at, '-infinity') < enqueued_at AND enqueued_at < now() - {_INTERVAL}
                AND {_NODE_ALIVE})
            OR (picked_at >= enqueued_at AND picked_at < now() - GREATEST({_INTERVAL},
                                                                       make_interval(secs => :retry_window))
                AND {_NOT_LOCKED})
-           OR (picked_at >= enqueued_at AND picked_at < now() - make_interval(secs => :running_limit)))
+           OR (picked_at >= enqueued_at AND picked_at < now() - make_interval(secs => :running_limit))"""
+_DUE = f"next_reconcile_at <= now() AND (enqueued_at IS NULL OR {_LOST})"
+# A claim of a new generation starts its rollout (scheduler/policies.py counts what is working on one).
+_STARTED = """claimed_generation = s.generation,
+    rollout_started_at = CASE WHEN s.claimed_generation IS DISTINCT FROM s.generation THEN now()
+                              ELSE s.rollout_started_at END"""
+_CLAIM = text(f"""
+WITH due AS (
+    SELECT kind, name FROM statuses
+    WHERE {_DUE}
     ORDER BY next_reconcile_at
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
 )
-UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1
+UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
 FROM due WHERE s.kind = due.kind AND s.name = due.name
 RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
 """)
+"""The claim while no policy exists: the due index in order, nothing else read."""
+
+_CLAIM_PICKED = text(f"""
+WITH picked AS (
+    SELECT kind, name FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[])) AS picked (kind, name)
+),
+-- a message lost on its way is sent again without asking the policies: it already holds its slot
+lost AS (
+    SELECT kind, name FROM statuses WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST})
+    ORDER BY next_reconcile_at LIMIT :batch
+),
+chosen AS (
+    SELECT kind, name FROM statuses
+    WHERE (kind, name) IN (SELECT kind, name FROM picked UNION ALL SELECT kind, name FROM lost) AND {_DUE}
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED},
+    phase = CASE WHEN s.phase = 'Held' THEN 'Pending' ELSE s.phase END,
+    conditions = CASE WHEN s.phase = 'Held' THEN {policies.WITHOUT_HELD} ELSE s.conditions END
+FROM chosen WHERE s.kind = chosen.kind AND s.name = chosen.name
+RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
+""")
+"""The claim while policies exist: the due resources the policies let start (scheduler/policies.py picked them,
+under the policies' row locks), and any whose message was lost."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +106,14 @@ def claim_due(
         "node_silent": node_silent_s,
     }
     with engine.begin() as conn:
-        rows = conn.execute(_CLAIM, params).all()
+        found = policies.lock(conn)
+        if not found:
+            rows = conn.execute(_CLAIM, params).all()
+        else:
+            plan = policies.plan(conn, found, batch)
+            picked = {"kinds": [k for k, _ in plan.picked], "names": [n for _, n in plan.picked]}
+            rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
+            policies.record(conn, plan, {(r.kind, r.name) for r in rows})
     return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]
 
 
