@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from setpoint import commands, errors, secrets_cli, stack, urls
+from setpoint import commands, errors, policies_cli, secrets_cli, stack, urls
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -112,6 +112,7 @@ def migrate() -> None:
 
 commands.register(app)
 app.add_typer(secrets_cli.app, name="secret")
+app.add_typer(policies_cli.app, name="rollout")
 
 if __name__ == "__main__":
     app()

@@ -136,7 +136,12 @@ def get(
     output: Output = "table",
     phase: Annotated[str | None, typer.Option(help="Only resources in this phase.")] = None,
 ) -> None:
-    """List resources with their status, or show one; -o json|yaml prints {kind, name, spec, status}."""
+    """List resources with their status, or show one; -o json|yaml prints {kind, name, spec, status}.
+    `setpoint get policies` lists the policies, their limits and what they hold back."""
+    if kind.lower() in ("policies", "policy") and name is None:
+        from setpoint import policies_cli
+
+        return policies_cli.show(output)
     with failures():
         found = kinds.resolve(kind)
         engine = _engine()
