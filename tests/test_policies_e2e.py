@@ -31,7 +31,8 @@ def world(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         workers = [start_worker(env, logs / f"{name}.log", name) for name in ("w1", "w2")]
         try:
             for worker in workers:
-                wait_for(lambda w=worker: "ready." in w.output(), 60, f"{worker.log.name} ready")
+                output = worker.output
+                wait_for(lambda: "ready." in output(), 60, f"{worker.log.name} ready")
             yield {"env": env, "engine": engine, "dir": logs}
         finally:
             for process in (scheduler, *workers):
@@ -130,7 +131,7 @@ def test_a_bad_rollout_halts_after_the_first_failure_and_a_fix_and_resume_finish
         20,
         "the rollout halted, eight files held",
     )
-    assert halted.failures >= 1
+    assert halted is not None and halted.failures >= 1
     with engine.connect() as conn:
         started = conn.execute(text("SELECT count(*) FROM runs WHERE kind = 'File' AND generation = 2")).scalar()
     assert started is not None and 1 <= started
