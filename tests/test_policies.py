@@ -220,3 +220,29 @@ def test_a_policy_that_makes_no_sense_is_refused_naming_the_rule(engine: Engine,
 def test_a_selector_must_be_an_object(engine: Engine) -> None:
     with pytest.raises(IntegrityError, match="ck_policies_selector_object"):
         sql(engine, """INSERT INTO policies (name, selector, max_in_flight) VALUES ('p', '["web"]', 1)""")
+
+
+def test_the_metrics_count_what_each_policy_holds_back(engine: Engine, servers: tuple[str, str]) -> None:
+    import redis
+
+    from scheduler.metrics import FleetCollector
+    from setpoint.settings import Settings
+
+    names = noops(engine, 5)
+    finish(engine, take(engine))
+    sql(engine, "INSERT INTO policies (name, max_unready, max_failures) VALUES ('wave', 1, 1)")
+    sql(engine, "INSERT INTO policies (name, kinds, max_in_flight) VALUES ('one', '{Noop}', 1)")
+    sql(engine, "UPDATE noops SET note = 'v2' WHERE name <> :n", n=names[0])
+    take(engine)
+    sql(engine, "UPDATE statuses SET next_reconcile_at = now() WHERE name = :n", n=names[0])  # due, not a rollout
+    settings = Settings(database_url=str(engine.url), broker_url=servers[1])
+    fleet = FleetCollector(engine, redis.Redis.from_url(servers[1]), settings, leading=lambda: True)
+    fleet.refresh()
+    samples = {
+        (family.name, tuple(sample.labels.values())): sample.value
+        for family in fleet.collect()
+        for sample in family.samples
+    }
+    assert samples[("setpoint_policy_held_resources", ("wave", "rollout"))] == 3, "one started, three held"
+    assert samples[("setpoint_policy_held_resources", ("one", "limit"))] == 1, "the due one waits for the slot"
+    assert samples[("setpoint_policy_halted", ("wave",))] == 0

@@ -30,9 +30,7 @@ def world(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
         scheduler = start_scheduler(env, logs / "scheduler.log")
         workers = [start_worker(env, logs / f"{name}.log", name) for name in ("w1", "w2")]
         try:
-            for worker in workers:
-                output = worker.output
-                wait_for(lambda: "ready." in output(), 60, f"{worker.log.name} ready")
+            wait_for(lambda: all("ready." in w.output() for w in workers), 60, "both workers ready")
             yield {"env": env, "engine": engine, "dir": logs}
         finally:
             for process in (scheduler, *workers):
