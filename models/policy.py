@@ -88,3 +88,42 @@ class Policy(SQLModel, table=True):
 
 BURST_SQL = "COALESCE(burst, GREATEST(1, ceil(max_per_minute / 60.0)))"
 """The token bucket's size: the policy's burst, else one second's worth of its rate (at least one start)."""
+
+WITHOUT_HELD = """COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.conditions) AS c
+                              WHERE c->>'type' <> 'Held'), '[]'::jsonb)"""
+
+HOLD_FUNCTION = f"""
+CREATE FUNCTION setpoint_hold(p_holds jsonb) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    marked integer;
+BEGIN
+    -- claimed since it was held: its reconcile is on its way, and will say how it went
+    UPDATE statuses AS s SET phase = 'Pending', conditions = {WITHOUT_HELD}
+    WHERE s.enqueued_at IS NOT NULL AND s.phase = 'Held';
+    WITH holds AS (SELECT * FROM jsonb_to_recordset(p_holds) AS h (name text, reason text, message text)),
+    held AS (
+        SELECT DISTINCT ON (s.kind, s.name) s.kind, s.name, h.name AS policy, h.reason, h.message
+        FROM statuses AS s JOIN policies AS p
+            ON (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector)
+        JOIN holds AS h ON h.name = p.name
+        WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL AND s.deleted_at IS NULL
+          AND s.claimed_generation IS DISTINCT FROM s.generation
+        ORDER BY s.kind, s.name, h.name
+    )
+    UPDATE statuses AS s SET phase = 'Held',
+        conditions = jsonb_build_array(jsonb_build_object('type', 'Held', 'status', 'True', 'policy', held.policy,
+            'reason', held.reason, 'message', held.message, 'last_transition_time', now())) || {WITHOUT_HELD}
+    FROM held
+    WHERE s.kind = held.kind AND s.name = held.name
+      -- written once, and again only when the policy or the reason changes
+      AND NOT (s.phase = 'Held' AND s.conditions @> jsonb_build_array(
+          jsonb_build_object('type', 'Held', 'policy', held.policy, 'reason', held.reason)));
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
+END $$;
+"""
+"""What the scheduler writes of a status besides its claim columns, as the function's owner (migration 0019): due new
+generations that a full or halted rollout keeps waiting become Held, with a condition naming the policy and why
+(`p_holds`: [{name, reason, message}]); and a held resource claimed since is Pending again."""
+
+HOLD_SIGNATURE = "setpoint_hold(jsonb)"

@@ -27,6 +27,10 @@ PHASES = (
 `Waiting`: a dependency is missing or not ready, so it observes and reports but does not act."""
 
 
+BUSY = "enqueued_at IS NOT NULL OR NOT ready OR observed_generation IS DISTINCT FROM generation"
+"""A status that is in flight or not ready at its current generation: few of them, in a healthy fleet."""
+
+
 def _timestamp() -> Any:
     return Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
@@ -46,6 +50,8 @@ class Status(SQLModel, table=True):
         CheckConstraint("phase IN ('" + "', '".join(PHASES) + "')", name="phase_known"),
         node_check("node"),
         Index("ix_statuses_due", "next_reconcile_at", postgresql_where=text("next_reconcile_at IS NOT NULL")),
+        # What policies count at every claim (scheduler/policies.py): in flight, or not ready at its generation.
+        Index("ix_statuses_busy", "kind", postgresql_where=text(BUSY)),
     )
 
     kind: str = Field(primary_key=True, max_length=63)

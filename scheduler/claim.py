@@ -64,9 +64,7 @@ chosen AS (
     WHERE (kind, name) IN (SELECT kind, name FROM picked UNION ALL SELECT kind, name FROM lost) AND {_DUE}
     FOR UPDATE SKIP LOCKED
 )
-UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED},
-    phase = CASE WHEN s.phase = 'Held' THEN 'Pending' ELSE s.phase END,
-    conditions = CASE WHEN s.phase = 'Held' THEN {policies.WITHOUT_HELD} ELSE s.conditions END
+UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
 FROM chosen WHERE s.kind = chosen.kind AND s.name = chosen.name
 RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
 """)

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from models.policy import BURST_SQL
+from models.status import BUSY
 
 SCOPE = "(p.kinds IS NULL OR {s}.kind = ANY(p.kinds)) AND (p.selector IS NULL OR {s}.labels @> p.selector)"
 UNREADY = """s.claimed_generation = s.generation AND s.deleted_at IS NULL
@@ -31,7 +32,7 @@ SELECT p.name,
        count(*) FILTER (WHERE {UNREADY}) AS unready,
        count(*) FILTER (WHERE {FAILED}) AS failures,
        (array_agg(s.kind || '/' || s.name ORDER BY s.rollout_started_at) FILTER (WHERE {FAILED}))[1:3] AS failed
-FROM policies AS p JOIN statuses AS s ON {SCOPE.format(s="s")}
+FROM policies AS p JOIN (SELECT * FROM statuses WHERE {BUSY}) AS s ON {SCOPE.format(s="s")}
 WHERE s.enqueued_at IS NOT NULL OR ((p.max_unready IS NOT NULL OR p.max_failures IS NOT NULL) AND {UNREADY})
 GROUP BY p.name"""
 """Per policy: its scope's reconciles in flight, resources working on a new generation, failures since resumed."""
@@ -39,8 +40,6 @@ TOKENS = f"""CASE WHEN p.max_per_minute IS NULL THEN NULL
     ELSE LEAST({BURST_SQL}, COALESCE(p.tokens, {BURST_SQL})
                + p.max_per_minute / 60.0 * GREATEST(extract(epoch FROM now() - p.refilled_at), 0)) END"""
 """The token bucket now: refilled at max_per_minute since a claim last took from it, up to its burst."""
-WITHOUT_HELD = """COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.conditions) AS c
-                              WHERE c->>'type' <> 'Held'), '[]'::jsonb)"""
 
 _LOCK = text("SELECT name FROM policies ORDER BY name FOR UPDATE")
 
@@ -67,24 +66,7 @@ LIMIT :window
 
 _SPEND = text("UPDATE policies SET tokens = :tokens, refilled_at = now() WHERE name = :name")
 
-_HOLD = text(f"""
-WITH holds AS (SELECT * FROM jsonb_to_recordset(:holds) AS h (name text, reason text, message text)),
-held AS (
-    SELECT DISTINCT ON (s.kind, s.name) s.kind, s.name, h.name AS policy, h.reason, h.message
-    FROM statuses AS s JOIN policies AS p ON {SCOPE.format(s="s")} JOIN holds AS h ON h.name = p.name
-    WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL AND s.deleted_at IS NULL
-      AND s.claimed_generation IS DISTINCT FROM s.generation
-    ORDER BY s.kind, s.name, h.name
-)
-UPDATE statuses AS s SET phase = 'Held',
-    conditions = jsonb_build_array(jsonb_build_object('type', 'Held', 'status', 'True', 'policy', held.policy,
-        'reason', held.reason, 'message', held.message, 'last_transition_time', now())) || {WITHOUT_HELD}
-FROM held
-WHERE s.kind = held.kind AND s.name = held.name
-  -- written once, and again only when the policy or the reason changes
-  AND NOT (s.phase = 'Held' AND s.conditions @> jsonb_build_array(
-      jsonb_build_object('type', 'Held', 'policy', held.policy, 'reason', held.reason)))
-""").bindparams(bindparam("holds", type_=JSONB))
+_HOLD = text("SELECT setpoint_hold(:holds)").bindparams(bindparam("holds", type_=JSONB))
 
 
 @dataclasses.dataclass
@@ -164,7 +146,7 @@ def plan(conn: Connection, names: list[str], batch: int) -> Plan:
 
 def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:
     """After the claim: take its starts from the token buckets, and mark Held the new generations that a full or
-    halted rollout keeps waiting."""
+    halted rollout keeps waiting (those claimed since they were held are Pending again)."""
     for key in claimed:
         for name in plan.scopes.get(key, ()):
             plan.budgets[name].spent += 1
@@ -176,8 +158,7 @@ def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:
         for b in plan.budgets.values()
         if b.rollouts is not None and b.rollouts <= 0
     ]
-    if holds:
-        conn.execute(_HOLD, {"holds": holds})
+    conn.execute(_HOLD, {"holds": holds})
 
 
 _USAGE = text(f"""
@@ -189,7 +170,7 @@ SELECT p.name, p.kinds, p.selector, p.max_in_flight, p.max_per_minute, p.burst, 
         WHERE {SCOPE.format(s="s")} AND s.next_reconcile_at <= now() AND s.enqueued_at IS NULL
           AND s.phase <> 'Held') AS waiting,
        (SELECT count(*) FROM statuses AS s
-        WHERE s.phase = 'Held'
+        WHERE ({BUSY}) AND s.phase = 'Held'
           AND s.conditions @> jsonb_build_array(jsonb_build_object('type', 'Held', 'policy', p.name))) AS held
 FROM policies AS p LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
 ORDER BY p.name

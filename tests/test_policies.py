@@ -246,3 +246,42 @@ def test_the_metrics_count_what_each_policy_holds_back(engine: Engine, servers: 
     assert samples[("setpoint_policy_held_resources", ("wave", "rollout"))] == 3, "one started, three held"
     assert samples[("setpoint_policy_held_resources", ("one", "limit"))] == 1, "the due one waits for the slot"
     assert samples[("setpoint_policy_halted", ("wave",))] == 0
+
+
+def test_the_scheduler_role_claims_and_holds_but_cannot_change_a_policy_or_a_phase(engine: Engine) -> None:
+    import uuid
+
+    import psycopg
+    from psycopg import sql as pgsql
+    from sqlalchemy.exc import ProgrammingError
+
+    from models.database import libpq_url
+
+    user, password = f"setpoint_scheduler_test_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    url = engine.url.render_as_string(hide_password=False)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE setpoint_scheduler").format(
+                pgsql.Identifier(user), pgsql.Literal(password)
+            )
+        )
+    scheduler = make_engine(engine.url.set(username=user, password=password).render_as_string(hide_password=False))
+    try:
+        names = noops(engine, 4)
+        finish(engine, take(engine))
+        sql(engine, "INSERT INTO policies (name, max_unready, max_per_minute) VALUES ('wave', 1, 600)")
+        sql(engine, "UPDATE noops SET note = 'v2'")
+        assert take(scheduler) == names[:1]
+        assert status(engine, names[1])["phase"] == "Held"
+        for statement in (
+            "UPDATE policies SET max_unready = 100",
+            "UPDATE policies SET resumed_at = now()",
+            "UPDATE statuses SET phase = 'Ready'",
+            "DELETE FROM policies",
+        ):
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                sql(scheduler, statement)
+    finally:
+        scheduler.dispose()
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(user)))
