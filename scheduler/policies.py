@@ -52,14 +52,15 @@ FROM policies AS p LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
 """)
 
 _CANDIDATES = text(f"""
-SELECT f.kind, f.name, f.rollout, ARRAY(SELECT p.name FROM policies AS p WHERE {SCOPE.format(s="f")}) AS policies
-FROM (SELECT s.kind, s.name, s.next_reconcile_at, s.labels,
-             s.deleted_at IS NULL AND s.claimed_generation IS DISTINCT FROM s.generation AS rollout
+SELECT f.kind, f.name, f.rollout, f.policies
+FROM (SELECT s.kind, s.name, s.next_reconcile_at,
+             s.deleted_at IS NULL AND s.claimed_generation IS DISTINCT FROM s.generation AS rollout,
+             ARRAY(SELECT p.name::text FROM policies AS p WHERE {SCOPE.format(s="s")} ORDER BY p.name) AS policies
       FROM statuses AS s WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL) AS f
-WHERE NOT EXISTS (SELECT FROM policies AS p WHERE {SCOPE.format(s="f")}
-                  AND (p.name = ANY(:stopped) OR (f.rollout AND p.name = ANY(:full))))
--- round-robin between kinds: the first due of each kind, then the second of each, ...
-ORDER BY row_number() OVER (PARTITION BY f.kind ORDER BY f.next_reconcile_at, f.name), f.next_reconcile_at, f.kind
+WHERE NOT f.policies && CAST(:stopped AS text[]) AND NOT (f.rollout AND f.policies && CAST(:full AS text[]))
+-- round-robin between scopes (a kind and the policies it is in): the first due of each, then the second, ...
+ORDER BY row_number() OVER (PARTITION BY f.kind, f.policies ORDER BY f.next_reconcile_at, f.name),
+         f.next_reconcile_at, f.kind
 LIMIT :window
 """)
 """Due resources that no exhausted policy stops, with the policies whose scope they are in."""

@@ -189,12 +189,14 @@ def test_max_failures_halts_the_rollout_until_resumed_or_the_failing_rows_change
     assert take(engine) == names[3:5], "two slots again, taken in the order the changes fell due"
 
 
-def test_fairness_each_kind_gets_its_turn_within_one_batch(engine: Engine) -> None:
+def test_fairness_each_kind_and_scope_gets_its_turn_within_one_batch(engine: Engine) -> None:
     sql(engine, "INSERT INTO policies (name, max_in_flight) VALUES ('all', 1000)")
+    sql(engine, """INSERT INTO policies (name, selector, max_in_flight) VALUES ('web', '{"tier": "web"}', 1000)""")
     noops(engine, 50)
     sql(engine, "INSERT INTO flakies (name, counter_path) VALUES ('late-a', '/dev/null'), ('late-b', '/dev/null')")
-    claimed = take(engine, batch=4)
-    assert {"late-a", "late-b"} <= set(claimed), "the 50 due noops do not starve the two flakies"
+    noops(engine, 2, '{"tier": "web"}', "web")
+    claimed = take(engine, batch=6)
+    assert {"late-a", "late-b", "web000", "web001"} <= set(claimed), "50 due noops starve neither kind nor scope"
 
 
 @pytest.mark.parametrize(
