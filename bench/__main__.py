@@ -273,7 +273,15 @@ def main() -> int:
     parser.add_argument(
         "--hold", type=float, metavar="SECONDS", help=f"how long to hold the load (full: {FULL.hold_s:g}, quick: 0)"
     )
+    parser.add_argument("--policies", action="store_true", help="only the policies' parts (bench/policies.py)")
     args = parser.parse_args()
+    if args.policies:
+        from bench import policies
+
+        with contextlib.ExitStack() as stack:
+            policies.run(policies.QUICK if args.quick else policies.FULL, stack, say, RESULTS)
+        print((RESULTS / "policies.md").read_text())
+        return 0
     plan = QUICK if args.quick else FULL
     if args.hold is not None:
         plan = dataclasses.replace(plan, hold_s=args.hold)
