@@ -275,6 +275,10 @@ def main() -> int:
     )
     parser.add_argument("--policies", action="store_true", help="only the policies' parts (bench/policies.py)")
     args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    if args.hold is not None:
+        plan = dataclasses.replace(plan, hold_s=args.hold)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     if args.policies:
         from bench import policies
 
@@ -282,10 +286,6 @@ def main() -> int:
             policies.run(policies.QUICK if args.quick else policies.FULL, stack, say, RESULTS)
         print((RESULTS / "policies.md").read_text())
         return 0
-    plan = QUICK if args.quick else FULL
-    if args.hold is not None:
-        plan = dataclasses.replace(plan, hold_s=args.hold)
-    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
     try:
         with contextlib.ExitStack() as stack:
             results = run(plan, stack)

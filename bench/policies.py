@@ -83,7 +83,7 @@ def scheduler_cpu(dbs: servers.Databases, setup: scale.Setup, plan: PolicyPlan) 
             "scheduler_cpu": load.usage.cpu_share,
             "database_cpu": load.database_cpu_share,
             "peak_rss_mb": load.usage.peak_rss_mb,
-            "lateness_p99_s": load.lateness.p99,
+            "lateness_p99_s": load.lateness.p99_s,
             "expected": load.expected,
             "missed": load.missed,
         }
