@@ -76,7 +76,8 @@ class Policy(SQLModel, table=True):
     tokens: float | None = Field(default=None, description="Starts left in the bucket at refilled_at.")
     refilled_at: datetime | None = _timestamp("When the scheduler last took starts from the bucket.")
     backoff_until: datetime | None = _timestamp(
-        "A controller of the scope was told to slow down (HTTP 429 Retry-After): nothing starts before this."
+        "Nothing of the scope starts before this: a scope-wide back-off (set by SQL for now; meant for a"
+        " controller's 429 Retry-After)."
     )
     created_at: datetime | None = Field(
         default=None,

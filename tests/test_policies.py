@@ -287,3 +287,12 @@ def test_the_scheduler_role_claims_and_holds_but_cannot_change_a_policy_or_a_pha
         scheduler.dispose()
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             conn.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(user)))
+
+
+def test_a_scope_backing_off_starts_nothing_until_then(engine: Engine) -> None:
+    sql(engine, "INSERT INTO policies (name, kinds, max_per_minute) VALUES ('api', '{Noop}', 6000)")
+    sql(engine, "UPDATE policies SET backoff_until = now() + interval '1 hour'")
+    noops(engine, 3)
+    assert take(engine) == []
+    sql(engine, "UPDATE policies SET backoff_until = now() - interval '1 second'")
+    assert len(take(engine)) == 3
