@@ -244,7 +244,7 @@ def _rollout(url: str, plan: PolicyPlan, timeout_s: float) -> dict[str, Any]:
 
 def run(plan: PolicyPlan, stack: contextlib.ExitStack, say: Any, results: Path) -> dict[str, Any]:
     tag = f"bench-pol-{int(time.time())}"
-    logs = results / "logs-policies"
+    logs = results / "logs" / "policies"
     (logs / "state").mkdir(parents=True, exist_ok=True)
     found = stack.enter_context(servers.running())
     stack.callback(servers.delete_queues, found.broker_url, tag)
