@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Engine, text
@@ -50,6 +51,9 @@ RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed
 """)
 """The claim while no policy exists: the due index in order, nothing else read."""
 
+CAPPED_AGAIN_S = 0.05
+"""How soon the scheduler claims again while due resources wait for a slot of max_in_flight."""
+
 _CLAIM_PICKED = text(f"""
 WITH picked AS (
     SELECT kind, name FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[])) AS picked (kind, name)
@@ -94,8 +98,11 @@ def claim_due(
     retry_window_s: float,
     running_limit_s: float,
     node_silent_s: float = 60.0,
+    on_capped: Callable[[], None] | None = None,
 ) -> list[Claim]:
-    """Claim up to `batch` due resources in one committed transaction (enqueue only after this returns)."""
+    """Claim up to `batch` due resources in one committed transaction (enqueue only after this returns).
+    `on_capped` is called when a due resource waits for a slot of max_in_flight: the next tick need not wait
+    its full period, since a slot frees whenever a reconcile finishes (workers do not wake the scheduler)."""
     params = {
         "batch": batch,
         "default_interval": default_interval_seconds,
@@ -112,6 +119,8 @@ def claim_due(
             picked = {"kinds": [k for k, _ in plan.picked], "names": [n for _, n in plan.picked]}
             rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
             policies.record(conn, plan, {(r.kind, r.name) for r in rows})
+            if plan.capped and on_capped is not None:
+                on_capped()
     return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]
 
 

@@ -65,6 +65,12 @@ LIMIT :window
 """)
 """Due resources that no exhausted policy stops, with the policies whose scope they are in."""
 
+_WAITING = text(f"""
+SELECT EXISTS (SELECT FROM statuses AS s JOIN policies AS p ON {SCOPE.format(s="s")}
+               WHERE p.name = ANY(:full) AND s.next_reconcile_at <= now() AND s.enqueued_at IS NULL)
+""")
+"""Whether a due resource waits for a policy whose reconciles in flight are at max_in_flight."""
+
 _SPEND = text("UPDATE policies SET tokens = :tokens, refilled_at = now() WHERE name = :name")
 
 _HOLD = text("SELECT setpoint_hold(:holds)").bindparams(bindparam("holds", type_=JSONB))
@@ -80,6 +86,7 @@ class Budget:
     tokens: float | None
     reason: str
     message: str
+    in_flight_full: bool = False
     spent: int = 0
 
 
@@ -88,6 +95,8 @@ class Plan:
     budgets: dict[str, Budget]
     picked: list[tuple[str, str]]
     scopes: dict[tuple[str, str], list[str]]
+    capped: bool
+    """A due resource waits for a reconcile in flight to finish (max_in_flight): worth claiming again soon."""
 
 
 def lock(conn: Connection) -> list[str]:
@@ -117,20 +126,24 @@ def _budget(row: Any) -> Budget:
             f"policy {row.name}: {row.unready} of max_unready {row.max_unready} resources are working on a new "
             "generation; this one starts when one of them is ready"
         )
-    return Budget(row.name, starts, rollouts, row.tokens, reason, message)
+    full = row.max_in_flight is not None and row.in_flight >= row.max_in_flight
+    return Budget(row.name, starts, rollouts, row.tokens, reason, message, full)
 
 
 def plan(conn: Connection, names: list[str], batch: int) -> Plan:
     """Pick up to `batch` due resources that every policy of theirs lets start, in round-robin order of kinds."""
     budgets = {row.name: _budget(row) for row in conn.execute(_BUDGETS)}
     stopped = [b.name for b in budgets.values() if b.starts is not None and b.starts <= 0]
-    full = [b.name for b in budgets.values() if b.rollouts is not None and b.rollouts <= 0]
-    rows = conn.execute(_CANDIDATES, {"stopped": stopped, "full": full, "window": 4 * batch}).all()
+    held = [b.name for b in budgets.values() if b.rollouts is not None and b.rollouts <= 0]
+    rows = conn.execute(_CANDIDATES, {"stopped": stopped, "full": held, "window": 4 * batch}).all()
     picked: list[tuple[str, str]] = []
     scopes: dict[tuple[str, str], list[str]] = {}
+    full = [b.name for b in budgets.values() if b.in_flight_full]
+    capped = bool(full) and bool(conn.execute(_WAITING, {"full": full}).scalar())
     for row in rows:
         mine = [budgets[n] for n in row.policies if n in budgets]
         if any(b.starts is not None and b.starts <= 0 for b in mine):
+            capped = True
             continue
         if row.rollout and any(b.rollouts is not None and b.rollouts <= 0 for b in mine):
             continue
@@ -142,7 +155,7 @@ def plan(conn: Connection, names: list[str], batch: int) -> Plan:
         scopes[(row.kind, row.name)] = [b.name for b in mine]
         if len(picked) == batch:
             break
-    return Plan(budgets, picked, scopes)
+    return Plan(budgets, picked, scopes, capped and not (rows and len(picked) == batch))
 
 
 def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:

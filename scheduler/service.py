@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,6 +35,9 @@ class Scheduler:
         self.leading = False
         """True while this is the active scheduler (its metrics then report the fleet's state)."""
         self._woken = threading.Event()
+        self._capped = threading.Event()
+        """The last claim left due resources waiting for a slot of a policy's max_in_flight."""
+        self._tick: Job | None = None
 
     def wake(self, tick: Job) -> None:
         """Claim now: a desired row changed. A wake during a running tick makes that tick go round again."""
@@ -53,6 +56,7 @@ class Scheduler:
                 retry_window_s=self.settings.quick_retry_max_seconds + 5,
                 running_limit_s=self.settings.running_limit_seconds,
                 node_silent_s=self.settings.node_silent_seconds,
+                on_capped=self._capped.set,
             )
             self._send(claims)
             for c in claims:
@@ -64,6 +68,9 @@ class Scheduler:
                     extra={"count": len(claims), "max_lateness_s": max(c.lateness_s for c in claims)},
                 )
             if len(claims) < self.settings.claim_batch_size and not self._woken.is_set():
+                if self._capped.is_set() and self._tick is not None:  # a slot frees when any reconcile finishes
+                    self._capped.clear()
+                    self._tick.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=claim.CAPPED_AGAIN_S))
                 return sent
             self._woken.clear()
 
@@ -112,6 +119,7 @@ class Scheduler:
             id="tick",
             next_run_time=datetime.now(UTC),
         )
+        self._tick = tick
         clock.add_job(
             self._safely(self.keep_house),
             "interval",
