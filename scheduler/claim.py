@@ -1,4 +1,5 @@
-"""Claiming due resources: the database decides what is due and guarantees one pending message per resource."""
+"""Claiming due resources: the database decides what is due, within the policies' limits (scheduler/policies.py),
+and guarantees one pending message per resource."""
 
 from __future__ import annotations
 
