@@ -149,6 +149,9 @@ def test_a_bad_rollout_halts_after_the_first_failure_and_a_fix_and_resume_finish
     wait_for(lambda: all_ready(engine, names, "File", 3), 30, "all ten at the fixed generation")
     assert all((ok / n).read_text() == "v3" for n in names)
     sql(engine, "DELETE FROM policies WHERE name = 'careful'")
+    unknown = setpoint(world["env"], "rollout", "resume", "nope")
+    assert unknown.returncode == 1 and "no policy named 'nope'" in unknown.stderr
+    assert setpoint(world["env"], "get", "policies", "-o", "yaml").returncode == 2
 
 
 def usage(engine: Engine) -> list[policies.Usage]:
