@@ -94,13 +94,15 @@ WITHOUT_HELD = """COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.cond
                               WHERE c->>'type' <> 'Held'), '[]'::jsonb)"""
 
 HOLD_FUNCTION = f"""
-CREATE FUNCTION setpoint_hold(p_holds jsonb) RETURNS integer LANGUAGE plpgsql AS $$
+CREATE FUNCTION setpoint_hold(p_holds jsonb, p_kinds text[], p_names text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
 DECLARE
     marked integer;
 BEGIN
     -- claimed since it was held: its reconcile is on its way, and will say how it went
     UPDATE statuses AS s SET phase = 'Pending', conditions = {WITHOUT_HELD}
-    WHERE s.enqueued_at IS NOT NULL AND s.phase = 'Held';
+    FROM unnest(p_kinds, p_names) AS claimed (kind, name)
+    WHERE s.kind = claimed.kind AND s.name = claimed.name AND s.enqueued_at IS NOT NULL AND s.phase = 'Held';
     WITH holds AS (SELECT * FROM jsonb_to_recordset(p_holds) AS h (name text, reason text, message text)),
     held AS (
         SELECT DISTINCT ON (s.kind, s.name) s.kind, s.name, h.name AS policy, h.reason, h.message
@@ -125,6 +127,7 @@ END $$;
 """
 """What the scheduler writes of a status besides its claim columns, as the function's owner (migration 0019): due new
 generations that a full or halted rollout keeps waiting become Held, with a condition naming the policy and why
-(`p_holds`: [{name, reason, message}]); and a held resource claimed since is Pending again."""
+(`p_holds`: [{name, reason, message}]); and the held resources claimed since (`p_kinds`, `p_names`) are Pending
+again."""
 
-HOLD_SIGNATURE = "setpoint_hold(jsonb)"
+HOLD_SIGNATURE = "setpoint_hold(jsonb, text[], text[])"

@@ -71,7 +71,7 @@ chosen AS (
 )
 UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
 FROM chosen WHERE s.kind = chosen.kind AND s.name = chosen.name
-RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
+RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at, s.phase = 'Held' AS held
 """)
 """The claim while policies exist: the due resources the policies let start (scheduler/policies.py picked them,
 under the policies' row locks), and any whose message was lost."""
@@ -119,7 +119,8 @@ def claim_due(
             plan = policies.plan(conn, found, batch)
             picked = {"kinds": [k for k, _ in plan.picked], "names": [n for _, n in plan.picked]}
             rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
-            policies.record(conn, plan, {(r.kind, r.name) for r in rows})
+            released = [(r.kind, r.name) for r in rows if r.held]
+            policies.record(conn, plan, {(r.kind, r.name) for r in rows}, released)
             if plan.capped and on_capped is not None:
                 on_capped()
     return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]

@@ -73,7 +73,9 @@ SELECT EXISTS (SELECT FROM statuses AS s JOIN policies AS p ON {SCOPE.format(s="
 
 _SPEND = text("UPDATE policies SET tokens = :tokens, refilled_at = now() WHERE name = :name")
 
-_HOLD = text("SELECT setpoint_hold(:holds)").bindparams(bindparam("holds", type_=JSONB))
+_HOLD = text("SELECT setpoint_hold(:holds, CAST(:kinds AS text[]), CAST(:names AS text[]))").bindparams(
+    bindparam("holds", type_=JSONB)
+)
 
 
 @dataclasses.dataclass
@@ -158,9 +160,9 @@ def plan(conn: Connection, names: list[str], batch: int) -> Plan:
     return Plan(budgets, picked, scopes, capped and not (rows and len(picked) == batch))
 
 
-def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:
+def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]], released: list[tuple[str, str]]) -> None:
     """After the claim: take its starts from the token buckets, and mark Held the new generations that a full or
-    halted rollout keeps waiting (those claimed since they were held are Pending again)."""
+    halted rollout keeps waiting; the `released` ones, held until this claim, are Pending again."""
     for key in claimed:
         for name in plan.scopes.get(key, ()):
             plan.budgets[name].spent += 1
@@ -172,7 +174,9 @@ def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:
         for b in plan.budgets.values()
         if b.rollouts is not None and b.rollouts <= 0
     ]
-    conn.execute(_HOLD, {"holds": holds})
+    if holds or released:
+        kinds, names = [k for k, _ in released], [n for _, n in released]
+        conn.execute(_HOLD, {"holds": holds, "kinds": kinds, "names": names})
 
 
 _USAGE = text(f"""
