@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
@@ -49,6 +50,7 @@ class Scheduler:
         sent = 0
         self._woken.clear()
         while True:
+            started_s = time.monotonic()
             claims = claim.claim_due(
                 self.engine,
                 batch=self.settings.claim_batch_size,
@@ -70,7 +72,8 @@ class Scheduler:
             if len(claims) < self.settings.claim_batch_size and not self._woken.is_set():
                 if self._capped.is_set() and self._tick is not None:  # a slot frees when any reconcile finishes
                     self._capped.clear()
-                    self._tick.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=claim.CAPPED_AGAIN_S))
+                    soon_s = claim.again_in_s(time.monotonic() - started_s)
+                    self._tick.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=soon_s))
                 return sent
             self._woken.clear()
 
