@@ -79,7 +79,8 @@ def _excluding(budgets: list[Budget], rollout_only: bool, params: dict[str, Any]
         said += f"""
         AND NOT ((CAST(:k{i} AS text[]) IS NULL OR s.kind = ANY(CAST(:k{i} AS text[])))
                  AND (CAST(:s{i} AS jsonb) IS NULL OR s.labels @> CAST(:s{i} AS jsonb)){
-            f" AND {_ROLLOUT}" if rollout_only else ""})"""
+            f" AND {_ROLLOUT}" if rollout_only else ""
+        })"""
     return said
 
 
@@ -91,6 +92,7 @@ def _candidates(conn: Connection, budgets: dict[str, Budget], window: int) -> li
     statement = text(_CANDIDATES.format(rollout=_ROLLOUT, excluded=excluded, scope=SCOPE.format(s="f")))
     selectors = [bindparam(k, type_=JSONB) for k in params if k.startswith("s")]
     return list(conn.execute(statement.bindparams(*selectors), {**params, "window": window}))
+
 
 _WAITING = text(f"""
 SELECT EXISTS (SELECT FROM statuses AS s JOIN policies AS p ON {SCOPE.format(s="s")}
