@@ -72,15 +72,13 @@ order and only as far as needed (a subquery per row cost about 10 µs, for each 
 
 
 def _excluding(budgets: list[Budget], rollout_only: bool, params: dict[str, Any]) -> str:
-    said = ""
+    said, rollout = "", f" AND {_ROLLOUT}" if rollout_only else ""
     for budget in budgets:
         i = len(params)
         params[f"k{i}"], params[f"s{i}"] = budget.kinds, budget.selector
         said += f"""
         AND NOT ((CAST(:k{i} AS text[]) IS NULL OR s.kind = ANY(CAST(:k{i} AS text[])))
-                 AND (CAST(:s{i} AS jsonb) IS NULL OR s.labels @> CAST(:s{i} AS jsonb)){
-            f" AND {_ROLLOUT}" if rollout_only else ""
-        })"""
+                 AND (CAST(:s{i} AS jsonb) IS NULL OR s.labels @> CAST(:s{i} AS jsonb)){rollout})"""
     return said
 
 
