@@ -259,7 +259,13 @@ class Usage:
 
 
 def usage(conn: Connection) -> list[Usage]:
+    """What each policy holds back now (in the connection's transaction, with JIT off for it: compiling this query
+    took half a second, reading it a millisecond, measured at 100,000 resources)."""
+    conn.execute(_NO_JIT)
     return [Usage(**row) for row in conn.execute(_USAGE).mappings()]
+
+
+_NO_JIT = text("SET LOCAL jit = off")
 
 
 _RESUME = text("UPDATE policies SET resumed_at = now() WHERE name = :name")
