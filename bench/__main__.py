@@ -288,10 +288,20 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _policies(quick: bool) -> int:
+    from bench import policies
+
+    with contextlib.ExitStack() as stack:
+        policies.run(policies.QUICK if quick else policies.FULL, stack, say, RESULTS)
+    print((RESULTS / "policies.md").read_text())
+    return 0
+
+
 PARTS: dict[str, Callable[[bool], int | None]] = {
     "changes": lambda quick: changes.main(),
     "console": lambda quick: console.main(),
     "events": lambda quick: events.main(),
+    "policies": lambda quick: _policies(quick),
     "webhooks": lambda quick: (webhooks.measure(quick, RESULTS), 0)[1],
 }
 """The parts that run alone, each on servers of its own."""

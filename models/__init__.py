@@ -9,6 +9,7 @@ from models.file import File
 from models.http_object import HTTPObject, HTTPObjectLocation
 from models.mysql import MySQLDatabase, MySQLGrant, MySQLUser
 from models.node import Node
+from models.policy import Policy
 from models.postgres import PostgresDatabase, PostgresGrant, PostgresRole
 from models.run import Run
 from models.secret import Secret
@@ -30,6 +31,7 @@ __all__ = [
     "HTTPObjectLocation",
     "Node",
     "PendingEvent",
+    "Policy",
     "PostgresDatabase",
     "PostgresGrant",
     "PostgresRole",

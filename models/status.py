@@ -19,10 +19,16 @@ from sqlmodel import DateTime, Field, SQLModel
 from models.node import node_check
 
 PHASES = (
-    "Pending", "Waiting", "Ready", "Progressing", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown"
+    "Pending", "Waiting", "Ready", "Progressing", "Drifted", "Degraded", "Failed", "Invalid", "Deleting", "Unknown",
+    "Held",
 )  # fmt: skip
-"""`Unknown`: the node the resource lives on has gone silent, so nobody can say how it is (reason NodeLost).
+"""`Held`: a policy's rollout limit keeps its new generation waiting (its Held condition names the policy and why).
+`Unknown`: the node the resource lives on has gone silent, so nobody can say how it is (reason NodeLost).
 `Waiting`: a dependency is missing or not ready, so it observes and reports but does not act."""
+
+
+BUSY = "enqueued_at IS NOT NULL OR NOT ready OR observed_generation IS DISTINCT FROM generation"
+"""A status that is in flight or not ready at its current generation: few of them, in a healthy fleet."""
 
 
 def _timestamp() -> Any:
@@ -44,6 +50,8 @@ class Status(SQLModel, table=True):
         CheckConstraint("phase IN ('" + "', '".join(PHASES) + "')", name="phase_known"),
         node_check("node"),
         Index("ix_statuses_due", "next_reconcile_at", postgresql_where=text("next_reconcile_at IS NOT NULL")),
+        # What policies count at every claim (scheduler/policies.py): in flight, or not ready at its generation.
+        Index("ix_statuses_busy", "kind", postgresql_where=text(BUSY)),
     )
 
     kind: str = Field(primary_key=True, max_length=63)
@@ -85,6 +93,12 @@ class Status(SQLModel, table=True):
     picked_at: datetime | None = _timestamp()
     """When a worker last started reconciling it: a claim never picked up within an interval was lost."""
     claim: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
+    claimed_generation: int | None = None
+    """The generation the last claim was for: once it is the current one, the resource works on it (policies)."""
+    rollout_started_at: datetime | None = _timestamp()
+    """When the claim of its current generation started it (a rollout's failures count from `resumed_at` on)."""
+    labels: dict[str, Any] | None = _json("{}")
+    """The desired row's labels, copied by its trigger, for policies' selectors (models/policy.py)."""
 
     # Set by the delete trigger: the last desired row, kept until teardown succeeds.
     deleted_at: datetime | None = _timestamp()

@@ -159,6 +159,47 @@ END $$;
 into its status row (which its tombstone keeps) and from there into every run: a name deleted and used again
 is another resource, whose status and history start empty."""
 
+LABELS_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION setpoint_track() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.deletion_policy = 'orphan' THEN
+            DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = OLD.name AND uid = OLD.uid;
+        ELSE
+            UPDATE statuses SET deleted_at = now(), last_desired = to_jsonb(OLD), phase = 'Deleting',
+                ready = false, consecutive_failures = 0, next_reconcile_at = now()
+            WHERE kind = TG_ARGV[0] AND name = OLD.name AND uid = OLD.uid;
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.generation = OLD.generation THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF EXISTS (SELECT 1 FROM statuses
+                WHERE kind = TG_ARGV[0] AND name = NEW.name AND deleted_at IS NOT NULL) THEN
+            RAISE EXCEPTION '% % is still being deleted', TG_ARGV[0], NEW.name
+                USING ERRCODE = 'unique_violation',
+                      HINT = 'Insert it again once its teardown has finished (its row is gone from statuses).';
+        END IF;
+        -- A status an earlier life of the name left without a row or tombstone (a TRUNCATE) says nothing of this one.
+        DELETE FROM statuses WHERE kind = TG_ARGV[0] AND name = NEW.name AND uid <> NEW.uid;
+    END IF;
+    -- A new or changed desired state: due now, with a clean slate of failures (it may fix them).
+    INSERT INTO statuses (kind, name, uid, generation, phase, next_reconcile_at, interval_seconds, node, labels)
+    VALUES (TG_ARGV[0], NEW.name, NEW.uid, NEW.generation, 'Pending', now(), NEW.interval_seconds,
+            to_jsonb(NEW) ->> 'node', COALESCE(to_jsonb(NEW) -> 'labels', '{}'))
+    ON CONFLICT (kind, name) DO UPDATE SET
+        generation = EXCLUDED.generation, next_reconcile_at = now(), consecutive_failures = 0,
+        labels = EXCLUDED.labels,
+        interval_seconds = COALESCE(EXCLUDED.interval_seconds, statuses.interval_seconds),
+        node = COALESCE(EXCLUDED.node, statuses.node);  -- a host-local resource stays where it was pinned
+    RETURN NULL;
+END $$;
+"""
+"""Since migration 0019 (policies) setpoint_track also copies the desired row's labels into its status, so the
+scheduler's claim matches policies' selectors on statuses alone, without a join to each kind's table."""
+
 DROP_FUNCTIONS = """
 DROP FUNCTION IF EXISTS setpoint_wake();
 DROP FUNCTION IF EXISTS setpoint_track();

@@ -1,11 +1,15 @@
-"""Claiming due resources: the database decides what is due and guarantees one pending message per resource."""
+"""Claiming due resources: the database decides what is due, within the policies' limits (scheduler/policies.py),
+and guarantees one pending message per resource."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Engine, text
+
+from scheduler import policies
 
 # A claimed resource is marked enqueued. It is claimable again when its reconcile has finished (the
 # worker clears the mark), or when its message was lost (worker host gone, Redis flushed): nobody
@@ -23,25 +27,61 @@ _INTERVAL = "make_interval(secs => COALESCE(interval_seconds, :default_interval)
 _NODE_ALIVE = """(node IS NULL OR EXISTS (
     SELECT 1 FROM nodes AS n
     WHERE n.name = statuses.node AND n.last_seen_at >= now() - make_interval(secs => :node_silent)))"""
-_CLAIM = text(f"""
-WITH due AS (
-    SELECT kind, name FROM statuses
-    WHERE next_reconcile_at <= now()
-      AND (enqueued_at IS NULL
-           OR (COALESCE(picked_at, '-infinity') < enqueued_at AND enqueued_at < now() - {_INTERVAL}
+_LOST = f"""(COALESCE(picked_at, '-infinity') < enqueued_at AND enqueued_at < now() - {_INTERVAL}
                AND {_NODE_ALIVE})
            OR (picked_at >= enqueued_at AND picked_at < now() - GREATEST({_INTERVAL},
                                                                       make_interval(secs => :retry_window))
                AND {_NOT_LOCKED})
-           OR (picked_at >= enqueued_at AND picked_at < now() - make_interval(secs => :running_limit)))
+           OR (picked_at >= enqueued_at AND picked_at < now() - make_interval(secs => :running_limit))"""
+_DUE = f"next_reconcile_at <= now() AND (enqueued_at IS NULL OR {_LOST})"
+# A claim of a new generation starts its rollout (scheduler/policies.py counts what is working on one).
+_STARTED = """claimed_generation = s.generation,
+    rollout_started_at = CASE WHEN s.claimed_generation IS DISTINCT FROM s.generation THEN now()
+                              ELSE s.rollout_started_at END"""
+_CLAIM = text(f"""
+WITH due AS (
+    SELECT kind, name FROM statuses
+    WHERE {_DUE}
     ORDER BY next_reconcile_at
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
 )
-UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1
+UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
 FROM due WHERE s.kind = due.kind AND s.name = due.name
 RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
 """)
+"""The claim while no policy exists: the due index in order, nothing else read."""
+
+CAPPED_AGAIN_S = 0.05
+"""How soon the scheduler claims again while due resources wait for a slot of max_in_flight, at the soonest."""
+
+
+def again_in_s(claim_took_s: float) -> float:
+    """When to claim again while due resources wait for a slot: soon, but never spending more than a fifth of the
+    time claiming (a claim with policies reads every due resource: a backlog makes it slower)."""
+    return max(CAPPED_AGAIN_S, 4 * claim_took_s)
+
+
+_CLAIM_PICKED = text(f"""
+WITH picked AS (
+    SELECT kind, name FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[])) AS picked (kind, name)
+),
+-- a message lost on its way is sent again without asking the policies: it already holds its slot
+lost AS (
+    SELECT kind, name FROM statuses WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST})
+    ORDER BY next_reconcile_at LIMIT :batch
+),
+chosen AS (
+    SELECT kind, name FROM statuses
+    WHERE (kind, name) IN (SELECT kind, name FROM picked UNION ALL SELECT kind, name FROM lost) AND {_DUE}
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
+FROM chosen WHERE s.kind = chosen.kind AND s.name = chosen.name
+RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at, s.phase = 'Held' AS held
+""")
+"""The claim while policies exist: the due resources the policies let start (scheduler/policies.py picked them,
+under the policies' row locks), and any whose message was lost."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +106,11 @@ def claim_due(
     retry_window_s: float,
     running_limit_s: float,
     node_silent_s: float = 60.0,
+    on_capped: Callable[[], None] | None = None,
 ) -> list[Claim]:
-    """Claim up to `batch` due resources in one committed transaction (enqueue only after this returns)."""
+    """Claim up to `batch` due resources in one committed transaction (enqueue only after this returns).
+    `on_capped` is called when a due resource waits for a slot of max_in_flight: the next tick need not wait
+    its full period, since a slot frees whenever a reconcile finishes (workers do not wake the scheduler)."""
     params = {
         "batch": batch,
         "default_interval": default_interval_seconds,
@@ -76,7 +119,17 @@ def claim_due(
         "node_silent": node_silent_s,
     }
     with engine.begin() as conn:
-        rows = conn.execute(_CLAIM, params).all()
+        found = policies.lock(conn)
+        if not found:
+            rows = conn.execute(_CLAIM, params).all()
+        else:
+            plan = policies.plan(conn, found, batch)
+            picked = {"kinds": [k for k, _ in plan.picked], "names": [n for _, n in plan.picked]}
+            rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
+            released = [(r.kind, r.name) for r in rows if r.held]
+            policies.record(conn, plan, {(r.kind, r.name) for r in rows}, released)
+            if plan.capped and on_capped is not None:
+                on_capped()
     return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]
 
 

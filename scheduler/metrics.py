@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
+from scheduler import policies
 from setpoint.settings import Settings
 from worker import metrics
 from worker.celery_app import queue_for
@@ -72,6 +73,7 @@ class Reading:
     kinds: dict[str, dict[str, int]]
     depths: dict[str, int]
     at_s: float
+    policies: tuple[policies.Usage, ...] = ()
 
 
 class FleetCollector(Collector):
@@ -110,10 +112,10 @@ class FleetCollector(Collector):
             return
         self.refreshes += 1
         try:
-            rows = self._read_statuses()
+            rows, limits = self._read_statuses()
             nodes = {row["node"] for row in rows if row["node"]}
             queues = [self.settings.queue, *sorted(queue_for(node, self.settings) for node in nodes)]
-            self._reading = Reading(_by_kind(rows), self._depths(queues), self.clock())
+            self._reading = Reading(_by_kind(rows), self._depths(queues), self.clock(), limits)
         except Exception as error:
             if not self._failing:
                 log.warning(
@@ -141,11 +143,11 @@ class FleetCollector(Collector):
             if stop.wait(min(every_s, LEADERSHIP_CHECK_S)):
                 return
 
-    def _read_statuses(self) -> list[dict[str, Any]]:
+    def _read_statuses(self) -> tuple[list[dict[str, Any]], tuple[policies.Usage, ...]]:
         with self.engine.begin() as conn:
             conn.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
             conn.execute(text(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}"))
-            return [dict(row) for row in conn.execute(_STATE).mappings()]
+            return [dict(row) for row in conn.execute(_STATE).mappings()], tuple(policies.usage(conn))
 
     def _depths(self, queues: list[str]) -> dict[str, int]:
         with self.broker.pipeline(transaction=False) as pipe:
@@ -192,14 +194,27 @@ class FleetCollector(Collector):
             "Queue depth: messages waiting in a Celery queue (Redis LLEN), not counting those workers hold.",
             labels=["queue"],
         )
+        held = GaugeMetricFamily(
+            "setpoint_policy_held_resources",
+            "Resources a policy holds back now: `limit` due but waiting for max_in_flight or max_per_minute, "
+            "`rollout` in phase Held (max_unready, or a rollout max_failures halted).",
+            labels=["policy", "by"],
+        )
+        halted = GaugeMetricFamily(
+            "setpoint_policy_halted", "1 while max_failures has halted the policy's rollout.", labels=["policy"]
+        )
         if reading is not None:
             age.add_metric([], max(0.0, self.clock() - reading.at_s))
+            for policy in reading.policies:
+                held.add_metric([policy.name, "limit"], policy.waiting)
+                held.add_metric([policy.name, "rollout"], policy.held)
+                halted.add_metric([policy.name], 1 if policy.halted else 0)
             for kind, counts in sorted(reading.kinds.items()):
                 for field, gauge in gauges.items():
                     gauge.add_metric([kind], counts[field])
             for name, depth in reading.depths.items():
                 queue.add_metric([name], depth)
-        return [leader, refreshes, age, *gauges.values(), queue]
+        return [leader, refreshes, age, *gauges.values(), queue, held, halted]
 
 
 def _by_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

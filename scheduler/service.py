@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,6 +38,9 @@ class Scheduler:
         self._woken = threading.Event()
         self._changes_pruned_after = 0
         """The newest change at the last prune: only resources changed since can have more than they keep."""
+        self._capped = threading.Event()
+        """The last claim left due resources waiting for a slot of a policy's max_in_flight."""
+        self._tick: Job | None = None
 
     def wake(self, tick: Job) -> None:
         """Claim now: a desired row changed. A wake during a running tick makes that tick go round again."""
@@ -48,6 +52,7 @@ class Scheduler:
         sent = 0
         self._woken.clear()
         while True:
+            started_s = time.monotonic()
             claims = claim.claim_due(
                 self.engine,
                 batch=self.settings.claim_batch_size,
@@ -55,6 +60,7 @@ class Scheduler:
                 retry_window_s=self.settings.quick_retry_max_seconds + 5,
                 running_limit_s=self.settings.running_limit_seconds,
                 node_silent_s=self.settings.node_silent_seconds,
+                on_capped=self._capped.set,
             )
             self._send(claims)
             for c in claims:
@@ -66,6 +72,10 @@ class Scheduler:
                     extra={"count": len(claims), "max_lateness_s": max(c.lateness_s for c in claims)},
                 )
             if len(claims) < self.settings.claim_batch_size and not self._woken.is_set():
+                if self._capped.is_set() and self._tick is not None:  # a slot frees when any reconcile finishes
+                    self._capped.clear()
+                    soon_s = claim.again_in_s(time.monotonic() - started_s)
+                    self._tick.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=soon_s))
                 return sent
             self._woken.clear()
 
@@ -123,6 +133,7 @@ class Scheduler:
             id="tick",
             next_run_time=datetime.now(UTC),
         )
+        self._tick = tick
         clock.add_job(
             self._safely(self.keep_house),
             "interval",

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from setpoint import commands, errors, events_cli, history_cli, secrets_cli, stack, urls
+from setpoint import commands, errors, events_cli, history_cli, policies_cli, secrets_cli, stack, urls
 from setpoint import settings as config
 from setpoint import up as up_command
 
@@ -123,6 +123,7 @@ commands.register(app)
 history_cli.register(app)
 app.command("events")(events_cli.events_command)
 app.add_typer(secrets_cli.app, name="secret")
+app.add_typer(policies_cli.app, name="rollout")
 
 if __name__ == "__main__":
     app()

@@ -158,7 +158,12 @@ def get(
     ] = False,
 ) -> None:
     """List resources with their status, or show one; -o json|yaml prints {kind, name, spec, status}; -w then
-    prints a row each time an event of theirs happens (Ctrl-C ends it), as `kubectl get -w` does."""
+    prints a row each time an event of theirs happens (Ctrl-C ends it), as `kubectl get -w` does.
+    `setpoint get policies` lists the policies, their limits and what they hold back."""
+    if kind.lower() in ("policies", "policy") and name is None:
+        from setpoint import policies_cli
+
+        return policies_cli.show(output)
     from resources import events
 
     with failures():
