@@ -131,3 +131,27 @@ generations that a full or halted rollout keeps waiting become Held, with a cond
 again."""
 
 HOLD_SIGNATURE = "setpoint_hold(jsonb, text[], text[])"
+
+MAX_BACK_OFF_SECONDS = 3600
+BACK_OFF_FUNCTION = f"""
+CREATE FUNCTION setpoint_back_off(p_kind text, p_name text, p_seconds double precision) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    marked integer;
+BEGIN
+    UPDATE policies AS p
+    SET backoff_until = GREATEST(p.backoff_until,
+                                 now() + make_interval(secs => LEAST(GREATEST(p_seconds, 0), {MAX_BACK_OFF_SECONDS})))
+    FROM statuses AS s
+    WHERE s.kind = p_kind AND s.name = p_name
+      AND (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector);
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
+END $$;
+"""
+"""What a worker writes of policies, as the function's owner: a target answered "too many requests, come back in N
+seconds" (a 429 or 503 with Retry-After, TransientError.retry_after_s) for one resource, so every policy whose scope
+holds it starts nothing more of that scope until then (at most an hour), not just that resource's next attempt.
+Returns how many policies it marked."""
+
+BACK_OFF_SIGNATURE = "setpoint_back_off(text, text, double precision)"

@@ -452,3 +452,38 @@ def test_a_url_that_is_not_http_is_refused_naming_the_field(
     _insert(engine, unique, {}, url="http://")  # a scheme without a host: the controller says so
     wait_for(lambda: (status(engine, unique, KIND) or {}).get("phase") == "Invalid", 20, "invalid")
     assert _said(engine, unique).startswith("url: must be an http:// or https:// URL with a host")
+
+
+def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_else(
+    stack: dict[str, str], engine: Engine, unique: str, api: FakeApi, forgotten: None
+) -> None:
+    """A rate limit is the API's, not one object's: its siblings in a policy's scope wait too (issue 16)."""
+    labels = json.dumps({"api": unique})
+    sql(
+        engine,
+        "INSERT INTO policies (name, kinds, selector, max_in_flight) "
+        "VALUES (:n, '{HTTPObject}', CAST(:s AS jsonb), 10)",
+        n=unique,
+        s=labels,
+    )
+    try:
+        first, sibling, outsider = f"{unique}-a", f"{unique}-b", f"{unique}-c"
+        api.script("GET", f"/items/{first}", *[(429, {"Retry-After": "30"}, "slow down")] * 3)
+        _insert(engine, first, {"n": 1}, url=api.url(f"/items/{first}"), labels=labels)
+
+        def backing_off_s() -> float:
+            with engine.connect() as conn:
+                query = "SELECT extract(epoch FROM backoff_until - now()) FROM policies WHERE name = :n"
+                left = conn.execute(text(query), {"n": unique}).scalar()
+            return float(left or 0)
+
+        wait_for(lambda: backing_off_s() > 20, 15, "the policy backing off after the 429")
+        assert backing_off_s() <= 30
+        _insert(engine, sibling, {"n": 2}, url=api.url(f"/items/{sibling}"), labels=labels)
+        _insert(engine, outsider, {"n": 3}, url=api.url(f"/items/{outsider}"))
+        wait_for(lambda: ready_at(engine, outsider, 1, KIND), 20, "the resource outside the scope reconciled")
+        assert api.seen(f"/items/{sibling}") == [] and runs(engine, sibling, KIND) == []
+        sql(engine, "UPDATE policies SET backoff_until = NULL WHERE name = :n", n=unique)  # the admin's lever
+        wait_for(lambda: ready_at(engine, sibling, 1, KIND), 20, "the sibling reconciled once the scope is free")
+    finally:
+        sql(engine, "DELETE FROM policies WHERE name = :n", n=unique)

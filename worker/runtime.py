@@ -251,6 +251,8 @@ def _run(
         )
     if controller.host_local and status.get("node") is None:
         store.pin(conn, request.kind, request.name, settings.node_name)
+    if result.retry_after_s is not None:
+        store.back_off(conn, request.kind, request.name, result.retry_after_s)
     store.finish(conn, request.kind, request.name, request.claim, update, run, deleting=deleting)
     metrics.RECONCILE_DURATION.labels(kind=request.kind).observe(run.duration_ms / 1000)
     # Our own line for a no-op, every interval for every resource, is noise at INFO (Kubernetes controllers log

@@ -188,6 +188,14 @@ def finish(
     conn.execute(statement, params)
 
 
+def back_off(conn: Connection, kind: str, name: str, seconds: float) -> None:
+    """A target asked this resource to come back in `seconds` (a rate limit): every policy whose scope holds it backs
+    off as a whole until then (models/policy.py), so its siblings do not hit the same limit one by one."""
+    conn.execute(
+        text("SELECT setpoint_back_off(:kind, :name, :seconds)"), {"kind": kind, "name": name, "seconds": seconds}
+    )
+
+
 def forget(conn: Connection, kind: str, name: str) -> None:
     """Drop a status row that has neither a desired row nor a tombstone behind it (the function checks both)."""
     conn.execute(text("SELECT setpoint_forget_orphan(:kind, :name)"), {"kind": kind, "name": name})

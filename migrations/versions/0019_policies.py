@@ -103,10 +103,12 @@ def upgrade() -> None:
     op.execute(GRANTS)
     op.execute(policy.HOLD_FUNCTION)
     op.execute(triggers.as_owner((policy.HOLD_SIGNATURE,), "setpoint_scheduler"))
+    op.execute(policy.BACK_OFF_FUNCTION)
+    op.execute(triggers.as_owner((policy.BACK_OFF_SIGNATURE,), "setpoint_worker"))
 
 
 def downgrade() -> None:
-    op.execute(triggers.drop_functions((policy.HOLD_SIGNATURE,)))
+    op.execute(triggers.drop_functions((policy.HOLD_SIGNATURE, policy.BACK_OFF_SIGNATURE)))
     op.execute(REVOKE)
     op.execute(triggers.IDENTITY_FUNCTIONS)
     op.execute(triggers.TRACK_AS_OWNER)
