@@ -144,14 +144,18 @@ BEGIN
                                  now() + make_interval(secs => LEAST(GREATEST(p_seconds, 0), {MAX_BACK_OFF_SECONDS})))
     FROM statuses AS s
     WHERE s.kind = p_kind AND s.name = p_name
-      AND (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector);
+      AND (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector)
+      -- a rate policy narrowed to some kinds or labels: the model of one target's limit, not the whole fleet's
+      AND p.max_per_minute IS NOT NULL AND (p.kinds IS NOT NULL OR p.selector IS NOT NULL);
     GET DIAGNOSTICS marked = ROW_COUNT;
     RETURN marked;
 END $$;
 """
 """What a worker writes of policies, as the function's owner: a target answered "too many requests, come back in N
-seconds" (a 429 or 503 with Retry-After, TransientError.retry_after_s) for one resource, so every policy whose scope
-holds it starts nothing more of that scope until then (at most an hour), not just that resource's next attempt.
+seconds" (a 429 or 503 with Retry-After, TransientError.retry_after_s) for one resource, so every rate policy
+(max_per_minute) narrowed by kinds or a selector whose scope holds it starts nothing more of that scope until then (at
+most an hour), not just that resource's next attempt. A policy over the whole fleet, or without a rate, never backs
+off: one API's limit must not stop every other kind.
 Returns how many policies it marked."""
 
 BACK_OFF_SIGNATURE = "setpoint_back_off(text, text, double precision)"

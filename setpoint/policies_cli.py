@@ -5,6 +5,7 @@ halted rollout. Exit codes as the other commands: 0 success, 1 failure (not foun
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -35,7 +36,8 @@ def _limits(policy: policies.Usage) -> str:
 def _state(policy: policies.Usage) -> str:
     if policy.halted:
         return "halted: " + ", ".join(policy.failed)
-    return "backing off" if policy.backoff_until is not None and policy.tokens == 0 else "running"
+    backing_off = policy.backoff_until is not None and policy.backoff_until > datetime.now(UTC)
+    return f"backing off until {policy.backoff_until:%H:%M:%S}" if backing_off else "running"
 
 
 def show(output: str = "table") -> None:

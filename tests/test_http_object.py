@@ -461,8 +461,17 @@ def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_e
     labels = json.dumps({"api": unique})
     sql(
         engine,
-        "INSERT INTO policies (name, kinds, selector, max_in_flight) "
-        "VALUES (:n, '{HTTPObject}', CAST(:s AS jsonb), 10)",
+        "INSERT INTO policies (name, kinds, selector, max_per_minute, burst) "
+        "VALUES (:n, '{HTTPObject}', CAST(:s AS jsonb), 6000, 100), "
+        # neither a policy over the whole fleet nor one without a rate backs off: they are not one API's limit
+        "       (:n || '-fleet', NULL, NULL, 60000, 1000)",
+        n=unique,
+        s=labels,
+    )
+    sql(
+        engine,
+        "INSERT INTO policies (name, kinds, selector, max_in_flight) VALUES (:n || '-cap', '{HTTPObject}', "
+        "CAST(:s AS jsonb), 100)",
         n=unique,
         s=labels,
     )
@@ -479,6 +488,12 @@ def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_e
 
         wait_for(lambda: backing_off_s() > 20, 15, "the policy backing off after the 429")
         assert backing_off_s() <= 30
+        with engine.connect() as conn:
+            others = conn.execute(
+                text("SELECT count(*) FROM policies WHERE name LIKE :n || '-%' AND backoff_until IS NOT NULL"),
+                {"n": unique},
+            ).scalar()
+        assert others == 0
         _insert(engine, sibling, {"n": 2}, url=api.url(f"/items/{sibling}"), labels=labels)
         _insert(engine, outsider, {"n": 3}, url=api.url(f"/items/{outsider}"))
         wait_for(lambda: ready_at(engine, outsider, 1, KIND), 20, "the resource outside the scope reconciled")
@@ -486,4 +501,4 @@ def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_e
         sql(engine, "UPDATE policies SET backoff_until = NULL WHERE name = :n", n=unique)  # the admin's lever
         wait_for(lambda: ready_at(engine, sibling, 1, KIND), 20, "the sibling reconciled once the scope is free")
     finally:
-        sql(engine, "DELETE FROM policies WHERE name = :n", n=unique)
+        sql(engine, "DELETE FROM policies WHERE name = :n OR name LIKE :n || '-%'", n=unique)
