@@ -27,8 +27,8 @@ log = logging.getLogger("setpoint.events")
 TYPES = {
     "Ready": "became ready, or ready at a new generation",
     "NotReady": "was ready and is no longer (health failing, a rollout under way)",
-    "DriftCorrected": "something outside changed it, and it was put back (details.drift says what differed)",
-    "Drifted": "paused, and the real thing differs from the desired state (details.drift)",
+    "DriftCorrected": "something outside changed it, and it was put back (details.drift: what was done)",
+    "Drifted": "paused, and the real thing differs (details.drift: what would be done)",
     "Failed": "a reconcile or teardown failed (once per failure, not per retry)",
     "Invalid": "the desired state cannot be applied as written",
     "Recovered": "was Failed or Invalid and reconciles again",
