@@ -73,7 +73,11 @@ class Rolled(BaseModel):
     previous: int = Field(description="The generation before the rollback.")
     generation: int = Field(description="The generation written (the previous one if nothing changed).")
     changed: bool
-    fields: list[str]
+    fields: list[str] = Field(description="The desired columns it restored.")
+    kept: list[str] = Field(
+        description="Columns that differ from that generation but that a rollback leaves as they are: paused, "
+        "owned_by, deletion_policy."
+    )
 
 
 def router(kind: Kind, engine: Engine) -> APIRouter:
@@ -113,6 +117,6 @@ def router(kind: Kind, engine: Engine) -> APIRouter:
             engine, kind, name, body.generation, if_generation=preconditions.generations(if_match)
         )
         response.headers["ETag"] = f'"{rolled.generation}"'
-        return {**rolled.__dict__, "fields": list(rolled.fields), "changed": rolled.changed}
+        return {**rolled.__dict__, "fields": list(rolled.fields), "kept": list(rolled.kept), "changed": rolled.changed}
 
     return api

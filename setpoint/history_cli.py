@@ -76,17 +76,19 @@ def rollback(
     reason: Reason = None,
 ) -> None:
     """Write an earlier generation's desired columns as a new generation (history is never rewritten); the
-    controller then makes the real thing follow. Name, uid and node stay as they are."""
+    controller then makes the real thing follow. Name, uid and node stay as they are, and so do paused, owned_by
+    and deletion_policy (how it is operated, not what it is)."""
     with failures(), acting_as_user(reason):
         found = kinds.resolve(kind)
         rolled = history.rollback(_engine(), found, name, to_generation)
         label = f"{found.name.lower()}/{name}"
+        kept = f"; left as they are: {', '.join(rolled.kept)}" if rolled.kept else ""
         if not rolled.changed:
-            out.print(f"{label} already has generation {to_generation}'s desired state: nothing written")
+            out.print(f"{label} already has generation {to_generation}'s desired state: nothing written{kept}")
             return
         out.print(
             f"{label} rolled back to generation {to_generation} as generation {rolled.generation} "
-            f"({', '.join(rolled.fields)})"
+            f"(restored: {', '.join(rolled.fields)}{kept})"
         )
 
 

@@ -163,7 +163,7 @@ def test_api_rollback_writes_a_new_generation_or_names_what_is_wrong(
     client: TestClient, engine: Engine, unique: str
 ) -> None:
     unwatched(engine, INSERT, unique)
-    sql(engine, "UPDATE files SET content = 'two', paused = true WHERE name = :n", n=unique)
+    sql(engine, "UPDATE files SET content = 'two', paused = true, owned_by = 'App/x' WHERE name = :n", n=unique)
 
     assert (
         client.post(f"/v1/files/{unique}/rollback", json={"generation": 1}, headers={"If-Match": '"1"'}).status_code
@@ -173,12 +173,12 @@ def test_api_rollback_writes_a_new_generation_or_names_what_is_wrong(
     assert rolled.status_code == 200, rolled.text
     assert rolled.json() == {
         "kind": "File", "name": unique, "to_generation": 1, "previous": 2, "generation": 3, "changed": True,
-        "fields": ["content", "paused"],
+        "fields": ["content"], "kept": ["owned_by", "paused"],
     }  # fmt: skip
     assert rolled.headers["ETag"] == '"3"'
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT content, paused FROM files WHERE name = :n"), {"n": unique}).one()
-    assert tuple(row) == ("one", False)
+        row = conn.execute(text("SELECT content, paused, owned_by FROM files WHERE name = :n"), {"n": unique}).one()
+    assert tuple(row) == ("one", True, "App/x"), "still paused and owned: a rollback restores what it is, not how"
     newest = changes(engine, unique)[-1]
     assert newest["actor"] == "api:token" and newest["reason"] == "rollback to generation 1"
 

@@ -60,7 +60,9 @@ def test_a_cli_change_shows_the_user_and_the_reason(stack: dict, unique: str, tm
         (1, actor, "first cut"),
     ]
     table = setpoint(stack, "history", "file", unique).stdout
-    assert actor in table and "first cut" in table and "paused" in table
+    assert "first cut" in table and "paused" in table
+    # the actor is what the writer says; what the database vouches for is beside it, always
+    assert f"{actor} (postgres from 127.0.0.1)" in table.splitlines()[1], table
 
 
 def test_rollback_restores_an_earlier_generation_and_the_file_follows(
@@ -79,7 +81,7 @@ def test_rollback_restores_an_earlier_generation_and_the_file_follows(
 
     rolled = setpoint(stack, "rollback", "file", unique, "--to-generation", "1", "--reason", "bad deploy")
     assert rolled.returncode == 0, rolled.stderr
-    assert "as generation 3" in rolled.stdout
+    assert "as generation 3 (restored: content, mode)" in rolled.stdout
     wait_for(lambda: ready_at(engine, unique, 3), 30, "the rolled-back generation applied")
     assert target.read_text() == "good\n" and oct(target.stat().st_mode & 0o777) == "0o644"
 
