@@ -11,11 +11,11 @@ last id. Without an id a stream starts from now.
 # No `from __future__ import annotations`: FastAPI reads the query parameters from the endpoint's annotations.
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import threading
+import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -43,6 +43,19 @@ DESCRIPTION = (
 )
 
 
+class Slot:
+    """A stream's place among the hub's events_max_clients, given back once (when the stream ends, or when its
+    body is dropped unstarted: a client gone before the first byte)."""
+
+    def __init__(self, hub: "Hub") -> None:
+        self._hub: Hub | None = hub
+
+    def release(self) -> None:
+        if self._hub is not None:
+            self._hub._give_back()
+            self._hub = None
+
+
 @dataclasses.dataclass(eq=False)
 class Subscriber:
     wanted: events.Filter
@@ -63,9 +76,17 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def full(self) -> bool:
-        return self._streams >= self._settings.events_max_clients
+    def take_slot(self) -> Slot | None:
+        """One of the events_max_clients stream slots, or None if all are taken. Taken on the event loop before the
+        response is returned (check and count in one step, no await between), so a burst of connections cannot
+        all pass the check before any of them counts."""
+        if self._streams >= self._settings.events_max_clients:
+            return None
+        self._streams += 1
+        return Slot(self)
+
+    def _give_back(self) -> None:
+        self._streams -= 1
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -106,14 +127,6 @@ class Hub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
-    @contextlib.contextmanager
-    def stream_slot(self) -> Any:
-        self._streams += 1
-        try:
-            yield
-        finally:
-            self._streams -= 1
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -124,8 +137,10 @@ def _frame(event: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(event), event=event["type"], id=str(event["id"]))
 
 
-async def _stream(hub: Hub, engine: Engine, after: int | None, wanted: events.Filter, heartbeat_s: float) -> Any:
-    with hub.stream_slot():
+async def _stream(
+    hub: Hub, slot: Slot, engine: Engine, after: int | None, wanted: events.Filter, heartbeat_s: float
+) -> Any:
+    try:
         cursor = after if after is not None else await run_in_threadpool(events.head, engine)
         yield OPENED
         # What it missed, page by page from the database (nothing buffered), then subscribe and read the gap:
@@ -157,6 +172,8 @@ async def _stream(hub: Hub, engine: Engine, after: int | None, wanted: events.Fi
         finally:
             if subscriber is not None:
                 hub.unsubscribe(subscriber)
+    finally:
+        slot.release()
 
 
 def _cursor(header: str | None, after: int | None) -> int | None | JSONResponse:
@@ -222,13 +239,15 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
                 newest = await run_in_threadpool(events.head, engine)  # publishes what waits first
                 found = await run_in_threadpool(events.page, engine, cursor, wanted, limit, newest)
             return JSONResponse(found)
-        if hub.full:
+        slot = hub.take_slot()
+        if slot is None:
             return JSONResponse(
                 {"detail": f"too many event streams open (at most {settings.events_max_clients}); try again later"},
                 status_code=503,
                 headers={"Retry-After": "5"},
             )
-        body = _stream(hub, engine, cursor, wanted, settings.events_heartbeat_seconds)
+        body = _stream(hub, slot, engine, cursor, wanted, settings.events_heartbeat_seconds)
+        weakref.finalize(body, slot.release)
         # No proxy buffering (nginx), no caching: each event is sent as it comes.
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return EventSourceResponse(body, headers=headers)

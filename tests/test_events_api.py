@@ -232,6 +232,32 @@ def test_streams_beyond_the_limit_are_503(base: str, unique: str) -> None:
     wait_for(lambda: _opens(base), 10, "a stream open again")
 
 
+def test_a_burst_of_connections_gets_no_more_streams_than_the_limit(base: str, unique: str) -> None:
+    """12 clients connecting at once to a server allowing 3: at most 3 streams, the others 503 (the slot is taken
+    before the answer is sent, not when its body starts)."""
+    port = int(base.rsplit(":", 1)[1])
+    request = f"GET /v1/events?name={unique} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(12)]
+    try:
+        for client in clients:  # every request on the wire before the server answers any
+            client.sendall(request)
+        statuses = sorted(int(_status_line(client).split()[1]) for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+    assert statuses == [200] * 3 + [503] * 9, statuses
+    wait_for(lambda: _opens(base), 10, "a stream open again once they are gone")
+
+
+def _status_line(client: socket.socket) -> bytes:
+    received = b""
+    while b"\r\n" not in received:
+        chunk = client.recv(4096)
+        assert chunk, "the server closed the connection without an answer"
+        received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
 def _opens(base: str) -> bool:
     with httpx.stream("GET", f"{base}/v1/events", headers=AUTH, timeout=5) as response:
         return response.status_code == 200
