@@ -38,6 +38,8 @@ OPENED = b": listening\n\n"
 DESCRIPTION = (
     "Events are transitions a person would want to know about, one per transition, never one per reconcile. "
     "A stream resumes after `Last-Event-ID` (or `after`), missing nothing; without one it starts from now. "
+    "An id it cannot resume after (events after it pruned, or never given: a restored database) is 410 Gone: "
+    "read the current state, then start again without one. "
     "Idle streams get a comment every SETPOINT_EVENTS_HEARTBEAT_SECONDS. Types: "
     + "; ".join(f"`{name}` {meaning}" for name, meaning in events.TYPES.items())
 )
@@ -188,6 +190,18 @@ def _cursor(header: str | None, after: int | None) -> int | None | JSONResponse:
     return value
 
 
+def _gone(where: str, why: str) -> JSONResponse:
+    """410 Gone, as Kubernetes answers a watch whose resourceVersion is too old: the client restarts from now."""
+    return JSONResponse(
+        {
+            "detail": f"{where}: cannot resume there, {why}. Start again from now: read the current state "
+            f"(GET /v1/{{plural}}), then reconnect without Last-Event-ID or after.",
+            "loc": ["header", "Last-Event-ID"] if where == "Last-Event-ID" else ["query", "after"],
+        },
+        status_code=410,
+    )
+
+
 def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
     hub = Hub(settings.database_url, engine, settings)
     routes = APIRouter(tags=["events"])
@@ -201,6 +215,11 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
                 "content": {"text/event-stream": {}, "application/json": {}},
                 "description": "Server-sent events (`id:` the event id, `event:` its type, `data:` the event as JSON), "
                 "or with `Accept: application/json` or `stream=false` a JSON list of events, oldest first.",
+            },
+            410: {
+                "description": "Cannot resume after that Last-Event-ID (or `after`): events after it were pruned, "
+                "or it was never given (a restored database). Read the current state, then start from now "
+                "(no id). A browser's EventSource closes on it (its `onerror`, readyState CLOSED): open a new one."
             },
             503: {"description": "Too many streams open (SETPOINT_EVENTS_MAX_CLIENTS)."},
         },
@@ -231,6 +250,8 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
         cursor = _cursor(last_event_id, after)
         if isinstance(cursor, JSONResponse):
             return cursor
+        if cursor is not None and (why := await run_in_threadpool(events.gone, engine, cursor)) is not None:
+            return _gone("Last-Event-ID" if last_event_id and last_event_id.strip() else "after", why)
         accept = request.headers.get("accept", "")
         if not stream or ("application/json" in accept and "text/event-stream" not in accept):
             if cursor is None:

@@ -119,6 +119,29 @@ def head(engine: Engine) -> int:
         return int(conn.execute(text("SELECT COALESCE(max(id), 0) FROM events")).scalar() or 0)
 
 
+_BOUNDS = text("""
+SELECT (SELECT min(id) FROM events WHERE id > :after) AS next,
+       (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_id_seq) AS given
+""")
+
+
+def gone(engine: Engine, after: int) -> str | None:
+    """Why a reader cannot resume after event `after` without missing some, or None if it can: the event after it
+    has been pruned (ids are handed out one after another, so a hole is a loss), or no event that high was ever
+    numbered (the database was restored from a backup, or made anew: it would wait in silence for ids that may
+    never come). Either way it must start again from now, after reading the current state (Kubernetes' 410 Gone)."""
+    with engine.begin() as conn:
+        publish(conn)  # and hold the publishers' lock to the end: no id is being handed out while we look
+        bounds = conn.execute(_BOUNDS, {"after": after}).one()
+    given = int(bounds.given)
+    if after > given:
+        return f"no event {after} was ever numbered here (the newest is {given}): the database was restored or reset"
+    following = int(bounds.next) if bounds.next is not None else given + 1
+    if after < given and following > after + 1:
+        return f"the events after {after} up to {following - 1} are gone (pruned)"
+    return None
+
+
 def page(
     engine: Engine, after: int, wanted: Filter = EVERYTHING, limit: int = PAGE, upto: int | None = None
 ) -> list[dict[str, Any]]:
