@@ -19,6 +19,7 @@ from rich.table import Table
 from resources import history, kinds
 from setpoint import errors
 from setpoint.commands import KindArg, NameArg, Output, Reason, _engine, acting_as_user, err, failures, out
+from setpoint.events_cli import printable
 
 Limit = Annotated[int, typer.Option("--limit", min=1, max=history.MAX_PAGE, help="At most this many, newest first.")]
 
@@ -44,9 +45,9 @@ def history_command(kind: KindArg, name: NameArg, output: Output = "table", limi
                 str(entry.generation) if entry.generation is not None else "-",
                 entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                 entry.operation,
-                escape(entry.who),
-                escape(entry.reason or ""),
-                escape(", ".join(sorted(entry.changed))),
+                escape(printable(entry.who)),
+                escape(printable(entry.reason)),
+                escape(printable(", ".join(sorted(entry.changed)))),
             )
         out.print(table)
 
@@ -66,7 +67,7 @@ def diff(
             out.print(f"{found.name.lower()}/{name}: no difference in desired state")
         for field in fields:
             for line in field.lines():
-                out.print(escape(line), highlight=False)
+                out.print(escape(printable(line)), highlight=False)
 
 
 def rollback(

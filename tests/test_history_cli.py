@@ -109,3 +109,17 @@ def test_rollback_to_a_generation_not_in_history_exits_2_naming_it(stack: dict, 
     missing = setpoint(stack, "rollback", "file", f"{unique}-nope", "--to-generation", "1")
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert setpoint(stack, "diff", "file", unique, "--from", "7").returncode == 2
+
+
+def test_diff_prints_no_terminal_control_sequence_from_the_content(stack: dict, engine: Engine, unique: str) -> None:
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content) VALUES (:n, :p, 'one\ntwo\n')",
+        n=unique,
+        p=f"/nonexistent/h/{unique}",
+    )
+    sql(engine, "UPDATE files SET content = :c WHERE name = :n", n=unique, c="one\n\x1b[2J\x1b]0;owned\x07two\r\n")
+    shown = setpoint(stack, "diff", "file", unique, "--from", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "+[2J]0;ownedtwo" in shown.stdout and "-two" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\r"), repr(shown.stdout)
