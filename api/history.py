@@ -47,7 +47,10 @@ class Entry(BaseModel):
     uid: str | None
     generation: int | None
     operation: str = Field(description="insert, update or delete.")
-    changed: dict[str, Any] = Field(description='{column: {"old": …, "new": …}} for each column that changed.')
+    changed: dict[str, Any] = Field(
+        description='{column: {"old": …, "new": …}} for each column that changed; a value longer than 2 KiB as '
+        '{"digest": "sha256:<hex>", "bytes": n} (`desired` has it whole).'
+    )
     desired: dict[str, Any] | None = Field(description="The desired row after the change (before it, for a delete).")
     db_user: str
     application_name: str | None
