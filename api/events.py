@@ -11,11 +11,11 @@ last id. Without an id a stream starts from now.
 # No `from __future__ import annotations`: FastAPI reads the query parameters from the endpoint's annotations.
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import threading
+import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -38,9 +38,24 @@ OPENED = b": listening\n\n"
 DESCRIPTION = (
     "Events are transitions a person would want to know about, one per transition, never one per reconcile. "
     "A stream resumes after `Last-Event-ID` (or `after`), missing nothing; without one it starts from now. "
+    "An id it cannot resume after (events after it pruned, or never given: a restored database) is 410 Gone: "
+    "read the current state, then start again without one. "
     "Idle streams get a comment every SETPOINT_EVENTS_HEARTBEAT_SECONDS. Types: "
     + "; ".join(f"`{name}` {meaning}" for name, meaning in events.TYPES.items())
 )
+
+
+class Slot:
+    """A stream's place among the hub's events_max_clients, given back once (when the stream ends, or when its
+    body is dropped unstarted: a client gone before the first byte)."""
+
+    def __init__(self, hub: "Hub") -> None:
+        self._hub: Hub | None = hub
+
+    def release(self) -> None:
+        if self._hub is not None:
+            self._hub._give_back()
+            self._hub = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,9 +78,17 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def full(self) -> bool:
-        return self._streams >= self._settings.events_max_clients
+    def take_slot(self) -> Slot | None:
+        """One of the events_max_clients stream slots, or None if all are taken. Taken on the event loop before the
+        response is returned (check and count in one step, no await between), so a burst of connections cannot
+        all pass the check before any of them counts."""
+        if self._streams >= self._settings.events_max_clients:
+            return None
+        self._streams += 1
+        return Slot(self)
+
+    def _give_back(self) -> None:
+        self._streams -= 1
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -106,14 +129,6 @@ class Hub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
-    @contextlib.contextmanager
-    def stream_slot(self) -> Any:
-        self._streams += 1
-        try:
-            yield
-        finally:
-            self._streams -= 1
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -124,8 +139,10 @@ def _frame(event: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(event), event=event["type"], id=str(event["id"]))
 
 
-async def _stream(hub: Hub, engine: Engine, after: int | None, wanted: events.Filter, heartbeat_s: float) -> Any:
-    with hub.stream_slot():
+async def _stream(
+    hub: Hub, slot: Slot, engine: Engine, after: int | None, wanted: events.Filter, heartbeat_s: float
+) -> Any:
+    try:
         cursor = after if after is not None else await run_in_threadpool(events.head, engine)
         yield OPENED
         # What it missed, page by page from the database (nothing buffered), then subscribe and read the gap:
@@ -157,6 +174,8 @@ async def _stream(hub: Hub, engine: Engine, after: int | None, wanted: events.Fi
         finally:
             if subscriber is not None:
                 hub.unsubscribe(subscriber)
+    finally:
+        slot.release()
 
 
 def _cursor(header: str | None, after: int | None) -> int | None | JSONResponse:
@@ -169,6 +188,18 @@ def _cursor(header: str | None, after: int | None) -> int | None | JSONResponse:
     if value < 0:
         return failures.invalid(["header", "Last-Event-ID"], f"expected an event id (a whole number), got {header!r}")
     return value
+
+
+def _gone(where: str, why: str) -> JSONResponse:
+    """410 Gone, as Kubernetes answers a watch whose resourceVersion is too old: the client restarts from now."""
+    return JSONResponse(
+        {
+            "detail": f"{where}: cannot resume there, {why}. Start again from now: read the current state "
+            f"(GET /v1/{{plural}}), then reconnect without Last-Event-ID or after.",
+            "loc": ["header", "Last-Event-ID"] if where == "Last-Event-ID" else ["query", "after"],
+        },
+        status_code=410,
+    )
 
 
 def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
@@ -184,6 +215,11 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
                 "content": {"text/event-stream": {}, "application/json": {}},
                 "description": "Server-sent events (`id:` the event id, `event:` its type, `data:` the event as JSON), "
                 "or with `Accept: application/json` or `stream=false` a JSON list of events, oldest first.",
+            },
+            410: {
+                "description": "Cannot resume after that Last-Event-ID (or `after`): events after it were pruned, "
+                "or it was never given (a restored database). Read the current state, then start from now "
+                "(no id). A browser's EventSource closes on it (its `onerror`, readyState CLOSED): open a new one."
             },
             503: {"description": "Too many streams open (SETPOINT_EVENTS_MAX_CLIENTS)."},
         },
@@ -214,6 +250,8 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
         cursor = _cursor(last_event_id, after)
         if isinstance(cursor, JSONResponse):
             return cursor
+        if cursor is not None and (why := await run_in_threadpool(events.gone, engine, cursor)) is not None:
+            return _gone("Last-Event-ID" if last_event_id and last_event_id.strip() else "after", why)
         accept = request.headers.get("accept", "")
         if not stream or ("application/json" in accept and "text/event-stream" not in accept):
             if cursor is None:
@@ -222,13 +260,15 @@ def router(engine: Engine, settings: Settings) -> tuple[APIRouter, Hub]:
                 newest = await run_in_threadpool(events.head, engine)  # publishes what waits first
                 found = await run_in_threadpool(events.page, engine, cursor, wanted, limit, newest)
             return JSONResponse(found)
-        if hub.full:
+        slot = hub.take_slot()
+        if slot is None:
             return JSONResponse(
                 {"detail": f"too many event streams open (at most {settings.events_max_clients}); try again later"},
                 status_code=503,
                 headers={"Retry-After": "5"},
             )
-        body = _stream(hub, engine, cursor, wanted, settings.events_heartbeat_seconds)
+        body = _stream(hub, slot, engine, cursor, wanted, settings.events_heartbeat_seconds)
+        weakref.finalize(body, slot.release)
         # No proxy buffering (nginx), no caching: each event is sent as it comes.
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return EventSourceResponse(body, headers=headers)

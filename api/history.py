@@ -47,7 +47,10 @@ class Entry(BaseModel):
     uid: str | None
     generation: int | None
     operation: str = Field(description="insert, update or delete.")
-    changed: dict[str, Any] = Field(description='{column: {"old": …, "new": …}} for each column that changed.')
+    changed: dict[str, Any] = Field(
+        description='{column: {"old": …, "new": …}} for each column that changed; a value longer than 2 KiB as '
+        '{"digest": "sha256:<hex>", "bytes": n} (`desired` has it whole).'
+    )
     desired: dict[str, Any] | None = Field(description="The desired row after the change (before it, for a delete).")
     db_user: str
     application_name: str | None
@@ -73,7 +76,11 @@ class Rolled(BaseModel):
     previous: int = Field(description="The generation before the rollback.")
     generation: int = Field(description="The generation written (the previous one if nothing changed).")
     changed: bool
-    fields: list[str]
+    fields: list[str] = Field(description="The desired columns it restored.")
+    kept: list[str] = Field(
+        description="Columns that differ from that generation but that a rollback leaves as they are: paused, "
+        "owned_by, deletion_policy."
+    )
 
 
 def router(kind: Kind, engine: Engine) -> APIRouter:
@@ -113,6 +120,6 @@ def router(kind: Kind, engine: Engine) -> APIRouter:
             engine, kind, name, body.generation, if_generation=preconditions.generations(if_match)
         )
         response.headers["ETag"] = f'"{rolled.generation}"'
-        return {**rolled.__dict__, "fields": list(rolled.fields), "changed": rolled.changed}
+        return {**rolled.__dict__, "fields": list(rolled.fields), "kept": list(rolled.kept), "changed": rolled.changed}
 
     return api

@@ -1,11 +1,12 @@
 """Desired-state history: one `changes` row per insert, update or delete of a desired row, and who made it.
 
 A trigger on every kind's table (and on `secrets`) records the operation, the columns that changed with their old
-and new values, the whole desired row after the change (before it, for a delete: what a diff or a rollback needs),
-and who did it: the database user, `application_name` and client address, and, when the transaction set them,
-`setpoint.actor` and `setpoint.reason` (`stamp` sets both; the CLI, the REST API and the worker call it). An
-UPDATE that leaves the generation alone (a no-op write) records nothing and costs nothing: the trigger's WHEN
-clause skips it. A secret's value is never recorded: its digest stands in for it.
+and new values (one longer than 2 KiB as its digest and size, so a change costs about one row), the whole desired
+row after the change (before it, for a delete: what a diff or a rollback needs), and who did it: the database user,
+`application_name` and client address, and, when the transaction set them, `setpoint.actor` and `setpoint.reason`
+(`stamp` sets both; the CLI, the REST API and the worker call it). An UPDATE that leaves the generation alone (a
+no-op write) records nothing and costs nothing: the trigger's WHEN clause skips it. A secret's value is never recorded:
+its digest stands in for it.
 
 Migration 0016 creates these and attaches them to every kind there is; `triggers.attach` calls `attach` for a kind
 created later. The scheduler prunes the table (scheduler/retention.py).
@@ -60,7 +61,9 @@ class Change(SQLModel, table=True):
         sa_type=JSONB,  # type: ignore[call-overload]
         sa_column_kwargs={"server_default": text("'{}'::jsonb")},
     )
-    """{column: {"old": …, "new": …}} for each desired column that changed (bookkeeping columns left out)."""
+    """{column: {"old": …, "new": …}} for each desired column that changed (bookkeeping columns left out); a value
+    longer than BIG_VALUE_BYTES as {"digest": "sha256:<hex>", "bytes": n}: `desired` has it whole, and `setpoint
+    diff` and a rollback read the desired rows."""
     desired: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # type: ignore[call-overload]
     """The desired row after the change, or before it for a delete (bookkeeping columns left out)."""
     db_user: str = Field(sa_type=Text)  # type: ignore[call-overload]
@@ -76,6 +79,23 @@ def _setting(name: str, limit: int) -> str:
 
 
 _DIGEST = "'sha256:' || left(encode(sha256(convert_to({} ->> 'value', 'UTF8')), 'hex'), 12)"
+
+BIG_VALUE_BYTES = 2048
+"""A value in `changed` longer than this is recorded as {"digest": "sha256:<hex>", "bytes": n} (the desired row
+keeps it whole). So a change costs its desired row plus at most 2 x 2 KiB per changed column, and a resource at
+most SETPOINT_HISTORY_CHANGES_KEPT times that: 100 changes of a file of 64 KiB hold about 6.5 MiB, not 19."""
+
+
+def _bounded(value: str) -> str:
+    """SQL: the jsonb `value` as `changed` records it: itself, or when longer than BIG_VALUE_BYTES (a string's
+    text, or any other value's JSON), its digest and size."""
+    measured = f"CASE jsonb_typeof({value}) WHEN 'string' THEN {value} #>> '{{}}' ELSE ({value})::text END"
+    return (
+        f"CASE WHEN {value} IS NULL OR octet_length({measured}) <= {BIG_VALUE_BYTES} THEN {value} "
+        f"ELSE jsonb_build_object('digest', 'sha256:' || encode(sha256(convert_to({measured}, 'UTF8')), 'hex'), "
+        f"'bytes', octet_length({measured})) END"
+    )
+
 
 FUNCTIONS = f"""
 CREATE FUNCTION setpoint_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -99,7 +119,8 @@ BEGIN
         before := (before - 'digest') || jsonb_build_object('value', {_DIGEST.format("before")});
         after := (after - 'digest') || jsonb_build_object('value', {_DIGEST.format("after")});
     END IF;
-    SELECT COALESCE(jsonb_object_agg(k, jsonb_build_object('old', before -> k, 'new', after -> k)), '{{}}')
+    SELECT COALESCE(jsonb_object_agg(k, jsonb_build_object('old', {_bounded("before -> k")},
+                                                           'new', {_bounded("after -> k")})), '{{}}')
     INTO diff
     FROM jsonb_object_keys(COALESCE(before, '{{}}') || COALESCE(after, '{{}}')) AS k
     WHERE k NOT IN ('name', 'uid') AND COALESCE(before -> k, 'null') IS DISTINCT FROM COALESCE(after -> k, 'null');

@@ -42,7 +42,9 @@ class _EventFields(SQLModel):
     reason: str | None = Field(default=None, max_length=128)
     message: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
     details: dict[str, Any] | None = _details()
-    """What a reader may want beyond the message: for drift, what differed (field, desired, actual)."""
+    """What a reader may want beyond the message. DriftCorrected and Drifted: `{"drift": [{"change": …}, …]}`, the
+    actions the controller took to put it back (DriftCorrected) or would take (Drifted, when paused), as its plan
+    says them (`write 8 bytes to /etc/motd`), not the field-by-field difference; at most 20 of 300 characters."""
 
 
 class Event(_EventFields, table=True):

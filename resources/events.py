@@ -27,8 +27,8 @@ log = logging.getLogger("setpoint.events")
 TYPES = {
     "Ready": "became ready, or ready at a new generation",
     "NotReady": "was ready and is no longer (health failing, a rollout under way)",
-    "DriftCorrected": "something outside changed it, and it was put back (details.drift says what differed)",
-    "Drifted": "paused, and the real thing differs from the desired state (details.drift)",
+    "DriftCorrected": "something outside changed it, and it was put back (details.drift: what was done)",
+    "Drifted": "paused, and the real thing differs (details.drift: what would be done)",
     "Failed": "a reconcile or teardown failed (once per failure, not per retry)",
     "Invalid": "the desired state cannot be applied as written",
     "Recovered": "was Failed or Invalid and reconciles again",
@@ -119,6 +119,29 @@ def head(engine: Engine) -> int:
         return int(conn.execute(text("SELECT COALESCE(max(id), 0) FROM events")).scalar() or 0)
 
 
+_BOUNDS = text("""
+SELECT (SELECT min(id) FROM events WHERE id > :after) AS next,
+       (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_id_seq) AS given
+""")
+
+
+def gone(engine: Engine, after: int) -> str | None:
+    """Why a reader cannot resume after event `after` without missing some, or None if it can: the event after it
+    has been pruned (ids are handed out one after another, so a hole is a loss), or no event that high was ever
+    numbered (the database was restored from a backup, or made anew: it would wait in silence for ids that may
+    never come). Either way it must start again from now, after reading the current state (Kubernetes' 410 Gone)."""
+    with engine.begin() as conn:
+        publish(conn)  # and hold the publishers' lock to the end: no id is being handed out while we look
+        bounds = conn.execute(_BOUNDS, {"after": after}).one()
+    given = int(bounds.given)
+    if after > given:
+        return f"no event {after} was ever numbered here (the newest is {given}): the database was restored or reset"
+    following = int(bounds.next) if bounds.next is not None else given + 1
+    if after < given and following > after + 1:
+        return f"the events after {after} up to {following - 1} are gone (pruned)"
+    return None
+
+
 def page(
     engine: Engine, after: int, wanted: Filter = EVERYTHING, limit: int = PAGE, upto: int | None = None
 ) -> list[dict[str, Any]]:
@@ -143,30 +166,37 @@ def recent(engine: Engine, wanted: Filter = EVERYTHING, limit: int = 100) -> lis
         return [as_json(row) for row in reversed(list(rows.mappings()))]
 
 
-def since(engine: Engine, after: int, wanted: Filter = EVERYTHING) -> tuple[list[dict[str, Any]], int]:
-    """Publish, then every event after `after` up to the newest one now, oldest first, and the new cursor (that
-    newest id, even if the filter left it out: ids only grow, so nothing at or below it can still appear)."""
-    with engine.begin() as conn:
-        publish(conn)
-    with engine.connect() as conn:
-        newest = int(conn.execute(text("SELECT COALESCE(max(id), 0) FROM events")).scalar() or 0)
-    found: list[dict[str, Any]] = []
+def since(
+    engine: Engine, after: int, wanted: Filter = EVERYTHING, size: int = PAGE
+) -> tuple[Iterator[list[dict[str, Any]]], int]:
+    """Publish, then the events after `after` up to the newest one now, as pages of at most `size` read one at a
+    time (a burst of 100,000 is never in memory at once), oldest first; and the new cursor (that newest id, even if
+    the filter left it out: ids only grow, so nothing at or below it can still appear)."""
+    newest = head(engine)
+    return _pages(engine, after, wanted, size, newest), max(after, newest)
+
+
+def _pages(engine: Engine, after: int, wanted: Filter, size: int, newest: int) -> Iterator[list[dict[str, Any]]]:
     cursor = after
     while cursor < newest:
-        batch = page(engine, cursor, wanted, PAGE, upto=newest)
-        found.extend(batch)
-        if len(batch) < PAGE:
-            break
+        batch = page(engine, cursor, wanted, size, upto=newest)
+        if batch:
+            yield batch
+        if len(batch) < size:
+            return
         cursor = batch[-1]["id"]
-    return found, max(after, newest)
 
 
 class Follower:
     """Batches of new events as they are published, through one LISTEN connection (psycopg, autocommit)."""
 
-    def __init__(self, database_url: str, engine: Engine, resync_s: float = 30.0, poll_s: float = 0.5) -> None:
+    def __init__(
+        self, database_url: str, engine: Engine, resync_s: float = 30.0, poll_s: float = 0.5, size: int = PAGE
+    ) -> None:
         self._url = libpq_url(database_url)
         self._engine = engine
+        self._size = size
+        """Events read (and yielded) at a time."""
         self._resync_s = resync_s
         """Read even without a notification this often: a safety net, as the scheduler's interval is."""
         self._poll_s = poll_s
@@ -183,9 +213,11 @@ class Follower:
                     idle_s = self._resync_s  # read at once: whatever came while nobody listened
                     while not stop.is_set():
                         if idle_s >= self._resync_s:
-                            found, cursor = since(self._engine, cursor, wanted)
-                            if found:
-                                yield found
+                            pages, newest = since(self._engine, cursor, wanted, self._size)
+                            for batch in pages:
+                                cursor = batch[-1]["id"]
+                                yield batch
+                            cursor = newest
                             idle_s = 0.0
                         woken = any(True for _ in conn.notifies(timeout=self._poll_s, stop_after=1))
                         idle_s = self._resync_s if woken else idle_s + self._poll_s

@@ -22,8 +22,14 @@ from setpoint.errors import InvalidDocument, NotFound, PreconditionFailed
 
 SECRET = "Secret"
 """Secrets have a history too (their digests), though they are not a kind: `setpoint history secret NAME`."""
-NOT_ROLLED_BACK = frozenset({"id", "name", "uid", "node", "generation", "created_at", "updated_at"})
-"""What a rollback leaves as it is: the resource's identity, where it runs, and the database's bookkeeping."""
+IDENTITY = frozenset({"id", "name", "uid", "node", "generation", "created_at", "updated_at"})
+"""Never compared nor written back: the resource's identity, where it runs, and the database's bookkeeping."""
+OPERATIONAL = frozenset({"paused", "owned_by", "deletion_policy"})
+"""How the resource is operated rather than what it is: a rollback leaves these as they are now. Rolling back a
+paused resource must not unpause it, nor give it back to (or take it from) an owner, nor turn an `orphan` deletion
+policy back into `delete` (data would go with the row). `setpoint pause|resume` and a plain UPDATE change them."""
+NOT_ROLLED_BACK = IDENTITY | OPERATIONAL
+"""What a rollback leaves as it is."""
 MAX_PAGE = 1000
 
 
@@ -48,13 +54,15 @@ class Entry:
 
     @property
     def who(self) -> str:
-        """The actor the writer named, else what the database knows: its user, application and address."""
+        """What the database vouches for (its user, application and address), after the actor the writer named if
+        it named one: any SQL session can set `setpoint.actor`, so it is never shown alone."""
+        where = f"from {self.client_addr}" if self.client_addr else "on the local socket"
         if self.actor:
-            return self.actor
+            return f"{self.actor} ({self.db_user} {where})"
         said = self.db_user
         if self.application_name:
             said += f" ({self.application_name})"
-        return said + (f" from {self.client_addr}" if self.client_addr else " (local socket)")
+        return f"{said} {where}"
 
     def as_json(self) -> dict[str, Any]:
         shown = dataclasses.asdict(self)
@@ -80,7 +88,8 @@ class FieldDiff:
 
 @dataclasses.dataclass(frozen=True)
 class Rolled:
-    """What a rollback did: the generation before, the one it wrote (the same if nothing changed), the fields."""
+    """What a rollback did: the generation before, the one it wrote (the same if nothing changed), the fields it
+    restored, and those that differ from that generation but were left as they are (OPERATIONAL)."""
 
     kind: str
     name: str
@@ -88,6 +97,7 @@ class Rolled:
     previous: int
     generation: int
     fields: tuple[str, ...]
+    kept: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -157,8 +167,8 @@ def _at(conn: Connection, kind: Kind, name: str, uid: str, generation: int, fiel
     return dict(found)
 
 
-def _spec(desired: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in desired.items() if key not in NOT_ROLLED_BACK}
+def _spec(desired: dict[str, Any], left_out: frozenset[str] = IDENTITY) -> dict[str, Any]:
+    return {key: value for key, value in desired.items() if key not in left_out}
 
 
 def diff(
@@ -191,7 +201,8 @@ def rollback(
         current = _current(conn, kind, name, lock=True)
         if if_generation is not None and current["generation"] not in if_generation:
             raise PreconditionFailed()
-        wanted = _spec(_at(conn, kind, name, current["uid"], generation, "generation"))
+        then = _at(conn, kind, name, current["uid"], generation, "generation")
+        wanted = _spec(then, NOT_ROLLED_BACK)
         columns = [column for column in table.c.keys() if column in wanted]
         conn.execute(
             text(
@@ -217,4 +228,5 @@ def rollback(
                 field="generation",
             ) from None
     fields = tuple(sorted(c for c in columns if current.get(c) != wanted.get(c)))
-    return Rolled(kind.name, name, generation, current["generation"], written, fields)
+    kept = tuple(sorted(c for c in OPERATIONAL if c in then and current.get(c) != then.get(c)))
+    return Rolled(kind.name, name, generation, current["generation"], written, fields, kept)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,6 +22,18 @@ from sqlalchemy import Engine
 from resources import documents, events, kinds
 from setpoint import commands, errors
 from setpoint import settings as config
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_BREAKS = re.compile(r"[\t\n]")
+
+
+def printable(said: str | None, *, lines: bool = False) -> str:
+    """Text read from the database as the terminal may see it: control characters dropped (an ESC sequence in a
+    message could otherwise clear the screen, retitle the window or hide what follows), and tabs and newlines made
+    spaces unless `lines` (text shown as lines keeps its newlines)."""
+    said = _BREAKS.sub(" ", said or "") if not lines else (said or "").replace("\t", " ")
+    return _CONTROL.sub("", said)
+
 
 Watch = Annotated[bool, typer.Option("--watch", "-w", help="After the list, print each new one as it happens.")]
 
@@ -38,7 +51,7 @@ def _clock(at: str) -> str:
 
 def _line(event: dict[str, Any]) -> str:
     generation = f" gen {event['generation']}" if event["generation"] is not None else ""
-    return (
+    return printable(
         f"{_clock(event['at'])}  {event['kind']}/{event['name']}  {event['type']}  "
         f"{event['reason'] or '-'}{generation}  {event['message'] or ''}"
     )
@@ -102,11 +115,11 @@ def events_command(
             for event in shown:
                 table.add_row(
                     _clock(event["at"]),
-                    escape(f"{event['kind']}/{event['name']}"),
-                    event["type"],
-                    escape(event["reason"] or "-"),
+                    escape(printable(f"{event['kind']}/{event['name']}")),
+                    escape(printable(event["type"])),
+                    escape(printable(event["reason"] or "-")),
                     str(event["generation"] if event["generation"] is not None else "-"),
-                    escape(event["message"] or ""),
+                    escape(printable(event["message"])),
                 )
             commands.out.print(table)
         elif not watch:
@@ -130,7 +143,7 @@ def watch_rows(engine: Engine, kind: kinds.Kind, name: str | None, after: int) -
         else:
             cells = commands.row_cells(item)
         table = Table(*(" " for _ in cells), box=None, show_header=False)
-        table.add_row(*(escape(cell) for cell in cells))
+        table.add_row(*(escape(printable(cell)) for cell in cells))
         commands.out.print(table)
         commands.out.file.flush()
 

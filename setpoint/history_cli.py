@@ -19,6 +19,7 @@ from rich.table import Table
 from resources import history, kinds
 from setpoint import errors
 from setpoint.commands import KindArg, NameArg, Output, Reason, _engine, acting_as_user, err, failures, out
+from setpoint.events_cli import printable
 
 Limit = Annotated[int, typer.Option("--limit", min=1, max=history.MAX_PAGE, help="At most this many, newest first.")]
 
@@ -44,9 +45,9 @@ def history_command(kind: KindArg, name: NameArg, output: Output = "table", limi
                 str(entry.generation) if entry.generation is not None else "-",
                 entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                 entry.operation,
-                escape(entry.who),
-                escape(entry.reason or ""),
-                escape(", ".join(sorted(entry.changed))),
+                escape(printable(entry.who)),
+                escape(printable(entry.reason)),
+                escape(printable(", ".join(sorted(entry.changed)))),
             )
         out.print(table)
 
@@ -66,7 +67,7 @@ def diff(
             out.print(f"{found.name.lower()}/{name}: no difference in desired state")
         for field in fields:
             for line in field.lines():
-                out.print(escape(line), highlight=False)
+                out.print(escape(printable(line)), highlight=False)
 
 
 def rollback(
@@ -76,17 +77,19 @@ def rollback(
     reason: Reason = None,
 ) -> None:
     """Write an earlier generation's desired columns as a new generation (history is never rewritten); the
-    controller then makes the real thing follow. Name, uid and node stay as they are."""
+    controller then makes the real thing follow. Name, uid and node stay as they are, and so do paused, owned_by
+    and deletion_policy (how it is operated, not what it is)."""
     with failures(), acting_as_user(reason):
         found = kinds.resolve(kind)
         rolled = history.rollback(_engine(), found, name, to_generation)
         label = f"{found.name.lower()}/{name}"
+        kept = f"; left as they are: {', '.join(rolled.kept)}" if rolled.kept else ""
         if not rolled.changed:
-            out.print(f"{label} already has generation {to_generation}'s desired state: nothing written")
+            out.print(f"{label} already has generation {to_generation}'s desired state: nothing written{kept}")
             return
         out.print(
             f"{label} rolled back to generation {to_generation} as generation {rolled.generation} "
-            f"({', '.join(rolled.fields)})"
+            f"(restored: {', '.join(rolled.fields)}{kept})"
         )
 
 

@@ -342,3 +342,23 @@ def test_events_are_pruned_by_age_and_by_count(servers: tuple[str, str]) -> None
             assert len(left) == 200 and left[-1]["name"] == "newest" and left[0]["name"] == "g102"
         finally:
             scratch.dispose()
+
+
+def test_a_reader_gets_what_it_missed_page_by_page_in_order(engine: Engine, unique: str) -> None:
+    """A burst is read a page at a time (never the whole of it in one list), oldest first, and the cursor moves past
+    events the filter leaves out."""
+    start = events.head(engine)
+    sql(
+        engine,
+        "INSERT INTO event_inbox (kind, name, type, message) SELECT 'File', :n, 'Ready', 'burst ' || i "
+        "FROM generate_series(1, 5) AS i",
+        n=unique,
+    )
+    sql(engine, "INSERT INTO event_inbox (kind, name, type) VALUES ('File', :n, 'Ready')", n=f"{unique}-other")
+    pages, cursor = events.since(engine, start, events.Filter(names=(unique,)), size=2)
+    first = next(pages)
+    assert [e["message"] for e in first] == ["burst 1", "burst 2"], "one page read, not the whole burst"
+    rest = list(pages)
+    assert [len(p) for p in rest] == [2, 1]
+    assert [e["message"] for p in rest for e in p] == [f"burst {i}" for i in range(3, 6)]
+    assert rest[-1][-1]["id"] < cursor <= events.head(engine), "past the other resource's newer event too"

@@ -21,7 +21,8 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import Process, wait_for
+from models.database import make_engine
+from tests.conftest import Process, scratch_database, wait_for
 from tests.helpers import sql, unwatched
 from tests.test_api_safety import api_env, free_port
 from tests.test_events import of
@@ -222,6 +223,46 @@ def test_events_need_the_token(base: str) -> None:
     assert httpx.get(f"{base}/v1/events", params={"stream": "false"}).status_code == 401
 
 
+def test_resuming_where_events_were_pruned_or_never_given_is_410_gone(servers: tuple[str, str], tmp_path: Path) -> None:
+    """Events 2-6 pruned: resuming after 1 would skip them unseen, and after 999999 (a restored database) would wait
+    in silence; both are 410 naming what was sent, as a Kubernetes watch is told to start again."""
+    with scratch_database(servers[0], "gone") as url:
+        scratch = make_engine(url)
+        port = free_port()
+        env = {**api_env(url), "SETPOINT_API_TOKEN": TOKEN}
+        api = Process([sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)], env, tmp_path / "api.log")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            sql(
+                scratch,
+                "INSERT INTO events (id, kind, name, type, message) SELECT nextval('events_id_seq'), 'File', 'f', "
+                "'Ready', 'event ' || i FROM generate_series(1, 7) AS i",
+            )
+            sql(scratch, "DELETE FROM events WHERE id BETWEEN 2 AND 6")
+            wait_for(lambda: b"200 OK" in _raw(port, "GET /healthz HTTP/1.0\r\n\r\n"), 30, "api answering")
+            for headers, params, where in [
+                ({"Last-Event-ID": "1"}, {}, ["header", "Last-Event-ID"]),
+                ({"Last-Event-ID": "999999"}, {}, ["header", "Last-Event-ID"]),
+                ({}, {"after": 3}, ["query", "after"]),
+                ({}, {"after": 1, "stream": "false"}, ["query", "after"]),
+            ]:
+                answer = httpx.get(f"{base}/v1/events", params=params, headers={**AUTH, **headers}, timeout=10)
+                assert answer.status_code == 410 and answer.json()["loc"] == where, (headers, params, answer.text)
+                assert "Start again from now" in answer.json()["detail"]
+            assert (
+                "after 1 up to 6 are gone (pruned)"
+                in httpx.get(f"{base}/v1/events", headers={**AUTH, "Last-Event-ID": "1"}).json()["detail"]
+            )
+            with stream(base, {"Last-Event-ID": "6"}) as resumed:  # right after the gap: nothing is missed
+                assert resumed.next_event()["data"]["message"] == "event 7"
+            assert httpx.get(f"{base}/v1/events", params={"after": 7, "stream": "false"}, headers=AUTH).json() == [], (
+                "the newest id itself is fine: nothing after it yet"
+            )
+        finally:
+            api.stop()
+            scratch.dispose()
+
+
 def test_streams_beyond_the_limit_are_503(base: str, unique: str) -> None:
     with stream(base, name=unique) as a, stream(base, name=unique) as b, stream(base, name=unique) as c:
         for each in (a, b, c):
@@ -230,6 +271,32 @@ def test_streams_beyond_the_limit_are_503(base: str, unique: str) -> None:
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     # the slots are given back when clients go
     wait_for(lambda: _opens(base), 10, "a stream open again")
+
+
+def test_a_burst_of_connections_gets_no_more_streams_than_the_limit(base: str, unique: str) -> None:
+    """12 clients connecting at once to a server allowing 3: at most 3 streams, the others 503 (the slot is taken
+    before the answer is sent, not when its body starts)."""
+    port = int(base.rsplit(":", 1)[1])
+    request = f"GET /v1/events?name={unique} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(12)]
+    try:
+        for client in clients:  # every request on the wire before the server answers any
+            client.sendall(request)
+        statuses = sorted(int(_status_line(client).split()[1]) for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+    assert statuses == [200] * 3 + [503] * 9, statuses
+    wait_for(lambda: _opens(base), 10, "a stream open again once they are gone")
+
+
+def _status_line(client: socket.socket) -> bytes:
+    received = b""
+    while b"\r\n" not in received:
+        chunk = client.recv(4096)
+        assert chunk, "the server closed the connection without an answer"
+        received += chunk
+    return received.split(b"\r\n", 1)[0]
 
 
 def _opens(base: str) -> bool:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.conftest import ROOT, wait_for
-from tests.helpers import ready_at, sql
+from tests.helpers import ready_at, sql, unwatched
 from tests.test_cli import setpoint
 from tests.test_events import HOUR, types
 
@@ -133,3 +133,37 @@ def test_get_watch_prints_a_new_row_when_the_resource_changes(
 def test_get_watch_refuses_an_output_other_than_the_table(stack: dict[str, str]) -> None:
     done = setpoint(stack, "get", "files", "-w", "-o", "json")
     assert done.returncode == 2 and "--watch prints a table" in done.stderr
+
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07cleared\rthe screen\nand more"
+"""A message that would clear the screen, retitle the window and overwrite its own line, were it printed raw."""
+
+SAY_READY = """UPDATE statuses SET phase = 'Ready', ready = true, observed_generation = 1, last_reconcile_at = now(),
+    conditions = jsonb_build_array(jsonb_build_object('type', 'Ready', 'status', 'True', 'reason', 'InSync',
+    'message', CAST(:m AS text)))
+WHERE kind = 'File' AND name = :n"""
+SAY_FAILED = """UPDATE statuses SET phase = 'Failed', ready = false, last_error = CAST(:m AS text),
+    observed_generation = 1, last_reconcile_at = now(), conditions = jsonb_build_array(jsonb_build_object(
+    'type', 'Ready', 'status', 'False', 'reason', 'ReconcileError', 'message', CAST(:m AS text)))
+WHERE kind = 'File' AND name = :n"""
+
+
+def test_no_terminal_control_sequence_from_the_database_reaches_the_terminal(
+    stack: dict[str, str], engine: Engine, unique: str, watching: list[Watching]
+) -> None:
+    unwatched(engine, "INSERT INTO files (name, path) VALUES (:n, '/nonexistent/ctl/' || CAST(:n AS varchar))", unique)
+    sql(engine, SAY_READY, n=unique, m="warm")
+    wait_for(lambda: types(engine, unique) == ["Ready"], 10, "its first event")
+    watch_events = Watching(stack, "events", "-w", "--name", unique)
+    watch_get = Watching(stack, "get", "file", unique, "-w")
+    watching += [watch_events, watch_get]
+    watch_events.line_with(f"File/{unique}", "Ready", "warm")  # past their lists: what comes next is printed
+    watch_get.line_with(unique, "Ready")
+    sql(engine, SAY_FAILED, n=unique, m=HOSTILE)
+    live = watch_events.line_with(f"File/{unique}", "Failed", "cleared")
+    row = watch_get.line_with(unique, "Failed", "cleared")
+    listed = setpoint(stack, "events", "--name", unique)
+    assert listed.returncode == 0 and "cleared" in listed.stdout, listed.stderr
+    for shown in (live, row, listed.stdout):
+        assert not any(c in shown for c in "\x1b\x07\r"), repr(shown)
+    assert "[2J]0;ownedclearedthe screen and more" in live.replace("  ", " ")

@@ -3,6 +3,7 @@ role, that a secret's value never lands there, that it stays bounded, and the AP
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, text
 
 from api.app import create_app
 from models.database import libpq_url
+from resources import history, kinds
 from scheduler import retention
 from setpoint.settings import Settings
 from tests.conftest import ROOT, wait_for
@@ -54,6 +56,26 @@ def test_a_no_op_update_records_nothing_and_a_delete_keeps_the_row_it_removed(en
     assert found[1]["changed"] == {"content": {"old": "one", "new": "two"}}
     assert found[2]["desired"]["content"] == "two" and found[2]["changed"]["content"] == {"old": "two", "new": None}
     assert not {"id", "generation", "created_at", "updated_at"} & (set(found[1]["desired"]) | set(found[0]["changed"]))
+
+
+def test_a_large_value_is_kept_whole_once_per_change_and_diff_shows_it_whole(engine: Engine, unique: str) -> None:
+    """`changed` holds a value over 2 KiB as its digest and size; the desired row keeps it, and diff reads that."""
+    big = "x" * 10_000 + "\n"
+    unwatched(engine, INSERT, unique)
+    sql(engine, "UPDATE files SET content = :c WHERE name = :n", n=unique, c=big)
+    sql(engine, "UPDATE files SET content = 'three' WHERE name = :n", n=unique)
+    _, grew, shrank = changes(engine, unique)
+    digest = {"digest": "sha256:" + hashlib.sha256(big.encode()).hexdigest(), "bytes": 10_001}
+    assert grew["changed"]["content"] == {"old": "one", "new": digest} and grew["desired"]["content"] == big
+    assert shrank["changed"]["content"] == {"old": digest, "new": "three"}
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT max(pg_column_size(changed)) FROM changes WHERE name = :n"), {"n": unique}
+        ).scalar_one()
+    assert stored < 1000, "the 10 KB value is in `changed` as a digest, not itself"
+    kind = kinds.resolve("File")
+    [content] = history.diff(engine, kind, unique, 2, 3)
+    assert (content.field, content.old, content.new) == ("content", big, "three")
 
 
 def test_the_api_and_worker_roles_write_history_they_cannot_forge(
@@ -163,7 +185,7 @@ def test_api_rollback_writes_a_new_generation_or_names_what_is_wrong(
     client: TestClient, engine: Engine, unique: str
 ) -> None:
     unwatched(engine, INSERT, unique)
-    sql(engine, "UPDATE files SET content = 'two', paused = true WHERE name = :n", n=unique)
+    sql(engine, "UPDATE files SET content = 'two', paused = true, owned_by = 'App/x' WHERE name = :n", n=unique)
 
     assert (
         client.post(f"/v1/files/{unique}/rollback", json={"generation": 1}, headers={"If-Match": '"1"'}).status_code
@@ -173,12 +195,12 @@ def test_api_rollback_writes_a_new_generation_or_names_what_is_wrong(
     assert rolled.status_code == 200, rolled.text
     assert rolled.json() == {
         "kind": "File", "name": unique, "to_generation": 1, "previous": 2, "generation": 3, "changed": True,
-        "fields": ["content", "paused"],
+        "fields": ["content"], "kept": ["owned_by", "paused"],
     }  # fmt: skip
     assert rolled.headers["ETag"] == '"3"'
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT content, paused FROM files WHERE name = :n"), {"n": unique}).one()
-    assert tuple(row) == ("one", False)
+        row = conn.execute(text("SELECT content, paused, owned_by FROM files WHERE name = :n"), {"n": unique}).one()
+    assert tuple(row) == ("one", True, "App/x"), "still paused and owned: a rollback restores what it is, not how"
     newest = changes(engine, unique)[-1]
     assert newest["actor"] == "api:token" and newest["reason"] == "rollback to generation 1"
 

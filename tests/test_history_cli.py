@@ -60,7 +60,9 @@ def test_a_cli_change_shows_the_user_and_the_reason(stack: dict, unique: str, tm
         (1, actor, "first cut"),
     ]
     table = setpoint(stack, "history", "file", unique).stdout
-    assert actor in table and "first cut" in table and "paused" in table
+    assert "first cut" in table and "paused" in table
+    # the actor is what the writer says; what the database vouches for is beside it, always
+    assert f"{actor} (postgres from 127.0.0.1)" in table.splitlines()[1], table
 
 
 def test_rollback_restores_an_earlier_generation_and_the_file_follows(
@@ -79,7 +81,7 @@ def test_rollback_restores_an_earlier_generation_and_the_file_follows(
 
     rolled = setpoint(stack, "rollback", "file", unique, "--to-generation", "1", "--reason", "bad deploy")
     assert rolled.returncode == 0, rolled.stderr
-    assert "as generation 3" in rolled.stdout
+    assert "as generation 3 (restored: content, mode)" in rolled.stdout
     wait_for(lambda: ready_at(engine, unique, 3), 30, "the rolled-back generation applied")
     assert target.read_text() == "good\n" and oct(target.stat().st_mode & 0o777) == "0o644"
 
@@ -107,3 +109,17 @@ def test_rollback_to_a_generation_not_in_history_exits_2_naming_it(stack: dict, 
     missing = setpoint(stack, "rollback", "file", f"{unique}-nope", "--to-generation", "1")
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert setpoint(stack, "diff", "file", unique, "--from", "7").returncode == 2
+
+
+def test_diff_prints_no_terminal_control_sequence_from_the_content(stack: dict, engine: Engine, unique: str) -> None:
+    sql(
+        engine,
+        "INSERT INTO files (name, path, content) VALUES (:n, :p, 'one\ntwo\n')",
+        n=unique,
+        p=f"/nonexistent/h/{unique}",
+    )
+    sql(engine, "UPDATE files SET content = :c WHERE name = :n", n=unique, c="one\n\x1b[2J\x1b]0;owned\x07two\r\n")
+    shown = setpoint(stack, "diff", "file", unique, "--from", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "+[2J]0;ownedtwo" in shown.stdout and "-two" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\r"), repr(shown.stdout)

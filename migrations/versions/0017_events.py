@@ -49,6 +49,8 @@ CREATE TRIGGER setpoint_events_waiting AFTER INSERT ON event_inbox
     FOR EACH STATEMENT EXECUTE FUNCTION setpoint_events_waiting();
 
 GRANT SELECT ON events TO setpoint_api, setpoint_scheduler;
+-- how far numbering went: a reader resuming after an id it was never given (a restore) is told so (410 Gone)
+GRANT SELECT ON SEQUENCE events_id_seq TO setpoint_api, setpoint_scheduler;
 GRANT DELETE ON events TO setpoint_scheduler;
 """
 """Readers (the API's event stream, the webhook dispatcher, `setpoint events`) call setpoint_publish_events() before
