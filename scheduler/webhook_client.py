@@ -35,11 +35,14 @@ class Deadlines:
         finally:
             self._local.until = None
 
+    def bounded(self) -> bool:
+        """This thread is making a POST under a deadline (outside one, httpx's own timeouts apply as they are)."""
+        return getattr(self._local, "until", None) is not None
+
     def left_s(self, timeout: float | None) -> float:
         """How long this POST may still wait (at most `timeout`); raises TimeoutError when its deadline passed,
-        or at stop."""
-        until = getattr(self._local, "until", None)
-        left_s = (timeout or SLICE_S) if until is None else until - time.monotonic()
+        or at stop. Only when `bounded`."""
+        left_s = self._local.until - time.monotonic()
         if left_s <= 0 or self.stopping.is_set():
             raise TimeoutError("deadline passed")
         return left_s if timeout is None else min(left_s, timeout)
@@ -51,6 +54,8 @@ class _Stream(httpcore2.NetworkStream):
         self.deadlines = deadlines
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if not self.deadlines.bounded():
+            return self.inner.read(max_bytes, timeout)
         while True:
             try:
                 wait_s = min(self.deadlines.left_s(timeout), SLICE_S)
@@ -62,6 +67,8 @@ class _Stream(httpcore2.NetworkStream):
                 continue  # one slice ran out; the deadline is looked at again
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not self.deadlines.bounded():
+            return self.inner.write(buffer, timeout)
         try:
             left_s = self.deadlines.left_s(timeout)
         except TimeoutError as error:
@@ -72,6 +79,8 @@ class _Stream(httpcore2.NetworkStream):
         self.inner.close()
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        if not self.deadlines.bounded():
+            return _Stream(self.inner.start_tls(ssl_context, server_hostname, timeout), self.deadlines)
         try:
             left_s = self.deadlines.left_s(timeout)
         except TimeoutError as error:
@@ -95,6 +104,8 @@ class _Backend(httpcore2.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.NetworkStream:
+        if not self.deadlines.bounded():
+            return _Stream(super().connect_tcp(host, port, timeout, local_address, socket_options), self.deadlines)
         try:
             left_s = self.deadlines.left_s(timeout)
         except TimeoutError as error:
