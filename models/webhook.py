@@ -22,8 +22,28 @@ MAX_URL_CHARS = 2048
 MAX_FILTERS = 64
 MAX_ERROR_CHARS = 500
 """How much of a failed attempt's error a delivery keeps."""
-URL_PATTERN = r"^https?://[^/?#@\s]+([/?#]\S*)?$"
-"""http or https, a host, no user or password in it (a secret belongs in `secret`), no white space."""
+PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+URL_PATTERN = (
+    r"^https?://(\[[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f.]{0,15}){2,7}(%[A-Za-z0-9._~-]+)?\]|[^][/?#@:\s]+)"
+    rf"(:{PORT})?([/?#]\S*)?$"
+)
+"""http or https; a host name, IPv4 or bracketed IPv6 address; a port 1 to 65535 if any; no user or password
+(a secret belongs in `secret`), no white space."""
+EVENT_TYPES = (
+    "Ready",
+    "NotReady",
+    "DriftCorrected",
+    "Drifted",
+    "Failed",
+    "Invalid",
+    "Recovered",
+    "Waiting",
+    "NodeLost",
+    "Deleted",
+)
+"""Every event type (resources/events.py TYPES says what each means; a test keeps the two the same)."""
+FORMATS = ("generic", "chat")
+"""The body's shape (scheduler/webhook_body.py): every field, or Slack's and Mattermost's {"text": ...} alone."""
 STATES = ("pending", "delivered", "failed")
 
 
@@ -54,6 +74,16 @@ class Webhook(SQLModel, table=True):
             "types_size",
             f"NULL (every type) or 1 to {MAX_FILTERS} event types",
         ),
+        check(
+            "types IS NULL OR types <@ ARRAY[{}]::text[]".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
+            "types_known",
+            "event types among " + ", ".join(EVENT_TYPES),
+        ),
+        check(
+            "format IN ({})".format(", ".join(f"'{f}'" for f in FORMATS)),
+            "format_known",
+            " or ".join(FORMATS),
+        ),
     )
 
     name: str = Field(primary_key=True, max_length=253)
@@ -61,7 +91,10 @@ class Webhook(SQLModel, table=True):
     secret: str = Field(max_length=253)
     """The name of the Secret whose value signs the bodies; the dispatcher reads it at each send."""
     kinds: list[str] | None = _filter("Only events of these kinds (NULL: all).")
+    """Spelled as the CLI takes them (File, file, files); stored as the kind's name (a trigger)."""
     types: list[str] | None = _filter("Only events of these types, Ready, DriftCorrected... (NULL: all).")
+    format: str = Field(default="generic", max_length=16, sa_column_kwargs={"server_default": text("'generic'")})
+    """The body's shape: generic (every field, and `text`) or chat ({"text": ...} alone, for Slack, Mattermost)."""
     paused: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     """Paused, it keeps its cursor: unpaused, it gets every event it missed, in order."""
     created_at: datetime | None = _time(nullable=False, server_now=True)

@@ -164,8 +164,8 @@ class Scheduler:
                     return
         finally:
             self.leading = False
+            clock.shutdown(wait=True)  # first: a scheduler that lost leadership claims nothing beside the new leader
             dispatcher.stop()
-            clock.shutdown(wait=True)
             listener.close()
 
     @staticmethod

@@ -4,12 +4,18 @@ Exactly once by design, through the `deliveries` row of (webhook, event): an att
 attempts + 1) and committed before it is sent; a 2xx marks it delivered in the statement that moves the
 webhook's cursor past it, so a delivered event is never sent again. A dispatcher killed between the two sends
 the unacknowledged event again after its restart, with the same X-Setpoint-Event-Id, on which receivers dedupe.
-A failure is retried with exponential backoff and jitter for webhook_retry_seconds, then recorded failed, and the
-webhook moves on. The secret's value is read at each send, through setpoint_webhook_secret(), and never logged.
+A failure is retried with exponential backoff and jitter (or after the receiver's Retry-After, bounded) for
+webhook_retry_seconds, then recorded failed, and the webhook moves on; an answer that says retrying is useless
+(a 4xx but 408, 425 and 429) is recorded failed at once. Each POST has one overall deadline
+(scheduler/webhook_client.py), and any error in it is a failed attempt. The secret's value is read at each send,
+through setpoint_webhook_secret(), and never logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import email.utils
 import logging
 import random
 from collections.abc import Callable
@@ -20,18 +26,57 @@ import httpx2
 from sqlalchemy import Connection, Engine, text
 
 from models.webhook import MAX_ERROR_CHARS
-from scheduler import metrics, webhook_body
+from scheduler import metrics, webhook_body, webhook_client
 from setpoint.settings import Settings
 
 log = logging.getLogger("setpoint.webhooks")
 
 MAX_ANSWER_BYTES = 65_536
-"""What is read of a receiver's answer (then the connection is dropped): a webhook needs only its status."""
+"""What is read of a receiver's answer after its status, within the POST's deadline, so the connection can be
+kept (then it is dropped): a webhook needs only the status."""
+MAX_RETRY_AFTER_S = 600.0
+"""The longest a receiver's Retry-After makes a delivery wait."""
+RETRIED_4XX = frozenset({408, 425, 429})
+"""Client errors worth trying again (timeout, too early, too many requests); any other 4xx fails at once."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What came of one POST."""
+
+    status: int | None = None
+    """The HTTP status (None: no answer)."""
+    error: str | None = None
+    """Why it failed (None: a 2xx)."""
+    retry_after_s: float | None = None
+    """The receiver's Retry-After (on a 429 or 503), bounded by MAX_RETRY_AFTER_S."""
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying is useless: a 4xx but 408, 425 and 429."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in RETRIED_4XX
+
+
+def retry_after_s(value: str | None, now: datetime) -> float | None:
+    """A Retry-After header's wait (seconds or an HTTP date), bounded by MAX_RETRY_AFTER_S; None if unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:
+        return None
+    return min(max((at - now).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
+
 
 _STEP = text("""
 WITH next AS (
-    SELECT newest.id AS newest, w.name AS webhook, w.url, w.secret, setpoint_webhook_secret(w.name) AS secret_value,
-           e.*, d.state, d.next_attempt_at
+    SELECT newest.id AS newest, w.name AS webhook, w.url, w.secret, w.format,
+           setpoint_webhook_secret(w.name) AS secret_value, e.*, d.state, d.next_attempt_at
     FROM webhooks AS w
     CROSS JOIN (SELECT COALESCE(max(id), 0) AS id FROM events) AS newest
     LEFT JOIN LATERAL (
@@ -89,11 +134,14 @@ class Courier:
         client: httpx2.Client,
         now: Callable[[], datetime],
         rng: random.Random,
+        deadlines: webhook_client.Deadlines,
     ) -> None:
         self.settings = settings
         self.engine = engine
         """Autocommit: each statement is its own transaction."""
         self.client = client
+        """Made by webhook_client.client with `deadlines`, so each POST ends by its deadline."""
+        self.deadlines = deadlines
         self.now = now
         self.rng = rng
         self._missing: set[str] = set()
@@ -123,28 +171,37 @@ class Courier:
         if webhook in self._missing:
             self._missing.discard(webhook)
             log.info("webhook secret found; delivering again", extra={"webhook": webhook})
-        body = webhook_body.render(dict(row))
-        status, error = self._post(row["url"], body, webhook_body.headers(event_id, webhook, body, secret))
-        return self._record(webhook, event_id, row["attempt"], row["attempt_first"], status, error, row["url"])
+        answer = self._post(row, secret)
+        if answer.error is not None and self.deadlines.stopping.is_set():
+            return None  # cut short by stop: not the receiver's failure; pending, the next leader sends it
+        return self._record(webhook, event_id, row["attempt"], row["attempt_first"], answer, row["url"])
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
-        """POST; returns the answer's status (None: no answer) and an error (None: a 2xx)."""
+    def _post(self, row: Any, secret: str) -> Answer:
+        """POST the event of `row` within webhook_timeout_seconds, whatever the receiver does; any error is a
+        failed attempt (never raised: a URL the client refuses must not jam the webhook)."""
+        timeout_s = self.settings.webhook_timeout_seconds
         try:
-            with self.client.stream(
-                "POST", url, content=body, headers=headers, timeout=self.settings.webhook_timeout_seconds
-            ) as answer:
-                read = 0
-                for chunk in answer.iter_raw():
-                    read += len(chunk)
-                    if read > MAX_ANSWER_BYTES:
-                        break
-                if 200 <= answer.status_code < 300:
-                    return answer.status_code, None
-                return answer.status_code, f"HTTP {answer.status_code} {answer.reason_phrase}".strip()
+            body = webhook_body.render(dict(row), row["format"])
+            headers = webhook_body.headers(row["id"], row["webhook"], body, secret, int(self.now().timestamp()))
+            with (
+                self.deadlines.deadline(timeout_s),
+                self.client.stream("POST", row["url"], content=body, headers=headers, timeout=timeout_s) as answer,
+            ):
+                status = answer.status_code
+                with contextlib.suppress(Exception):  # the status is the answer; the rest only keeps the connection
+                    read = 0
+                    for chunk in answer.iter_raw():
+                        read += len(chunk)
+                        if read > MAX_ANSWER_BYTES:
+                            break
+                if 200 <= status < 300:
+                    return Answer(status)
+                wait_s = retry_after_s(answer.headers.get("Retry-After"), self.now()) if status in (429, 503) else None
+                return Answer(status, f"HTTP {status} {answer.reason_phrase}".strip(), wait_s)
         except httpx2.TimeoutException as error:
-            return None, f"no answer within {self.settings.webhook_timeout_seconds:g}s ({type(error).__name__})"
-        except httpx2.HTTPError as error:
-            return None, f"{type(error).__name__}: {error}"
+            return Answer(None, f"no answer within {timeout_s:g}s ({type(error).__name__})")
+        except Exception as error:  # noqa: BLE001  # InvalidURL, a TLS error, anything: recorded, not raised
+            return Answer(None, f"{type(error).__name__}: {error}")
 
     def _wait_for_secret(self, conn: Connection, webhook: str, secret: str, event_id: int, now: datetime) -> float:
         delay_s = min(self.settings.webhook_recheck_seconds, self.settings.webhook_backoff_max_seconds)
@@ -166,26 +223,33 @@ class Courier:
         event_id: int,
         attempts: int,
         first_attempt_at: datetime,
-        status: int | None,
-        error: str | None,
+        answer: Answer,
         url: str,
     ) -> float | None:
         now = self.now()
-        values: dict[str, Any] = {"webhook": webhook, "event_id": event_id, "status": status, "delivered_at": None}
+        error = answer.error
+        values: dict[str, Any] = {
+            "webhook": webhook,
+            "event_id": event_id,
+            "status": answer.status,
+            "delivered_at": None,
+        }
         if error is None:
             with self.engine.connect() as conn:
                 conn.execute(_DONE, {**values, "state": "delivered", "error": None, "delivered_at": now})
             metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
             return None
-        error = error.replace(url, "<url>")[:MAX_ERROR_CHARS]  # the URL may hold a token (Slack's do)
+        error = scrub(error, url)[:MAX_ERROR_CHARS]
         fields = {"webhook": webhook, "event_id": event_id, "attempts": attempts, "error": error}
-        if now - first_attempt_at >= timedelta(seconds=self.settings.webhook_retry_seconds):
+        if answer.permanent or now - first_attempt_at >= timedelta(seconds=self.settings.webhook_retry_seconds):
             with self.engine.connect() as conn:
                 conn.execute(_DONE, {**values, "state": "failed", "error": error})
             metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
             log.warning("webhook delivery failed; given up, the webhook moves on", extra=fields)
             return None
         delay_s = self.backoff_s(attempts)
+        if answer.retry_after_s is not None:
+            delay_s = max(delay_s, answer.retry_after_s)
         with self.engine.connect() as conn:
             next_at = now + timedelta(seconds=delay_s)
             conn.execute(_RESULT, {**values, "state": "pending", "error": error, "next": next_at})
@@ -199,3 +263,14 @@ class Courier:
         doubled_s = self.settings.webhook_backoff_base_seconds * 2 ** min(attempts - 1, 30)
         delay_s = min(self.settings.webhook_backoff_max_seconds, doubled_s)
         return delay_s * (0.5 + self.rng.random() / 2)
+
+
+def scrub(error: str, url: str) -> str:
+    """`error` without the URL or any piece of it past the host (a Slack URL's path is a token)."""
+    error = error.replace(url, "<url>")
+    _, _, rest = url.partition("://")
+    host, sep, tail = rest.partition("/")
+    for piece in sorted({host, sep + tail, *tail.split("/")}, key=len, reverse=True):
+        if len(piece) >= 4:
+            error = error.replace(piece, "<url>")
+    return error

@@ -19,18 +19,19 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-import httpx2
 import psycopg
 from sqlalchemy import text
 
 from models.database import CONNECT_ARGS, libpq_url, make_engine
 from models.event import CHANNEL
-from scheduler import metrics, webhook_delivery
+from scheduler import metrics, webhook_client, webhook_delivery
 from setpoint.settings import Settings
 
 log = logging.getLogger("setpoint.webhooks")
 logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per POST, with its URL, is noise
 
+STOP_S = 2.0
+"""How long `stop` waits for its threads (a POST in flight is cut short at once) before it abandons them."""
 BATCH_S = 1.0
 """How long one thread keeps delivering a webhook's backlog before it lets the others have a turn."""
 
@@ -59,12 +60,13 @@ class Dispatcher:
             pool_pre_ping=False,
             isolation_level="AUTOCOMMIT",  # every statement is one transaction: one round trip, one commit
         )
-        self.client = httpx2.Client(
-            follow_redirects=False,  # a receiver that moved is the webhook row's to change
-            limits=httpx2.Limits(max_connections=threads, max_keepalive_connections=threads, keepalive_expiry=30),
+        self.deadlines = webhook_client.Deadlines()
+        self.client = webhook_client.client(threads, self.deadlines)
+        self.courier = webhook_delivery.Courier(
+            settings, self.engine, self.client, now, rng or random.Random(), self.deadlines
         )
-        self.courier = webhook_delivery.Courier(settings, self.engine, self.client, now, rng or random.Random())
-        self.stopping = threading.Event()
+        self.stopping = self.deadlines.stopping
+        """Set, every POST in flight ends within webhook_client.SLICE_S (its event is sent again later)."""
         self._poke = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook")
         self._lock = threading.Lock()
@@ -82,12 +84,16 @@ class Dispatcher:
         log.info("webhook dispatcher started")
 
     def stop(self) -> None:
-        """Stop sending: a POST in flight ends within webhook_timeout_seconds (its event is sent again later)."""
+        """Stop sending, within about STOP_S: a POST in flight is cut short (its event is sent again later); a
+        thread still busy after that (a database call hanging) is abandoned, and sends nothing more."""
         self.stopping.set()
         self._poke.set()
+        until = time.monotonic() + STOP_S
         for thread in self._threads:
-            thread.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            thread.join(max(0.0, until - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in list(self._pool._threads):  # noqa: SLF001  # the pool's own join has no timeout
+            worker.join(max(0.0, until - time.monotonic()))
         self.client.close()
         self.engine.dispose()
         metrics.WEBHOOK_PENDING.clear()  # a standby reports none: sums over schedulers count each once

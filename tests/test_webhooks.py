@@ -69,7 +69,9 @@ class Receiver:
     """A real HTTP server in a thread: records every POST as it arrives, then answers as told."""
 
     failures: int = 0
-    """Answer 503 to this many requests first."""
+    """Answer `failure_status` to this many requests first."""
+    failure_status: int = 503
+    failure_headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     hold: threading.Event = field(default_factory=threading.Event)
     """While set, requests wait (up to 60 s) for `release` before being answered."""
@@ -90,12 +92,14 @@ class Receiver:
                 if receiver.hold.is_set():
                     receiver.release.wait(60)
                 time.sleep(receiver.delay_s)
-                status = 200
+                status, headers = 200, {}
                 if receiver.failures > 0:
                     receiver.failures -= 1
-                    status = 503
+                    status, headers = receiver.failure_status, receiver.failure_headers
                 with contextlib.suppress(OSError):  # the sender may be gone (killed)
                     self.send_response(status)
+                    for header, value in headers.items():
+                        self.send_header(header, value)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
 
@@ -210,6 +214,23 @@ def webhooks(hooks: Stack) -> Iterator[list[str]]:
         sql(hooks.engine, "DELETE FROM webhooks WHERE name = :n", n=name)
 
 
+def known_kind(engine: Engine, kind: str) -> None:
+    """Make a test's own kind known, as a user's kind is (a table tracked under that name), so a webhook can
+    filter on it: the table stays empty, its events are written to the inbox by `emit`."""
+    if not kind.startswith("Hook"):
+        return
+    table = f"hook_kind_{kind[4:].lower()}"
+    with engine.begin() as conn:
+        if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
+            conn.execute(text(f"CREATE TABLE {table} (name text)"))
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER setpoint_track AFTER INSERT ON {table} "
+                    f"FOR EACH ROW EXECUTE FUNCTION setpoint_track('{kind}')"
+                )
+            )
+
+
 def add_webhook(
     stack: Stack,
     made: list[str],
@@ -218,17 +239,21 @@ def add_webhook(
     types: list[str] | None = None,
     secret: str = "hook-secret",
     paused: bool = False,
+    format: str = "generic",  # noqa: A002  # the column's name
 ) -> str:
     name = f"hook-{uuid.uuid4().hex[:8]}"
+    for kind in kinds or ():
+        known_kind(stack.engine, kind)
     sql(
         stack.engine,
-        "INSERT INTO webhooks (name, url, secret, kinds, types, paused) VALUES (:n, :u, :s, :k, :t, :p)",
+        "INSERT INTO webhooks (name, url, secret, kinds, types, paused, format) VALUES (:n, :u, :s, :k, :t, :p, :f)",
         n=name,
         u=receiver.url,
         s=secret,
         k=kinds,
         t=types,
         p=paused,
+        f=format,
     )
     made.append(name)
     return name
@@ -269,8 +294,11 @@ def readme_verify() -> Any:
 
 
 def signed(received: Received) -> bool:
-    expected = "sha256=" + hmac.new(SECRET.encode(), received.body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(received.headers["X-Setpoint-Signature"], expected)
+    """Signed as documented: the HMAC-SHA256 of timestamp + "." + body, with a timestamp of the moment."""
+    stamp = received.headers["X-Setpoint-Timestamp"]
+    expected = "sha256=" + hmac.new(SECRET.encode(), f"{stamp}.".encode() + received.body, hashlib.sha256).hexdigest()
+    recent = abs(time.time() - int(stamp)) < 60
+    return recent and hmac.compare_digest(received.headers["X-Setpoint-Signature"], expected)
 
 
 def test_each_matching_event_is_delivered_once_signed_with_the_documented_body(
@@ -287,8 +315,10 @@ def test_each_matching_event_is_delivered_once_signed_with_the_documented_body(
     verify = readme_verify()
     for received, i in zip(receiver.requests, range(3), strict=True):
         assert signed(received)
-        assert verify(received.body, received.headers["X-Setpoint-Signature"], SECRET.encode())
-        assert not verify(received.body + b" ", received.headers["X-Setpoint-Signature"], SECRET.encode())
+        stamp, signature = received.headers["X-Setpoint-Timestamp"], received.headers["X-Setpoint-Signature"]
+        assert verify(received.body, stamp, signature, SECRET.encode())
+        assert not verify(received.body + b" ", stamp, signature, SECRET.encode())
+        assert not verify(received.body, str(int(stamp) + 1), signature, SECRET.encode()), "the time is signed"
         assert received.headers["Content-Type"] == "application/json"
         assert received.headers["X-Setpoint-Webhook"] == hook
         body = received.event
@@ -538,6 +568,10 @@ def test_a_tampered_file_produces_exactly_one_drift_corrected_event_and_one_sign
     assert drifts == 1
     mine = [r for r in receiver.requests if r.event["name"] == name]
     assert len(mine) == 1 and signed(mine[0]) and mine[0].event["type"] == "DriftCorrected"
+    body = mine[0].event  # as the README shows it
+    assert (body["reason"], body["message"]) == ("Applied", f"drift corrected: write 8 bytes to {target}")
+    assert body["details"] == {"drift": [{"change": f"write 8 bytes to {target}"}]}
+    assert body["text"] == f"File/{name} DriftCorrected (Applied): drift corrected: write 8 bytes to {target}"
     assert [(d["state"], d["attempts"]) for d in deliveries(hooks.engine, hook)] == [("delivered", 1)]
 
 
@@ -590,7 +624,7 @@ def test_the_scheduler_counts_deliveries_by_result_and_shows_what_each_webhook_h
 
 
 def test_deliveries_done_with_go_with_run_history_and_pending_ones_stay(hooks: Stack, webhooks: list[str]) -> None:
-    hook = add_webhook(hooks, webhooks, Receiver(), ["NoSuchKind"], paused=True)
+    hook = add_webhook(hooks, webhooks, Receiver(port=9), [f"Hook{uuid.uuid4().hex[:8]}"], paused=True)
     old, new = "now() - interval '15 days'", "now() - interval '1 day'"
     for event_id, state, at in ((1, "delivered", old), (2, "failed", old), (3, "pending", old), (4, "delivered", new)):
         sql(
@@ -683,3 +717,97 @@ def test_a_scheduler_that_loses_leadership_stops_sending_and_sends_again_once_it
     wait_for(lambda: receiver.requests, 20, "delivered once it leads again")
     time.sleep(0.3)
     assert [r.event["name"] for r in receiver.requests] == ["after"]
+
+
+def test_kinds_are_taken_as_the_cli_spells_them_and_stored_as_the_kinds_names(hooks: Stack) -> None:
+    with hooks.engine.connect() as conn:  # in one transaction, rolled back: the dispatcher never sees it
+        conn.execute(
+            text("INSERT INTO webhooks (name, url, secret, kinds) VALUES ('spelled', 'http://h/', 's', :k)"),
+            {"k": ["files", "file", "File", "postgres_roles", "postgresrole"]},
+        )
+        kinds = conn.execute(text("SELECT kinds FROM webhooks WHERE name = 'spelled'")).scalar()
+        conn.rollback()
+    assert kinds == ["File", "PostgresRole"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "named"),
+    [
+        ("kinds", ["Files", "Fils"], "kinds: 'Fils' is not a kind; known kinds: "),
+        ("types", ["Drift"], 'constraint "ck_webhooks_types_known"'),
+        ("url", "http://h:8x/", 'constraint "ck_webhooks_url_format"'),
+        ("url", "http://h:0/", 'constraint "ck_webhooks_url_format"'),
+        ("url", "http://h:65536/", 'constraint "ck_webhooks_url_format"'),
+        ("url", "http://[::1/", 'constraint "ck_webhooks_url_format"'),
+        ("url", "http://[1:2]/", 'constraint "ck_webhooks_url_format"'),
+        ("format", "slack", 'constraint "ck_webhooks_format_known"'),
+    ],
+)
+def test_a_mistyped_filter_url_or_format_is_refused_naming_its_column(
+    hooks: Stack, column: str, value: Any, named: str
+) -> None:
+    row = {"name": "mistyped", "url": "http://127.0.0.1:8080/x", "secret": "s", column: value}
+    with pytest.raises(Exception) as refused:
+        sql(hooks.engine, f"INSERT INTO webhooks ({', '.join(row)}) VALUES ({', '.join(':' + c for c in row)})", **row)
+    assert isinstance(refused.value.orig, psycopg.errors.CheckViolation)  # type: ignore[attr-defined]
+    assert named in str(refused.value)
+
+
+def test_the_urls_the_check_lets_through_include_ports_and_ipv6(hooks: Stack) -> None:
+    with hooks.engine.connect() as conn:
+        for i, url in enumerate(["http://[::1]:8080/x", "https://[::ffff:10.0.0.1]/", "http://127.0.0.1:65535/"]):
+            conn.execute(
+                text("INSERT INTO webhooks (name, url, secret) VALUES (:n, :u, 's')"), {"n": f"fine-{i}", "u": url}
+            )
+        conn.rollback()
+
+
+def test_a_client_error_is_given_up_at_once_and_the_next_event_goes(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    receiver = Receiver(failures=1, failure_status=404).start()
+    hook = add_webhook(hooks, webhooks, receiver, [kind])
+    emit(hooks.engine, kind, "gone")
+    emit(hooks.engine, kind, "next")
+    wait_for(lambda: [d["state"] for d in deliveries(hooks.engine, hook)] == ["failed", "delivered"], 5, "both")
+    failed = deliveries(hooks.engine, hook)[0]
+    assert (failed["attempts"], failed["last_status"], failed["last_error"]) == (1, 404, "HTTP 404 Not Found")
+    assert [r.event["name"] for r in receiver.requests] == ["gone", "next"]
+
+
+def test_a_receiver_asking_to_retry_after_some_seconds_is_left_alone_that_long(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    """The module's backoff is capped at 1 s: the 2 s between the attempts are the receiver's Retry-After."""
+    receiver = Receiver(failures=1, failure_status=429, failure_headers={"Retry-After": "2"}).start()
+    hook = add_webhook(hooks, webhooks, receiver, [kind])
+    emit(hooks.engine, kind, "busy")
+    wait_for(lambda: [d["state"] for d in deliveries(hooks.engine, hook)] == ["delivered"], 10, "delivered")
+    [row] = deliveries(hooks.engine, hook)
+    assert row["attempts"] == 2
+    assert row["last_attempt_at"] - row["first_attempt_at"] >= timedelta(seconds=2)
+
+
+def test_a_chat_webhook_gets_the_text_alone_as_slack_and_mattermost_accept_it(
+    hooks: Stack, webhooks: list[str], kind: str
+) -> None:
+    receiver = Receiver().start()
+    add_webhook(hooks, webhooks, receiver, [kind], format="chat")
+    emit(hooks.engine, kind, "chatty", "Failed", message="it <broke>")
+    wait_for(lambda: receiver.requests, 10, "delivered")
+    [received] = receiver.requests
+    assert received.event == {"text": f"{kind}/chatty Failed (Test): it &lt;broke&gt;"}
+    assert signed(received)
+
+
+def test_the_readme_receiver_refuses_a_request_replayed_later() -> None:
+    verify = readme_verify()
+    body, secret = b'{"id": 1}', b"k"
+
+    def signature(stamp: int) -> str:
+        return "sha256=" + hmac.new(secret, f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+    now = int(time.time())
+    assert verify(body, str(now), signature(now), secret)
+    assert not verify(body, str(now - 600), signature(now - 600), secret), "ten minutes old: a replay"
+    assert not verify(body, "soon", signature(now), secret)

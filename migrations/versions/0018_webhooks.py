@@ -1,8 +1,8 @@
 """webhooks: where events are POSTed, and one deliveries row per event and webhook
 
 Table `webhooks` (admins write it with SQL): name, url, the name of the Secret that signs the bodies, optional
-kinds and types filters, paused, and `last_event_id`, the dispatcher's cursor, set at INSERT to the newest event
-(a new webhook gets what happens after it was made, no history). Table `deliveries`: each attempt recorded before
+kinds (stored as the kinds' names, however spelled) and types filters, the body's format (generic or chat),
+paused, and `last_event_id`, the dispatcher's cursor, set at INSERT to the newest event (a new webhook gets what happens after it was made, no history). Table `deliveries`: each attempt recorded before
 it is sent, marked delivered in the transaction that moves the cursor (models/webhook.py). A change of a webhook
 wakes the dispatcher on the events' channel. The scheduler's role runs the dispatcher: it reads webhooks, moves
 their cursors, writes deliveries, and reads the value of a secret a webhook names, and no other, through
@@ -40,8 +40,37 @@ END $$;
 CREATE TRIGGER setpoint_webhook_stamp BEFORE INSERT OR UPDATE ON webhooks
     FOR EACH ROW EXECUTE FUNCTION setpoint_webhook_stamp();
 
+-- kinds as the CLI takes them (File, file, files) stored as the kind's name; an unknown one refused, naming `kinds`.
+CREATE FUNCTION setpoint_webhook_kinds() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    spelled text;
+    canonical text;
+    kept text[] := '{}';
+BEGIN
+    IF NEW.kinds IS NULL THEN
+        RETURN NEW;
+    END IF;
+    FOREACH spelled IN ARRAY NEW.kinds LOOP
+        SELECT k.kind INTO canonical FROM setpoint_kinds() AS k
+        WHERE lower(k.kind) = lower(btrim(spelled)) OR k.plural = lower(btrim(spelled)) ORDER BY k.kind LIMIT 1;
+        IF canonical IS NULL THEN
+            RAISE EXCEPTION 'kinds: % is not a kind; known kinds: %', quote_nullable(spelled),
+                (SELECT string_agg(k.kind || ' (' || k.plural || ')', ', ' ORDER BY k.kind) FROM setpoint_kinds() AS k)
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_webhooks_kinds_known';
+        END IF;
+        IF NOT canonical = ANY(kept) THEN
+            kept := kept || canonical;
+        END IF;
+    END LOOP;
+    NEW.kinds := kept;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER setpoint_webhook_kinds BEFORE INSERT OR UPDATE OF kinds ON webhooks
+    FOR EACH ROW EXECUTE FUNCTION setpoint_webhook_kinds();
+
 -- A webhook added, changed, unpaused or removed: the dispatcher looks again at once (not for its own cursor moves).
-CREATE TRIGGER setpoint_webhook_changed AFTER INSERT OR DELETE OR UPDATE OF name, url, secret, kinds, types, paused
+CREATE TRIGGER setpoint_webhook_changed AFTER INSERT OR DELETE OR UPDATE OF name, url, secret, kinds, types, format,
+    paused
     ON webhooks FOR EACH STATEMENT EXECUTE FUNCTION setpoint_events_waiting();
 
 CREATE FUNCTION setpoint_webhook_secret(webhook text) RETURNS text LANGUAGE sql STABLE AS $$
@@ -65,12 +94,15 @@ def upgrade() -> None:
     sa.Column('secret', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
     sa.Column('kinds', postgresql.ARRAY(sa.Text()), nullable=True),
     sa.Column('types', postgresql.ARRAY(sa.Text()), nullable=True),
+    sa.Column('format', sqlmodel.sql.sqltypes.AutoString(length=16), server_default=sa.text("'generic'"), nullable=False),
     sa.Column('paused', sa.Boolean(), server_default=sa.text('false'), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('last_event_id', sa.BigInteger(), server_default=sa.text('0'), nullable=False),
     sa.CheckConstraint("name ~ '^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$'", name=op.f('ck_webhooks_name_format')),
     sa.CheckConstraint("secret ~ '^[a-z0-9]([-a-z0-9_.]{0,251}[a-z0-9])?$'", name=op.f('ck_webhooks_secret_format')),
-    sa.CheckConstraint("url ~ '^https?://[^/?#@\\s]+([/?#]\\S*)?$'", name=op.f('ck_webhooks_url_format')),
+    sa.CheckConstraint("url ~ '^https?://(\\[[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f.]{0,15}){2,7}\\]|[^][/?#@:\\s]+)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?([/?#]\\S*)?$'", name=op.f('ck_webhooks_url_format')),
+    sa.CheckConstraint("types IS NULL OR types <@ ARRAY['Ready', 'NotReady', 'DriftCorrected', 'Drifted', 'Failed', 'Invalid', 'Recovered', 'Waiting', 'NodeLost', 'Deleted']::text[]", name=op.f('ck_webhooks_types_known')),
+    sa.CheckConstraint("format IN ('generic', 'chat')", name=op.f('ck_webhooks_format_known')),
     sa.CheckConstraint('kinds IS NULL OR cardinality(kinds) BETWEEN 1 AND 64', name=op.f('ck_webhooks_kinds_size')),
     sa.CheckConstraint('types IS NULL OR cardinality(types) BETWEEN 1 AND 64', name=op.f('ck_webhooks_types_size')),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_webhooks'))
@@ -102,6 +134,8 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS setpoint_webhook_changed ON webhooks")
     op.execute("DROP TRIGGER IF EXISTS setpoint_webhook_stamp ON webhooks")
     op.execute("DROP FUNCTION IF EXISTS setpoint_webhook_stamp()")
+    op.execute("DROP TRIGGER IF EXISTS setpoint_webhook_kinds ON webhooks")
+    op.execute("DROP FUNCTION IF EXISTS setpoint_webhook_kinds()")
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_index('ix_deliveries_last_attempt_at', table_name='deliveries')
     op.drop_table('deliveries')
