@@ -68,7 +68,8 @@ def failures() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _engine() -> Engine:
+def database() -> Engine:
+    """The database of SETPOINT_DATABASE_URL, its desired-state writes recorded as the CLI user's (acting_as_user)."""
     return change.track(make_engine(config.get().database_url))
 
 
@@ -94,7 +95,7 @@ def apply(
         docs = [doc for target in filename for doc in manifest.load(target)]
         if not docs:
             raise errors.UsageError(f"no documents in {', '.join(filename)}")
-        engine = _engine()
+        engine = database()
         applied = documents.apply(engine, docs)
         for item in applied:
             out.print(f"{item.kind.lower()}/{item.name} {item.action}")
@@ -141,7 +142,7 @@ def delete(
             targets = [(kind, name)]
         else:
             raise errors.UsageError("give KIND NAME, or -f with manifests")
-        engine = _engine()
+        engine = database()
         for kind_text, resource in targets:
             found = kinds.resolve(kind_text)
             documents.delete(engine, found, resource)
@@ -168,7 +169,7 @@ def get(
 
     with failures():
         found = kinds.resolve(kind)
-        engine = _engine()
+        engine = database()
         if watch and output != "table":
             raise errors.UsageError("--watch prints a table: leave out --output")
         after = events.head(engine) if watch else 0  # every event after the table was read comes as a row
@@ -205,12 +206,12 @@ def row_cells(item: dict[str, Any]) -> list[str]:
         "yes" if status["ready"] else "no",
         status["phase"],
         f"{status['generation']}/{observed if observed is not None else '-'}",
-        _ago(status.get("last_reconcile_at")),
+        ago(status.get("last_reconcile_at")),
         status["message"],
     ]
 
 
-def _ago(timestamp: str | None) -> str:
+def ago(timestamp: str | None) -> str:
     if not timestamp:
         return "never"
     from datetime import UTC, datetime
@@ -224,7 +225,7 @@ def describe(kind: KindArg, name: NameArg) -> None:
     owner and owned resources with their phases, the references resolved, and the last runs."""
     with failures(), secrets.recording() as used:
         found = kinds.resolve(kind)
-        engine = _engine()
+        engine = database()
         item = documents.get(engine, found, name)
         status = item["status"]
         out.print(
@@ -318,7 +319,7 @@ def tree(kind: KindArg, name: NameArg, output: Output = "table") -> None:
     -o json|yaml prints the same tree as {ref, phase, ready, dependencies, owned}."""
     with failures():
         found = kinds.resolve(kind)
-        engine = _engine()
+        engine = database()
         documents.get(engine, found, name)  # NotFound, as the other commands say it
         with engine.connect() as conn:
             root, cut = graph.tree(conn, found.name, name)
@@ -354,7 +355,7 @@ def plan(kind: KindArg, name: NameArg) -> None:
     input."""
     with failures(), secrets.recording() as used:  # secrets read here are printed as ***
         found = kinds.resolve(kind)
-        engine = _engine()
+        engine = database()
         item = documents.get(engine, found, name)
         resolved, hold = _resolved(engine, found, item)
         label = f"{found.name.lower()}/{name}"
@@ -383,7 +384,7 @@ def reconcile(kind: KindArg, name: NameArg) -> None:
     """Reconcile now instead of at the next interval (the scheduler enqueues it within a tick)."""
     with failures():
         found = kinds.resolve(kind)
-        documents.reconcile_now(_engine(), found, name)
+        documents.reconcile_now(database(), found, name)
         out.print(f"{found.name.lower()}/{name} due now")
 
 
@@ -400,7 +401,7 @@ def resume(kind: KindArg, name: NameArg, reason: Reason = None) -> None:
 def _set_paused(kind: str, name: str, paused: bool, reason: str | None) -> None:
     with failures(), acting_as_user(reason):
         found = kinds.resolve(kind)
-        documents.set_paused(_engine(), found, name, paused)
+        documents.set_paused(database(), found, name, paused)
         out.print(f"{found.name.lower()}/{name} {'paused' if paused else 'resumed'}")
 
 
@@ -451,7 +452,7 @@ def _print_dropped(node: str, queue: str, moved: nodes.Moved) -> None:
 def node_list() -> None:
     """Every node, whether its worker is alive (a heartbeat within SETPOINT_NODE_SILENT_SECONDS), its resources."""
     with failures():
-        views = nodes.listing(_engine(), silent_s=config.get().node_silent_seconds)
+        views = nodes.listing(database(), silent_s=config.get().node_silent_seconds)
         table = Table("NODE", "STATE", "LAST SEEN", "STARTED", "WORKER", "VERSION", "RESOURCES", "DELETING", box=None)
         for view in views:
             state = "alive" if view.alive else ("silent" if view.last_seen_at else "never seen")
@@ -479,7 +480,7 @@ def node_drain(
     with failures(), _broker() as broker:
         settings, queue = config.get(), queue_for(name)
         moved = nodes.drain(
-            _engine(), broker, name, to, queue=queue, silent_s=settings.node_silent_seconds, force=force
+            database(), broker, name, to, queue=queue, silent_s=settings.node_silent_seconds, force=force
         )
         for kind, resource in moved.moved:
             out.print(f"{kind.lower()}/{resource} moved to {to}")
@@ -494,7 +495,7 @@ def node_forget(name: NodeArg, force: Force = False) -> None:
     whose teardown can no longer run, so their names can be used again, and delete its queue in the broker."""
     with failures(), _broker() as broker:
         settings, queue = config.get(), queue_for(name)
-        moved = nodes.forget(_engine(), broker, name, queue=queue, silent_s=settings.node_silent_seconds, force=force)
+        moved = nodes.forget(database(), broker, name, queue=queue, silent_s=settings.node_silent_seconds, force=force)
         for kind, resource in moved.moved:
             out.print(f"{kind.lower()}/{resource} unpinned")
         for kind, resource in moved.forgotten:

@@ -100,7 +100,7 @@ def events_command(
         if output not in ("table", "json"):
             raise errors.UsageError(f"--output must be table or json, got {output!r}")
         wanted = _filter(kind, name, type_)
-        engine = commands._engine()
+        engine = commands.database()
         after = events.head(engine)
         shown = events.recent(engine, wanted, limit)
         shown = [event for event in shown if event["id"] <= after]  # what was published since comes with -w

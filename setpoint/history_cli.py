@@ -18,7 +18,7 @@ from rich.table import Table
 
 from resources import history, kinds
 from setpoint import errors
-from setpoint.commands import KindArg, NameArg, Output, Reason, _engine, acting_as_user, err, failures, out
+from setpoint.commands import KindArg, NameArg, Output, Reason, acting_as_user, database, err, failures, out
 from setpoint.events_cli import printable
 
 Limit = Annotated[int, typer.Option("--limit", min=1, max=history.MAX_PAGE, help="At most this many, newest first.")]
@@ -29,7 +29,7 @@ def history_command(kind: KindArg, name: NameArg, output: Output = "table", limi
     old and new values included). Kept: the last SETPOINT_HISTORY_CHANGES_KEPT changes of each resource."""
     with failures():
         found = history.kind_name(kind)
-        changes = history.entries(_engine(), found, name, limit=limit)
+        changes = history.entries(database(), found, name, limit=limit)
         if output in ("json", "yaml"):
             shown = [entry.as_json() for entry in changes]
             print(json.dumps(shown, indent=2) if output == "json" else yaml.safe_dump(shown, sort_keys=False), end="")
@@ -62,7 +62,7 @@ def diff(
     as a unified diff."""
     with failures():
         found = kinds.resolve(kind)
-        fields = history.diff(_engine(), found, name, from_, to)
+        fields = history.diff(database(), found, name, from_, to)
         if not fields:
             out.print(f"{found.name.lower()}/{name}: no difference in desired state")
         for field in fields:
@@ -81,7 +81,7 @@ def rollback(
     and deletion_policy (how it is operated, not what it is)."""
     with failures(), acting_as_user(reason):
         found = kinds.resolve(kind)
-        rolled = history.rollback(_engine(), found, name, to_generation)
+        rolled = history.rollback(database(), found, name, to_generation)
         label = f"{found.name.lower()}/{name}"
         kept = f"; left as they are: {', '.join(rolled.kept)}" if rolled.kept else ""
         if not rolled.changed:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from scheduler import policies
 from setpoint import errors
-from setpoint.commands import _engine, err, failures, out
+from setpoint.commands import database, err, failures, out
 
 app = typer.Typer(help="Rollouts that policies (max_unready, max_failures) pace and halt.", no_args_is_help=True)
 
@@ -45,7 +45,7 @@ def show(output: str = "table") -> None:
     with failures():
         if output not in ("table", "json"):
             raise errors.UsageError(f"--output must be table or json for policies, got {output!r}")
-        engine = _engine()
+        engine = database()
         with engine.connect() as conn:
             found = policies.usage(conn)
         if output == "json":
@@ -72,6 +72,6 @@ def resume(policy: Annotated[str, typer.Argument(help="The policy whose rollout 
     """Go on with a rollout that max_failures halted: the failures so far no longer count (the same as
     `UPDATE policies SET resumed_at = now() WHERE name = 'POLICY'`)."""
     with failures():
-        if not policies.resume(_engine(), policy):
+        if not policies.resume(database(), policy):
             raise errors.NotFound(f"no policy named {policy!r} (setpoint get policies lists them)")
         out.print(f"policy {escape(policy)}: rollout resumed; failures before now no longer halt it")

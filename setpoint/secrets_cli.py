@@ -18,7 +18,7 @@ from rich.table import Table
 
 from resources import secrets
 from setpoint import errors
-from setpoint.commands import Reason, _ago, _engine, acting_as_user, err, failures, out
+from setpoint.commands import Reason, acting_as_user, ago, database, err, failures, out
 from worker.secrets import MIN_SCRUBBED
 
 app = typer.Typer(
@@ -46,7 +46,7 @@ def set_(
     with failures(), acting_as_user(reason):
         secrets.check_name(name)
         value = _read_value(name, from_file, from_env)
-        done = secrets.put(_engine(), name, value)
+        done = secrets.put(database(), name, value)
         used = f", used by {len(done.secret.used_by)}" if done.secret.used_by else ""
         out.print(f"secret/{name} {done.change} ({done.secret.digest}{used})")
         if len(value) < MIN_SCRUBBED:
@@ -91,7 +91,7 @@ def list_(
     with failures():
         if output not in ("table", "json", "yaml"):
             raise errors.UsageError(f"--output must be table, json or yaml, got {output!r}")
-        found = secrets.listing(_engine())
+        found = secrets.listing(database())
         if output == "json":
             print(json.dumps([s.as_json() for s in found], indent=2))
             return
@@ -106,7 +106,7 @@ def list_(
         table = Table("NAME", "DIGEST", "UPDATED", "USED BY", box=None)
         for secret in found:
             table.add_row(
-                secret.name, secret.digest, _ago(secret.updated_at.isoformat()), ", ".join(secret.used_by) or "-"
+                secret.name, secret.digest, ago(secret.updated_at.isoformat()), ", ".join(secret.used_by) or "-"
             )
         out.print(table)
 
@@ -116,7 +116,7 @@ def delete(name: SecretName, reason: Reason = None) -> None:
     """Delete a secret; the resources that refer to it wait (DependencyMissing) until it is set again."""
     with failures(), acting_as_user(reason):
         secrets.check_name(name)
-        gone = secrets.delete(_engine(), name)
+        gone = secrets.delete(database(), name)
         out.print(f"secret/{name} deleted")
         if gone.used_by:
             err.print(
