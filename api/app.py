@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import FastAPI, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api import auth, console, events, failures, history, limits, routes, secrets
 from api.bodies import Problem
