@@ -487,3 +487,42 @@ def test_the_resource_fragment_carries_the_actions_as_they_are_now(
     again = fresh.get(f"/console/fragment/r/File/{unique}").text
     assert 'id="action-resume"' in again and 'id="action-pause"' not in again
     assert re.search(r"<button[^>]*autofocus[^>]*>Cancel</button>", again), "the dialog must focus Cancel"
+
+
+def test_reconcile_now_is_recorded_as_the_users_change_from_the_console_the_cli_and_the_api_role(
+    locked: TestClient, engine: Engine, role_logins: dict[str, Engine], database_url: str, unique: str
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from models import change
+    from resources import documents
+    from resources.kinds import resolve
+    from tests.conftest import ROOT
+
+    a_file(engine, unique)
+    sign_in(locked, "alice")
+    token = csrf(locked, f"/console/r/File/{unique}")
+    locked.post(f"/console/r/File/{unique}/reconcile", data={"csrf": token}, headers=ORIGIN)
+    with change.acting("api:someone", "as the compose deployment's API role"):
+        documents.reconcile_now(change.track(role_logins["setpoint_api"]), resolve("File"), unique)
+    env = api_env(database_url)
+    cli = [sys.executable, "-m", "setpoint.cli"]
+    done = subprocess.run(
+        [*cli, "reconcile", "file", unique, "--reason", "look again"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run(
+        [*cli, "history", "file", unique, "-o", "json"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    said = [(e["operation"], e["actor"], e["reason"]) for e in json.loads(shown.stdout)]
+    assert said[:3] == [
+        ("reconcile", f"cli:{__import__('getpass').getuser()}", "look again"),
+        ("reconcile", "api:someone", "as the compose deployment's API role"),
+        ("reconcile", "console:token/alice", "reconcile now from the web console"),
+    ]
+    assert said[3][0] == "insert"
+    page = locked.get(f"/console/r/File/{unique}").text
+    assert "console:token/alice" in page and "<td>reconcile</td>" in page
