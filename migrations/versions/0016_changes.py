@@ -2,7 +2,8 @@
 
 Table `changes`: one row per insert, update (that changed the generation) or delete of a desired row, in every
 kind's table and in `secrets` (whose value is recorded as its digest, never itself): kind, name, uid, generation,
-operation (or `reconcile`, someone's reconcile now), the changed columns' old and new values, the desired row, and who (database user, application_name,
+operation (or `reconcile`: someone's reconcile now, by setpoint_reconcile_now, which the API may call), the
+changed columns' old and new values, the desired row, and who (database user, application_name,
 client address, and the transaction's `setpoint.actor` and `setpoint.reason`). The trigger function runs as its
 owner: writers need no right on `changes`. The API reads it; the scheduler prunes it.
 
