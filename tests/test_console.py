@@ -346,25 +346,23 @@ def test_over_https_the_session_cookie_is_secure(database_url: str) -> None:
 
 
 @pytest.fixture()
-def fresh(database_url: str) -> Iterator[TestClient]:
+def own(database_url: str) -> Iterator[TestClient]:
     """A console with a token, its own sessions and sign-in back-off; a 500 is answered, not raised."""
     app = create_app(Settings(database_url=database_url, api_token=TOKEN))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
 
-def test_signing_out_ends_the_session_not_just_the_browsers_copy(fresh: TestClient) -> None:
-    sign_in(fresh)
-    copied = fresh.cookies["setpoint_console"]
-    token = csrf(fresh, "/console/")
-    assert (
-        fresh.post("/console/logout", data={"csrf": token}, headers=ORIGIN, follow_redirects=False).status_code == 303
-    )
-    fresh.cookies.set("setpoint_console", copied)  # a copy taken before signing out (another tab, a proxy log ...)
-    assert fresh.get("/console/", follow_redirects=False).status_code == 303, "the signed-out cookie still opens it"
-    assert fresh.get("/v1/events", params={"stream": "false"}).status_code == 401
-    sign_in(fresh)  # a new session is not the one signed out
-    assert fresh.get("/console/", follow_redirects=False).status_code == 200
+def test_signing_out_ends_the_session_not_just_the_browsers_copy(own: TestClient) -> None:
+    sign_in(own)
+    copied = own.cookies["setpoint_console"]
+    token = csrf(own, "/console/")
+    assert own.post("/console/logout", data={"csrf": token}, headers=ORIGIN, follow_redirects=False).status_code == 303
+    own.cookies.set("setpoint_console", copied)  # a copy taken before signing out (another tab, a proxy log ...)
+    assert own.get("/console/", follow_redirects=False).status_code == 303, "the signed-out cookie still opens it"
+    assert own.get("/v1/events", params={"stream": "false"}).status_code == 401
+    sign_in(own)  # a new session is not the one signed out
+    assert own.get("/console/", follow_redirects=False).status_code == 200
 
 
 def test_signed_out_sessions_are_bounded_past_that_everyone_signs_in_again() -> None:
@@ -380,25 +378,25 @@ def test_signed_out_sessions_are_bounded_past_that_everyone_signs_in_again() -> 
 
 
 @pytest.mark.parametrize("cookie", ["abc.\u00e9", "e30=.\u00e9\u00e9"])
-def test_a_non_ascii_cookie_is_no_session_rather_than_a_500(fresh: TestClient, cookie: str) -> None:
+def test_a_non_ascii_cookie_is_no_session_rather_than_a_500(own: TestClient, cookie: str) -> None:
     raw = [(b"cookie", f"setpoint_console={cookie}".encode())]  # as a browser may send it (curl -H proves it too)
-    assert fresh.get("/console/", headers=raw, follow_redirects=False).status_code == 303
-    assert fresh.get("/v1/events", headers=raw, params={"stream": "false"}).status_code == 401
+    assert own.get("/console/", headers=raw, follow_redirects=False).status_code == 303
+    assert own.get("/v1/events", headers=raw, params={"stream": "false"}).status_code == 401
 
 
-def test_a_non_ascii_csrf_token_is_refused_rather_than_a_500(fresh: TestClient, engine: Engine, unique: str) -> None:
+def test_a_non_ascii_csrf_token_is_refused_rather_than_a_500(own: TestClient, engine: Engine, unique: str) -> None:
     a_file(engine, unique)
-    sign_in(fresh)
-    answer = fresh.post(f"/console/r/File/{unique}/pause", data={"csrf": "\u00e9"}, headers=ORIGIN)
+    sign_in(own)
+    answer = own.post(f"/console/r/File/{unique}/pause", data={"csrf": "\u00e9"}, headers=ORIGIN)
     assert answer.status_code == 403 and "CSRF token" in answer.text
     assert not paused(engine, unique)
 
 
-def test_a_form_with_many_fields_is_refused_rather_than_a_500(fresh: TestClient) -> None:
+def test_a_form_with_many_fields_is_refused_rather_than_a_500(own: TestClient) -> None:
     fields = {f"f{i}": "1" for i in range(20)}
-    answer = fresh.post("/console/login", data=fields, headers=ORIGIN)
+    answer = own.post("/console/login", data=fields, headers=ORIGIN)
     assert answer.status_code == 413 and "at most 16 fields" in answer.text
-    big = fresh.post("/console/login", data={"token": "x" * 20_000}, headers=ORIGIN)
+    big = own.post("/console/login", data={"token": "x" * 20_000}, headers=ORIGIN)
     assert big.status_code == 413 and "bytes" in big.text
 
 
@@ -425,39 +423,39 @@ def test_without_a_token_a_foreign_host_cannot_act_dns_rebinding(
 
 
 def test_a_nul_in_a_filter_or_a_name_is_said_on_the_page_naming_the_field(
-    fresh: TestClient, engine: Engine, unique: str
+    own: TestClient, engine: Engine, unique: str
 ) -> None:
-    sign_in(fresh)
+    sign_in(own)
     for field in ("name", "label"):
-        answer = fresh.get("/console/", params={field: "a\x00b"})
+        answer = own.get("/console/", params={field: "a\x00b"})
         assert answer.headers["content-type"].startswith("text/html"), answer.text
         assert answer.status_code == 200 and f"The {field} filter must not contain a NUL" in answer.text
-    token = csrf(fresh, "/console/")
-    acted = fresh.post("/console/r/File/a%00b/pause", data={"csrf": token}, headers=ORIGIN)
+    token = csrf(own, "/console/")
+    acted = own.post("/console/r/File/a%00b/pause", data={"csrf": token}, headers=ORIGIN)
     assert acted.status_code == 422 and acted.headers["content-type"].startswith("text/html")
     assert "The resource name must not contain a NUL" in acted.text
-    assert fresh.get("/console/r/File/a%00b").status_code == 422
+    assert own.get("/console/r/File/a%00b").status_code == 422
 
 
-def test_an_unknown_kind_or_action_is_named(fresh: TestClient, unique: str) -> None:
-    sign_in(fresh)
-    token = csrf(fresh, "/console/")
-    kind = fresh.post(f"/console/r/Nope/{unique}/reconcile", data={"csrf": token}, headers=ORIGIN)
+def test_an_unknown_kind_or_action_is_named(own: TestClient, unique: str) -> None:
+    sign_in(own)
+    token = csrf(own, "/console/")
+    kind = own.post(f"/console/r/Nope/{unique}/reconcile", data={"csrf": token}, headers=ORIGIN)
     assert kind.status_code == 404 and "There is no kind &#39;Nope&#39;" in kind.text
-    action = fresh.post(f"/console/r/File/{unique}/explode", data={"csrf": token}, headers=ORIGIN)
+    action = own.post(f"/console/r/File/{unique}/explode", data={"csrf": token}, headers=ORIGIN)
     assert action.status_code == 404 and "There is no action &#39;explode&#39;" in action.text
 
 
 def test_wrong_tokens_back_off_the_address_and_are_logged_once(
-    fresh: TestClient, caplog: pytest.LogCaptureFixture
+    own: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     from api import console_signin
 
     for _ in range(console_signin.MAX_FAILURES):
-        assert fresh.post("/console/login", data={"token": "guess"}, headers=ORIGIN).status_code == 401
+        assert own.post("/console/login", data={"token": "guess"}, headers=ORIGIN).status_code == 401
     with caplog.at_level("WARNING", logger="setpoint.console"):
         for _ in range(3):
-            refused = fresh.post("/console/login", data={"token": TOKEN}, headers=ORIGIN, follow_redirects=False)
+            refused = own.post("/console/login", data={"token": TOKEN}, headers=ORIGIN, follow_redirects=False)
             assert refused.status_code == 429 and "Too many wrong tokens" in refused.text
             assert 1 <= int(refused.headers["Retry-After"]) <= console_signin.WINDOW_S
     assert [r.message for r in caplog.records].count("console sign-in backed off") == 1
@@ -477,14 +475,14 @@ def test_the_back_off_forgets_a_window_later_and_tracks_a_bounded_number_of_addr
 
 
 def test_the_resource_fragment_carries_the_actions_as_they_are_now(
-    fresh: TestClient, engine: Engine, unique: str
+    own: TestClient, engine: Engine, unique: str
 ) -> None:
     """The live refresh replaces the fragment: a resource paused elsewhere offers Resume, not Pause."""
     a_file(engine, unique)
-    sign_in(fresh)
-    assert 'id="action-pause"' in fresh.get(f"/console/fragment/r/File/{unique}").text
+    sign_in(own)
+    assert 'id="action-pause"' in own.get(f"/console/fragment/r/File/{unique}").text
     unwatched(engine, "UPDATE files SET paused = true WHERE name = :n", unique)
-    again = fresh.get(f"/console/fragment/r/File/{unique}").text
+    again = own.get(f"/console/fragment/r/File/{unique}").text
     assert 'id="action-resume"' in again and 'id="action-pause"' not in again
     assert re.search(r"<button[^>]*autofocus[^>]*>Cancel</button>", again), "the dialog must focus Cancel"
 
