@@ -51,13 +51,13 @@ def serve(
             "--insecure-no-auth too (on a loopback --host); or set SETPOINT_API_TOKEN instead and drop "
             "--console-actions (users then sign in with the token)"
         )
+    app = create_app(settings, insecure_no_auth=insecure_no_auth, console_actions=console_actions)
+    logs.configure()
     if settings.api_token and len(settings.api_token) < MIN_TOKEN_CHARS:
         log.warning(
             "SETPOINT_API_TOKEN is short: use at least 32 random characters (openssl rand -hex 32)",
             extra={"chars": len(settings.api_token)},
         )
-    app = create_app(settings, insecure_no_auth=insecure_no_auth, console_actions=console_actions)
-    logs.configure()
     if not settings.api_token:
         log.warning(
             "serving without authentication: anyone on this machine can change desired state and run commands",

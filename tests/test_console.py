@@ -523,4 +523,30 @@ def test_reconcile_now_is_recorded_as_the_users_change_from_the_console_the_cli_
     ]
     assert said[3][0] == "insert"
     page = locked.get(f"/console/r/File/{unique}").text
-    assert "console:token/alice" in page and "<td>reconcile</td>" in page
+    assert "console:token/alice" in page and "<td>reconcile</td>" in page and "none (reconcile now)" in page
+
+
+def test_a_short_token_is_warned_about_at_start_but_still_served(database_url: str, tmp_path: Path) -> None:
+    import sys
+
+    import httpx2 as httpx
+
+    from tests.conftest import Process, wait_for
+    from tests.test_api_safety import free_port
+
+    port = free_port()
+    env = {**api_env(database_url), "SETPOINT_API_TOKEN": "short-token"}
+    api = Process([sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)], env, tmp_path / "api.log")
+    try:
+        wait_for(lambda: "SETPOINT_API_TOKEN is short" in api.output() or api.popen.poll() is not None, 30, "warned")
+        assert "SETPOINT_API_TOKEN is short" in api.output() and "short-token" not in api.output()
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 30, "served")
+    finally:
+        api.stop()
