@@ -3,7 +3,8 @@
 With SETPOINT_API_TOKEN set, a session is given once the token is typed in; its cookie holds a random nonce, the
 name the user gave and an expiry, signed with a key derived from the token (so changing the token ends every
 session, and nothing in the cookie reveals it). Without a token, every visitor gets an anonymous session, signed
-with a key made at start, which only carries the CSRF token for the actions `--console-actions` allows.
+with a key made at start, which only carries the CSRF token for the actions `--console-actions` allows. Signing
+out ends the session itself: its nonce is remembered (bounded, per process) until the session would have expired.
 """
 
 from __future__ import annotations
