@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api import auth, console, events, failures, history, limits, routes, secrets
 from api.bodies import Problem
@@ -55,6 +56,9 @@ NO_TOKEN = (
     "machine only, pass --insecure-no-auth with a loopback --host (127.0.0.1, ::1 or localhost)"
 )
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""Without a token, the only Host names served (with any port): this machine's own."""
+
 
 def create_app(settings: Settings, *, insecure_no_auth: bool = False, console_actions: bool = False) -> FastAPI:
     """The API over the database at `settings.database_url`, with one engine of its own, disposed at shutdown.
@@ -91,6 +95,10 @@ def create_app(settings: Settings, *, insecure_no_auth: bool = False, console_ac
             "dependencies": [Security(HTTPBearer(auto_error=False))],
             "responses": {401: {"model": Problem, "description": "No bearer token, or not the right one."}},
         }
+    if not settings.api_token:
+        # DNS rebinding: without a token, a page of another site whose name now points at 127.0.0.1 would be served
+        # as if it were ours (same origin to the browser); only a loopback name in Host is ours.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
     # Added last, so outermost: no body larger than the limit is read, whoever sends it.
     app.add_middleware(limits.BodySize, max_bytes=settings.api_max_body_bytes)
     for kind in all_kinds().values():

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from api import console_data, console_pictures
+from api import console_data, console_pictures, console_signin
 from api.console_session import COOKIE, LIFETIME_S, Session, Sessions, identity, same_origin, secure
 from models import change
 from models.status import PHASES
@@ -55,6 +55,7 @@ HEADERS = {
 """No page of the console may be framed by another site (a confirm button under someone else's page), load a
 script from elsewhere, or be cached."""
 MAX_FORM_BYTES = 16 * 1024
+MAX_FORM_FIELDS = 16
 CHART_TTL_S = 10.0
 
 
@@ -166,15 +167,27 @@ def set_cookie(response: Response, request: Request, cookie: str) -> None:
     )
 
 
+class FormTooLarge(Exception):
+    """The console's forms have a few short fields: this one is larger, so it is not one of them."""
+
+
 async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form (the console's only kind), read without a multipart parser; at most MAX_FORM_BYTES."""
+    """An urlencoded form (the console's only kind), read without a multipart parser; at most MAX_FORM_BYTES and
+    MAX_FORM_FIELDS, else FormTooLarge."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            return {}
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=16)
+            raise FormTooLarge(f"a console form has at most {MAX_FORM_BYTES} bytes")
+    try:
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise FormTooLarge(f"a console form has at most {MAX_FORM_FIELDS} fields") from None
     return {key: values[0] for key, values in parsed.items()}
+
+
+def _nul(field: str) -> str:
+    return f"The {field} must not contain a NUL character (\\0): nothing was looked up."
 
 
 def _safe_next(target: str | None) -> str:
@@ -203,6 +216,10 @@ def _filters(request: Request) -> tuple[console_data.Filters, int, str | None]:
         page = 1
     label = (query.get("label") or "").strip()[:253] or None
     name = (query.get("name") or "").strip()[:253] or None
+    if label and "\x00" in label:
+        problem, label = _nul("label filter"), None
+    if name and "\x00" in name:
+        problem, name = _nul("name filter"), None
     return console_data.Filters(kind, phase, label, name), page, problem
 
 
@@ -212,11 +229,18 @@ def mount(app: FastAPI, engine: Engine, *, token: str | None, actions: bool) -> 
     console = Console(engine, Sessions(token), token, bool(token) or actions)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(router(console))
+
+    async def too_large(request: Request, error: Exception) -> Response:
+        said = f"Nothing was done: {error}, and this one has more. Reload the page and try again."
+        return console.refuse(request, console.session(request), 413, "Form too large", said)
+
+    app.add_exception_handler(FormTooLarge, too_large)
     return console.sessions
 
 
 def router(console: Console) -> APIRouter:
     pages = APIRouter(prefix=PREFIX, include_in_schema=False)
+    signin_limit = console_signin.SignInLimit()
 
     async def fleet_values(request: Request) -> dict[str, Any]:
         filters, page, problem = _filters(request)
@@ -257,7 +281,7 @@ def router(console: Console) -> APIRouter:
 
     async def resource_values(kind_name: str, name: str) -> dict[str, Any] | None:
         kind = all_kinds().get(kind_name)
-        if kind is None:
+        if kind is None or "\x00" in name:
             return None
         try:
             found = await run_in_threadpool(console_data.resource, console.engine, kind, name)
@@ -276,9 +300,12 @@ def router(console: Console) -> APIRouter:
         }
 
     def missing(request: Request, viewer: Session, kind_name: str, name: str) -> Response:
-        said = f"{kind_name}/{name} does not exist (or no longer does)."
         if kind_name not in all_kinds():
             said = f"There is no kind {kind_name!r}; known kinds: {', '.join(all_kinds())}."
+        elif "\x00" in name:
+            return console.refuse(request, viewer, 422, "Not a name", _nul("resource name"))
+        else:
+            said = f"{kind_name}/{name} does not exist (or no longer does)."
         return console.refuse(request, viewer, 404, "Not found", said)
 
     @pages.get("/r/{kind_name}/{name}", response_class=HTMLResponse)
@@ -336,8 +363,10 @@ def router(console: Console) -> APIRouter:
             return refused
         assert session is not None
         kind = all_kinds().get(kind_name)
-        if kind is None or action not in ACTIONS:
-            return console.refuse(request, session, 404, "Not found", f"There is no {kind_name} action {action!r}.")
+        if kind is None or "\x00" in name:
+            return missing(request, session, kind_name, name)
+        if action not in ACTIONS:
+            return console.refuse(request, session, 404, "Not found", f"There is no action {action!r}.")
         actor = f"console:{session.identity}"
 
         def do() -> None:
@@ -396,8 +425,16 @@ def router(console: Console) -> APIRouter:
         if not same_origin(request):
             error = "This sign-in did not come from this console's own page, so it was refused."
             return console.render("login.html", request, None, http_status=403, next=target, error=error)
+        address, now = request.client.host if request.client else "", time.monotonic()
+        wait_s = signin_limit.retry_after_s(address, now)
+        if wait_s is not None:
+            error = f"Too many wrong tokens from your address: wait {wait_s} s, then try again."
+            refused = console.render("login.html", request, None, http_status=429, next=target, error=error)
+            refused.headers["Retry-After"] = str(wait_s)
+            return refused
         if not hmac.compare_digest(form.get("token", "").strip().encode(), console.token.encode()):
-            log.warning("console sign-in refused", extra={"client": request.client.host if request.client else None})
+            signin_limit.failed(address, now)
+            log.warning("console sign-in refused", extra={"client": address})
             error = "That is not the API's token (SETPOINT_API_TOKEN): nothing was opened. Check it and try again."
             return console.render("login.html", request, None, http_status=401, next=target, error=error)
         session, cookie = console.sessions.issue(identity(form.get("name", "")))
@@ -412,6 +449,7 @@ def router(console: Console) -> APIRouter:
         form = await _form(request)
         if session is None or not same_origin(request) or not console.sessions.csrf_ok(session, form.get("csrf")):
             return console.refuse(request, session, 403, "Refused", "Nothing was done: reload the page and try again.")
+        console.sessions.sign_out(session)
         response = RedirectResponse(f"{PREFIX}/login" if console.token else f"{PREFIX}/", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

@@ -3,7 +3,8 @@
 With SETPOINT_API_TOKEN set, a session is given once the token is typed in; its cookie holds a random nonce, the
 name the user gave and an expiry, signed with a key derived from the token (so changing the token ends every
 session, and nothing in the cookie reveals it). Without a token, every visitor gets an anonymous session, signed
-with a key made at start, which only carries the CSRF token for the actions `--console-actions` allows.
+with a key made at start, which only carries the CSRF token for the actions `--console-actions` allows. Signing
+out ends the session itself: its nonce is remembered (bounded, per process) until the session would have expired.
 """
 
 from __future__ import annotations
@@ -25,31 +26,62 @@ LIFETIME_S = 12 * 3600
 """A session lasts a working day; then the token is asked for again."""
 IDENTITY = re.compile(r"[^A-Za-z0-9@._-]")
 MAX_IDENTITY = 64
+MAX_SIGNED_OUT = 10_000
+"""Signed-out sessions remembered (until they would have expired) by this process; past that many, the signing key
+is renewed, which signs everyone out: memory stays bounded and a signed-out cookie never opens the console again."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Session:
     nonce: str
     identity: str
-    """Who the user said they are (`alice`), recorded as `console:alice` with their changes; `token` if they said
-    nothing, `anonymous` without a token."""
+    """Who holds the session as the history records it: `token/alice` with the token (the name is what the user
+    typed, not verified: whoever has the token may type any), `token` if they typed none, `anonymous` without a
+    token."""
     expires: int
 
 
 def identity(said: str) -> str:
-    """A name as the history records it: letters, digits, `@._-`, at most 64; `token` if nothing is left."""
-    return IDENTITY.sub("", said)[:MAX_IDENTITY] or "token"
+    """A name as the history records it, `token/<name>`: letters, digits, `@._-`, at most 64; `token` if nothing is
+    left. The prefix says that only the token was checked, the name is what the user typed."""
+    name = IDENTITY.sub("", said)[:MAX_IDENTITY]
+    return f"token/{name}" if name else "token"
+
+
+def _ascii(value: str) -> bytes | None:
+    """A cookie or form value as bytes, or None if it is not ASCII (never ours: compare_digest refuses such str)."""
+    try:
+        return value.encode("ascii")
+    except UnicodeEncodeError:
+        return None
 
 
 class Sessions:
     """Issues and checks session cookies and CSRF tokens, signed with one key."""
 
     def __init__(self, token: str | None) -> None:
-        self.key = (
-            hmac.new(token.encode(), b"setpoint console session", hashlib.sha256).digest()
-            if token
-            else secrets.token_bytes(32)
-        )
+        self.token = token
+        self.epoch = 0
+        self.key = self._key()
+        self.signed_out: dict[str, int] = {}
+        """The nonces of sessions signed out here, with their expiry."""
+
+    def _key(self) -> bytes:
+        if not self.token:
+            return secrets.token_bytes(32)
+        salt = b"setpoint console session" + (f" {self.epoch}".encode() if self.epoch else b"")
+        return hmac.new(self.token.encode(), salt, hashlib.sha256).digest()
+
+    def sign_out(self, session: Session, *, now: float | None = None) -> None:
+        """End `session` for good: its cookie (and every copy of it) opens nothing any more."""
+        if len(self.signed_out) >= MAX_SIGNED_OUT:  # forget the expired ones (their cookies open nothing anyway)
+            moment = now or time.time()
+            self.signed_out = {nonce: expires for nonce, expires in self.signed_out.items() if expires > moment}
+        if len(self.signed_out) >= MAX_SIGNED_OUT:
+            self.epoch += 1
+            self.key, self.signed_out = self._key(), {}
+            return
+        self.signed_out[session.nonce] = session.expires
 
     def _sign(self, payload: bytes) -> str:
         return hmac.new(self.key, payload, hashlib.sha256).hexdigest()
@@ -65,13 +97,16 @@ class Sessions:
         if not cookie or "." not in cookie:
             return None
         payload, _, signature = cookie.rpartition(".")
-        if not hmac.compare_digest(self._sign(payload.encode()), signature):
+        said, signed = _ascii(signature), _ascii(payload)
+        if said is None or signed is None or not hmac.compare_digest(self._sign(signed).encode(), said):
             return None
         try:
             session = Session(**json.loads(base64.urlsafe_b64decode(payload.encode())))
         except (ValueError, TypeError):
             return None
-        return session if session.expires > (now or time.time()) else None
+        if session.expires <= (now or time.time()) or session.nonce in self.signed_out:
+            return None
+        return session
 
     def of(self, connection: HTTPConnection) -> Session | None:
         return self.read(connection.cookies.get(COOKIE))
@@ -81,7 +116,8 @@ class Sessions:
         return self._sign(f"csrf:{session.nonce}".encode())
 
     def csrf_ok(self, session: Session, said: str | None) -> bool:
-        return bool(said) and hmac.compare_digest(self.csrf(session), said or "")
+        given = _ascii(said or "")
+        return bool(given) and given is not None and hmac.compare_digest(self.csrf(session).encode(), given)
 
 
 def same_origin(connection: HTTPConnection) -> bool:

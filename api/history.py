@@ -46,7 +46,9 @@ class Entry(BaseModel):
     name: str
     uid: str | None
     generation: int | None
-    operation: str = Field(description="insert, update or delete.")
+    operation: str = Field(
+        description="insert, update or delete; or reconcile (someone asked for a reconcile now: nothing changed)."
+    )
     changed: dict[str, Any] = Field(
         description='{column: {"old": …, "new": …}} for each column that changed; a value longer than 2 KiB as '
         '{"digest": "sha256:<hex>", "bytes": n} (`desired` has it whole).'

@@ -13,6 +13,8 @@ from setpoint.errors import UsageError
 from setpoint.settings import Settings
 
 log = logging.getLogger("setpoint.api")
+MIN_TOKEN_CHARS = 32
+"""A shorter token is warned about at start (not refused: deployments have them)."""
 
 
 def loopback(host: str) -> bool:
@@ -38,13 +40,24 @@ def serve(
             f"--insecure-no-auth is allowed only on a loopback --host (127.0.0.1, ::1 or localhost), not {host!r}: "
             "set SETPOINT_API_TOKEN to serve on other addresses"
         )
-    if console_actions and (settings.api_token or not insecure_no_auth):
+    if console_actions and settings.api_token:
         raise UsageError(
-            "--console-actions is for a console served without a token (with --insecure-no-auth on a loopback "
-            "--host); with SETPOINT_API_TOKEN set, the console's actions are open to whoever signs in with it"
+            "--console-actions is for a console served without a token: with SETPOINT_API_TOKEN set, the console's "
+            "actions are open to whoever signs in with it already, so drop --console-actions"
+        )
+    if console_actions and not insecure_no_auth:
+        raise UsageError(
+            "--console-actions lets anyone on this machine act from the console without a token, so it needs "
+            "--insecure-no-auth too (on a loopback --host); or set SETPOINT_API_TOKEN instead and drop "
+            "--console-actions (users then sign in with the token)"
         )
     app = create_app(settings, insecure_no_auth=insecure_no_auth, console_actions=console_actions)
     logs.configure()
+    if settings.api_token and len(settings.api_token) < MIN_TOKEN_CHARS:
+        log.warning(
+            "SETPOINT_API_TOKEN is short: use at least 32 random characters (openssl rand -hex 32)",
+            extra={"chars": len(settings.api_token)},
+        )
     if not settings.api_token:
         log.warning(
             "serving without authentication: anyone on this machine can change desired state and run commands",

@@ -29,7 +29,9 @@ from sqlmodel import DateTime, Field, SQLModel
 from models.base import check
 from models.triggers import BOOKKEEPING
 
-OPERATIONS = ("insert", "update", "delete")
+OPERATIONS = ("insert", "update", "delete", "reconcile")
+"""`reconcile`: someone asked for a reconcile now (setpoint_reconcile_now): desired state unchanged, but who asked
+belongs in the same history."""
 MAX_ACTOR = 256
 MAX_REASON = 1024
 """How much of `setpoint.actor` and `setpoint.reason` is kept (the trigger cuts what is longer)."""
@@ -38,7 +40,9 @@ MAX_REASON = 1024
 class Change(SQLModel, table=True):
     __tablename__: ClassVar[str] = "changes"  # type: ignore[misc]
     __table_args__ = (
-        check("operation IN ('" + "', '".join(OPERATIONS) + "')", "operation_known", "insert, update or delete"),
+        check(
+            "operation IN ('" + "', '".join(OPERATIONS) + "')", "operation_known", "insert, update, delete or reconcile"
+        ),
         Index("ix_changes_resource", "kind", "name", "id"),
         # The retention rule finds the resources deleted long ago without reading every change.
         Index("ix_changes_deleted", "at", postgresql_where=text("operation = 'delete'")),
@@ -55,7 +59,7 @@ class Change(SQLModel, table=True):
     """The resource's uid; NULL for a secret (which has none: its name is its identity)."""
     generation: int | None = None
     """The generation the change made (the one it removed, for a delete); NULL for a secret."""
-    operation: str = Field(max_length=8)
+    operation: str = Field(max_length=16)
     changed: dict[str, Any] = Field(
         default_factory=dict,
         sa_type=JSONB,  # type: ignore[call-overload]
@@ -132,6 +136,23 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE FUNCTION setpoint_reconcile_now(wanted_kind text, wanted_name text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    found_uid uuid;
+    found_generation integer;
+BEGIN
+    UPDATE statuses SET next_reconcile_at = now() WHERE kind = wanted_kind AND name = wanted_name
+    RETURNING uid, generation INTO found_uid, found_generation;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO changes (kind, name, uid, generation, operation, db_user, application_name, client_addr, actor, reason)
+    VALUES (wanted_kind, wanted_name, found_uid, found_generation, 'reconcile', session_user,
+            NULLIF(current_setting('application_name', true), ''), inet_client_addr(),
+            {_setting("setpoint.actor", MAX_ACTOR)}, {_setting("setpoint.reason", MAX_REASON)});
+    RETURN true;
+END $$;
+
 CREATE TRIGGER setpoint_change_written AFTER INSERT OR DELETE ON secrets
     FOR EACH ROW EXECUTE FUNCTION setpoint_record_change('Secret', 'secret');
 CREATE TRIGGER setpoint_change_updated AFTER UPDATE ON secrets
@@ -145,11 +166,14 @@ GRANT SELECT, DELETE ON changes TO setpoint_scheduler;
 desired row needs no right on `changes`; the API reads history, the scheduler prunes it."""
 
 AS_OWNER = ("setpoint_record_change()",)
+RECONCILE_AS_OWNER = ("setpoint_reconcile_now(text, text)",)
+"""Reconcile now, recorded as a change: run as its owner, callable by the API (the CLI logs in as the owner)."""
 
 DROP_FUNCTIONS = """
 DROP TRIGGER IF EXISTS setpoint_change_updated ON secrets;
 DROP TRIGGER IF EXISTS setpoint_change_written ON secrets;
 DROP FUNCTION IF EXISTS setpoint_record_change();
+DROP FUNCTION IF EXISTS setpoint_reconcile_now(text, text);
 """
 
 

@@ -348,11 +348,11 @@ def set_paused(engine: Engine, kind: Kind, name: str, paused: bool) -> None:
 
 
 def reconcile_now(engine: Engine, kind: Kind, name: str) -> None:
-    """Make the resource due now: the scheduler enqueues it within a tick (never twice)."""
+    """Make the resource due now: the scheduler enqueues it within a tick (never twice). Recorded in its history
+    (operation `reconcile`) with the transaction's actor and reason, as a change of its desired state would be."""
     with engine.begin() as conn:
         found = conn.execute(
-            text("UPDATE statuses SET next_reconcile_at = now() WHERE kind = :kind AND name = :n"),
-            {"kind": kind.name, "n": name},
-        ).rowcount
+            text("SELECT setpoint_reconcile_now(:kind, :n)"), {"kind": kind.name, "n": name}
+        ).scalar_one()
     if not found:
         raise NotFound(f"{kind.name} {name!r} not found")

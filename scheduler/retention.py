@@ -1,5 +1,6 @@
 """Run history's retention rule: keep every resource's last N routine runs, and changes and failures for D days.
-Desired-state history's (`changes`): keep every resource's last N changes; a deleted one's go D days after its delete.
+Desired-state history's (`changes`): keep every resource's last N changes (and apart, its last N reconcile-now
+requests, so clicks never push out the edits a rollback needs); a deleted one's go D days after its delete.
 Events go after SETPOINT_EVENTS_DAYS, or once more than SETPOINT_EVENTS_KEPT newer ones exist.
 
 A resource is one life of a name (its uid): the runs of an earlier resource that had the name count apart, and go
@@ -44,7 +45,8 @@ def prune(engine: Engine, *, keep: int, days: int) -> int:
 _PRUNE_KEPT = text("""
 WITH touched AS (SELECT DISTINCT kind, name, uid FROM changes WHERE id > :after),
 ranked AS (
-    SELECT c.id, row_number() OVER (PARTITION BY c.kind, c.name, c.uid ORDER BY c.id DESC) AS newest
+    SELECT c.id, row_number() OVER (PARTITION BY c.kind, c.name, c.uid, c.operation = 'reconcile'
+                              ORDER BY c.id DESC) AS newest
     FROM changes AS c JOIN touched AS t ON c.kind = t.kind AND c.name = t.name AND c.uid IS NOT DISTINCT FROM t.uid
 )
 DELETE FROM changes WHERE id IN (SELECT id FROM ranked WHERE newest > :keep)

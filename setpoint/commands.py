@@ -380,9 +380,10 @@ def plan(kind: KindArg, name: NameArg) -> None:
     raise typer.Exit(PLAN_CHANGES_PENDING)
 
 
-def reconcile(kind: KindArg, name: NameArg) -> None:
-    """Reconcile now instead of at the next interval (the scheduler enqueues it within a tick)."""
-    with failures():
+def reconcile(kind: KindArg, name: NameArg, reason: Reason = None) -> None:
+    """Reconcile now instead of at the next interval (the scheduler enqueues it within a tick); recorded in its
+    history as yours."""
+    with failures(), acting_as_user(reason):
         found = kinds.resolve(kind)
         documents.reconcile_now(database(), found, name)
         out.print(f"{found.name.lower()}/{name} due now")

@@ -21,7 +21,10 @@ NEVER = "/tmp/setpoint-api-tests/never-written"
 
 @pytest.fixture(scope="module")
 def client(database_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True)) as client:
+    with TestClient(
+        create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True),
+        base_url="http://localhost",
+    ) as client:
         yield client
 
 
@@ -245,7 +248,7 @@ def test_delete_is_204_and_the_worker_removes_the_file(
 def test_health_checks_the_database(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     unreachable = Settings(database_url="postgresql://postgres@127.0.0.1:1/nowhere", api_token=None)
-    with TestClient(create_app(unreachable, insecure_no_auth=True)) as down:
+    with TestClient(create_app(unreachable, insecure_no_auth=True), base_url="http://localhost") as down:
         answer = down.get("/healthz")
     assert answer.status_code == 503 and answer.json() == {"status": "unavailable"}
 

@@ -90,7 +90,7 @@ def _get(url: str) -> bytes:
 @pytest.fixture(scope="module")
 def client(database_url: str) -> Iterator[TestClient]:
     settings = Settings(database_url=database_url, api_token=None)
-    with TestClient(create_app(settings, insecure_no_auth=True)) as client:
+    with TestClient(create_app(settings, insecure_no_auth=True), base_url="http://localhost") as client:
         yield client
 
 

@@ -28,6 +28,9 @@ role_logins = login  # the fixture, by a name of ours: an engine logged in as ea
 
 TOKEN = "console-test-token-" + "y" * 24
 ORIGIN = {"Origin": "http://testserver"}
+LOCAL = "http://127.0.0.1:8000"
+"""Without a token only a loopback Host is served (DNS rebinding): these tests reach it by that name."""
+LOCAL_ORIGIN = {"Origin": LOCAL}
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +139,9 @@ def test_pause_and_resume_need_the_csrf_token_and_this_origin_and_are_recorded_a
             text("SELECT actor, reason FROM changes WHERE kind = 'File' AND name = :n ORDER BY id DESC LIMIT 1"),
             {"n": unique},
         ).one()
-    assert who.actor == "console:alice" and who.reason == "pause from the web console"
+    assert who.actor == "console:token/alice" and who.reason == "pause from the web console"
     shown = locked.get(page).text
-    assert "console:alice" in shown and 'id="paused">yes' in shown and "Resume" in shown
+    assert "console:token/alice" in shown and 'id="paused">yes' in shown and "Resume" in shown
     locked.post(f"{page}/resume", data={"csrf": token}, headers={"Referer": f"http://testserver{page}"})
     assert not paused(engine, unique)
 
@@ -167,12 +170,13 @@ def paused(engine: Engine, name: str) -> bool:
 
 def test_without_a_token_the_console_is_read_only(database_url: str, engine: Engine, unique: str) -> None:
     a_file(engine, unique)
-    with TestClient(create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True)) as client:
+    app = create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True)
+    with TestClient(app, base_url=LOCAL) as client:
         page = client.get(f"/console/r/File/{unique}")
         assert page.status_code == 200 and "read-only" in page.text and "Reconcile now" not in page.text
         token = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert token is None
-        refused = client.post(f"/console/r/File/{unique}/pause", data={"csrf": "x"}, headers=ORIGIN)
+        refused = client.post(f"/console/r/File/{unique}/pause", data={"csrf": "x"}, headers=LOCAL_ORIGIN)
         assert refused.status_code == 403 and "read-only" in refused.text
         assert client.get(f"/console/r/File/{unique}/pause").status_code == 403
     assert not paused(engine, unique)
@@ -181,9 +185,10 @@ def test_without_a_token_the_console_is_read_only(database_url: str, engine: Eng
 def test_console_actions_flag_allows_actions_without_a_token(database_url: str, engine: Engine, unique: str) -> None:
     a_file(engine, unique)
     app = create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True, console_actions=True)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         token = csrf(client, f"/console/r/File/{unique}")
-        assert client.post(f"/console/r/File/{unique}/pause", data={"csrf": token}, headers=ORIGIN).status_code == 200
+        said = client.post(f"/console/r/File/{unique}/pause", data={"csrf": token}, headers=LOCAL_ORIGIN)
+        assert said.status_code == 200
     assert paused(engine, unique)
     with engine.connect() as conn:
         actor = conn.execute(
@@ -196,7 +201,7 @@ def test_console_actions_is_refused_with_a_token_or_without_insecure_no_auth(dat
     env = api_env(database_url)
     alone = setpoint_api(env, "--console-actions")
     assert alone.returncode == 2
-    assert "--console-actions is for a console served without a token" in alone.stdout + alone.stderr
+    assert "needs --insecure-no-auth too" in alone.stdout + alone.stderr and "or set SETPOINT_API_TOKEN" in alone.stderr
     tokened = setpoint_api({**env, "SETPOINT_API_TOKEN": TOKEN}, "--console-actions", "--insecure-no-auth")
     assert tokened.returncode == 2
 
@@ -335,3 +340,213 @@ def test_over_https_the_session_cookie_is_secure(database_url: str) -> None:
             follow_redirects=False,
         )
         assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
+
+
+# What the review of issue 17 found (its proofs, from branch review17, folded in), and the fixes' own tests.
+
+
+@pytest.fixture()
+def own(database_url: str) -> Iterator[TestClient]:
+    """A console with a token, its own sessions and sign-in back-off; a 500 is answered, not raised."""
+    app = create_app(Settings(database_url=database_url, api_token=TOKEN))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_signing_out_ends_the_session_not_just_the_browsers_copy(own: TestClient) -> None:
+    sign_in(own)
+    copied = own.cookies["setpoint_console"]
+    token = csrf(own, "/console/")
+    assert own.post("/console/logout", data={"csrf": token}, headers=ORIGIN, follow_redirects=False).status_code == 303
+    own.cookies.set("setpoint_console", copied)  # a copy taken before signing out (another tab, a proxy log ...)
+    assert own.get("/console/", follow_redirects=False).status_code == 303, "the signed-out cookie still opens it"
+    assert own.get("/v1/events", params={"stream": "false"}).status_code == 401
+    sign_in(own)  # a new session is not the one signed out
+    assert own.get("/console/", follow_redirects=False).status_code == 200
+
+
+def test_signed_out_sessions_are_bounded_past_that_everyone_signs_in_again() -> None:
+    from api import console_session
+
+    sessions = console_session.Sessions(TOKEN)
+    kept, kept_cookie = sessions.issue("token/bob")
+    for _ in range(console_session.MAX_SIGNED_OUT + 1):
+        sessions.sign_out(sessions.issue("token")[0])
+    assert len(sessions.signed_out) <= console_session.MAX_SIGNED_OUT
+    assert sessions.read(kept_cookie) is None  # the key was renewed: fail closed, never forget a sign-out
+    assert sessions.read(sessions.issue("token")[1]) is not None
+
+
+@pytest.mark.parametrize("cookie", ["abc.\u00e9", "e30=.\u00e9\u00e9"])
+def test_a_non_ascii_cookie_is_no_session_rather_than_a_500(own: TestClient, cookie: str) -> None:
+    raw = [(b"cookie", f"setpoint_console={cookie}".encode())]  # as a browser may send it (curl -H proves it too)
+    assert own.get("/console/", headers=raw, follow_redirects=False).status_code == 303
+    assert own.get("/v1/events", headers=raw, params={"stream": "false"}).status_code == 401
+
+
+def test_a_non_ascii_csrf_token_is_refused_rather_than_a_500(own: TestClient, engine: Engine, unique: str) -> None:
+    a_file(engine, unique)
+    sign_in(own)
+    answer = own.post(f"/console/r/File/{unique}/pause", data={"csrf": "\u00e9"}, headers=ORIGIN)
+    assert answer.status_code == 403 and "CSRF token" in answer.text
+    assert not paused(engine, unique)
+
+
+def test_a_form_with_many_fields_is_refused_rather_than_a_500(own: TestClient) -> None:
+    fields = {f"f{i}": "1" for i in range(20)}
+    answer = own.post("/console/login", data=fields, headers=ORIGIN)
+    assert answer.status_code == 413 and "at most 16 fields" in answer.text
+    big = own.post("/console/login", data={"token": "x" * 20_000}, headers=ORIGIN)
+    assert big.status_code == 413 and "bytes" in big.text
+
+
+def test_without_a_token_a_foreign_host_cannot_act_dns_rebinding(
+    database_url: str, engine: Engine, unique: str
+) -> None:
+    """A page on rebind.example whose name the attacker re-points at 127.0.0.1 is same-origin to the browser: Origin
+    and Host both say rebind.example, so the Host-based origin check passes; only a Host allow-list stops it."""
+    a_file(engine, unique)
+    app = create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True, console_actions=True)
+    with TestClient(app, base_url=LOCAL) as ours:
+        token = csrf(ours, f"/console/r/File/{unique}")
+        cookie = ours.cookies["setpoint_console"]
+    foreign = {"Origin": "http://rebind.example:8000"}
+    with TestClient(app, base_url="http://rebind.example:8000") as c:
+        c.cookies.set("setpoint_console", cookie)
+        assert c.get(f"/console/r/File/{unique}").status_code == 400
+        assert c.post(f"/console/r/File/{unique}/pause", data={"csrf": token}, headers=foreign).status_code == 400
+        assert c.get("/v1/files").status_code == 400  # the whole API, not only the console
+    assert not paused(engine, unique), "a page of another site paused it"
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        with TestClient(app, base_url=f"http://{host}") as local:
+            assert local.get("/v1/files").status_code == 200, host
+
+
+def test_a_nul_in_a_filter_or_a_name_is_said_on_the_page_naming_the_field(
+    own: TestClient, engine: Engine, unique: str
+) -> None:
+    sign_in(own)
+    for field in ("name", "label"):
+        answer = own.get("/console/", params={field: "a\x00b"})
+        assert answer.headers["content-type"].startswith("text/html"), answer.text
+        assert answer.status_code == 200 and f"The {field} filter must not contain a NUL" in answer.text
+    token = csrf(own, "/console/")
+    acted = own.post("/console/r/File/a%00b/pause", data={"csrf": token}, headers=ORIGIN)
+    assert acted.status_code == 422 and acted.headers["content-type"].startswith("text/html")
+    assert "The resource name must not contain a NUL" in acted.text
+    assert own.get("/console/r/File/a%00b").status_code == 422
+
+
+def test_an_unknown_kind_or_action_is_named(own: TestClient, unique: str) -> None:
+    sign_in(own)
+    token = csrf(own, "/console/")
+    kind = own.post(f"/console/r/Nope/{unique}/reconcile", data={"csrf": token}, headers=ORIGIN)
+    assert kind.status_code == 404 and "There is no kind &#39;Nope&#39;" in kind.text
+    action = own.post(f"/console/r/File/{unique}/explode", data={"csrf": token}, headers=ORIGIN)
+    assert action.status_code == 404 and "There is no action &#39;explode&#39;" in action.text
+
+
+def test_wrong_tokens_back_off_the_address_and_are_logged_once(
+    own: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api import console_signin
+
+    for _ in range(console_signin.MAX_FAILURES):
+        assert own.post("/console/login", data={"token": "guess"}, headers=ORIGIN).status_code == 401
+    with caplog.at_level("WARNING", logger="setpoint.console"):
+        for _ in range(3):
+            refused = own.post("/console/login", data={"token": TOKEN}, headers=ORIGIN, follow_redirects=False)
+            assert refused.status_code == 429 and "Too many wrong tokens" in refused.text
+            assert 1 <= int(refused.headers["Retry-After"]) <= console_signin.WINDOW_S
+    assert [r.message for r in caplog.records].count("console sign-in backed off") == 1
+
+
+def test_the_back_off_forgets_a_window_later_and_tracks_a_bounded_number_of_addresses() -> None:
+    from api import console_signin
+
+    limit = console_signin.SignInLimit()
+    for _ in range(console_signin.MAX_FAILURES):
+        limit.failed("10.0.0.1", now=100.0)
+    assert limit.retry_after_s("10.0.0.1", now=130.0) == 30
+    assert limit.retry_after_s("10.0.0.1", now=100.0 + console_signin.WINDOW_S) is None
+    for i in range(console_signin.MAX_ADDRESSES + 5):
+        limit.failed(f"addr-{i}", now=200.0)
+    assert len(limit.seen) == console_signin.MAX_ADDRESSES
+
+
+def test_the_resource_fragment_carries_the_actions_as_they_are_now(
+    own: TestClient, engine: Engine, unique: str
+) -> None:
+    """The live refresh replaces the fragment: a resource paused elsewhere offers Resume, not Pause."""
+    a_file(engine, unique)
+    sign_in(own)
+    assert 'id="action-pause"' in own.get(f"/console/fragment/r/File/{unique}").text
+    unwatched(engine, "UPDATE files SET paused = true WHERE name = :n", unique)
+    again = own.get(f"/console/fragment/r/File/{unique}").text
+    assert 'id="action-resume"' in again and 'id="action-pause"' not in again
+    assert re.search(r"<button[^>]*autofocus[^>]*>Cancel</button>", again), "the dialog must focus Cancel"
+
+
+def test_reconcile_now_is_recorded_as_the_users_change_from_the_console_the_cli_and_the_api_role(
+    locked: TestClient, engine: Engine, role_logins: dict[str, Engine], database_url: str, unique: str
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from models import change
+    from resources import documents
+    from resources.kinds import resolve
+    from tests.conftest import ROOT
+
+    a_file(engine, unique)
+    sign_in(locked, "alice")
+    token = csrf(locked, f"/console/r/File/{unique}")
+    locked.post(f"/console/r/File/{unique}/reconcile", data={"csrf": token}, headers=ORIGIN)
+    with change.acting("api:someone", "as the compose deployment's API role"):
+        documents.reconcile_now(change.track(role_logins["setpoint_api"]), resolve("File"), unique)
+    env = api_env(database_url)
+    cli = [sys.executable, "-m", "setpoint.cli"]
+    done = subprocess.run(
+        [*cli, "reconcile", "file", unique, "--reason", "look again"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run(
+        [*cli, "history", "file", unique, "-o", "json"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    said = [(e["operation"], e["actor"], e["reason"]) for e in json.loads(shown.stdout)]
+    assert said[:3] == [
+        ("reconcile", f"cli:{__import__('getpass').getuser()}", "look again"),
+        ("reconcile", "api:someone", "as the compose deployment's API role"),
+        ("reconcile", "console:token/alice", "reconcile now from the web console"),
+    ]
+    assert said[3][0] == "insert"
+    page = locked.get(f"/console/r/File/{unique}").text
+    assert "console:token/alice" in page and "<td>reconcile</td>" in page and "none (reconcile now)" in page
+
+
+def test_a_short_token_is_warned_about_at_start_but_still_served(database_url: str, tmp_path: Path) -> None:
+    import sys
+
+    import httpx2 as httpx
+
+    from tests.conftest import Process, wait_for
+    from tests.test_api_safety import free_port
+
+    port = free_port()
+    env = {**api_env(database_url), "SETPOINT_API_TOKEN": "short-token"}
+    api = Process([sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)], env, tmp_path / "api.log")
+    try:
+        wait_for(lambda: "SETPOINT_API_TOKEN is short" in api.output() or api.popen.poll() is not None, 30, "warned")
+        assert "SETPOINT_API_TOKEN is short" in api.output() and "short-token" not in api.output()
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 30, "served")
+    finally:
+        api.stop()

@@ -7,6 +7,7 @@ them. Elsewhere they are skipped, saying why. The fleet's screenshot is written 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -19,7 +20,8 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import ROOT, Process, wait_for
+from models.database import make_engine
+from tests.conftest import ROOT, Process, start_scheduler, start_worker, wait_for
 from tests.helpers import sql
 from tests.test_api_safety import api_env, free_port
 
@@ -41,10 +43,17 @@ def _browser_or_skip() -> None:
 def base(database_url: str, stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real API with a token (and the session's stack running), its base URL."""
     _browser_or_skip()
+    with api_on(database_url, tmp_path_factory.mktemp("console-api") / "api.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def api_on(database_url: str, log: Path) -> Iterator[str]:
+    """`setpoint api` with a token over `database_url`, its base URL; no traceback logged by the end."""
     port = free_port()
     env = {**api_env(database_url), "SETPOINT_API_TOKEN": TOKEN}
     args = [sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)]
-    api = Process(args, env, tmp_path_factory.mktemp("console-api") / "api.log")
+    api = Process(args, env, log)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -185,8 +194,22 @@ def test_a_tampered_file_shows_its_drift_on_the_open_page(
     assert stayed(browser)
 
 
-def test_fleet_screenshot_for_the_readme(base: str, browser: Any, engine: Engine) -> None:
-    """A small fleet in the states a person would look for, drawn as the README shows it (filtered by its label)."""
+def test_fleet_screenshot_for_the_readme(browser: Any, fresh: dict[str, str], tmp_path: Path) -> None:
+    """A small fleet in the states a person would look for, drawn as the README shows it, on a database and stack of
+    its own: every count on the page (the chart's too) is this fleet's."""
+    scheduler = start_scheduler(fresh, tmp_path / "scheduler.log")
+    worker = start_worker(fresh, tmp_path / "worker.log")
+    engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
+    try:
+        with api_on(fresh["SETPOINT_DATABASE_URL"], tmp_path / "api.log") as base:
+            _draw_the_fleet(browser, base, engine)
+    finally:
+        scheduler.stop()
+        worker.stop()
+        engine.dispose()
+
+
+def _draw_the_fleet(browser: Any, base: str, engine: Engine) -> None:
     folder = Path(f"/tmp/sp-{uuid.uuid4().hex[:4]}")
     folder.mkdir()
     site = '{"site": "demo"}'
@@ -216,7 +239,7 @@ def test_fleet_screenshot_for_the_readme(base: str, browser: Any, engine: Engine
             "('worker', 'python3 -m http.server 0', 1, '{File/queue-conf}', CAST(:l AS jsonb))",
             l=site,
         )
-        wait_for(lambda: _ready(engine, "app-conf") and _ready(engine, "motd"), 30, "the files ready")
+        wait_for(lambda: _ready(engine, "app-conf") and _ready(engine, "motd"), 60, "the files ready")
         sign_in(browser, base)
         browser.get(f"{base}/console/?label=site%3Ddemo")
         wait_for(lambda: "web" in text_of(browser, "fleet-body"), 20, "the fleet drawn")

@@ -26,7 +26,10 @@ SLOW = 300
 
 @pytest.fixture(scope="module")
 def client(database_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True)) as client:
+    with TestClient(
+        create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True),
+        base_url="http://localhost",
+    ) as client:
         yield client
 
 

@@ -152,6 +152,16 @@ def test_pruning_keeps_each_resources_last_changes_and_forgets_the_long_deleted(
     assert [c["generation"] for c in changes(engine, unique)] == [6, 7, 8]
 
 
+def test_reconcile_now_requests_never_push_out_the_edits_a_rollback_needs(engine: Engine, unique: str) -> None:
+    unwatched(engine, INSERT, unique)
+    sql(engine, "UPDATE files SET content = 'two' WHERE name = :n", n=unique)
+    for _ in range(4):
+        sql(engine, "SELECT setpoint_reconcile_now('File', :n)", n=unique)
+    retention.prune_changes(engine, keep=2, days=14)
+    kept = [(c["operation"], c["generation"]) for c in changes(engine, unique)]
+    assert kept == [("insert", 1), ("update", 2), ("reconcile", 2), ("reconcile", 2)]
+
+
 @pytest.fixture(scope="module")
 def client(database_url: str) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(database_url=database_url, api_token="history-token"))) as client:

@@ -36,7 +36,10 @@ LOOKS_LIKE_SECRET = "s3cr3t"
 
 @pytest.fixture(scope="module")
 def api(database_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True)) as client:
+    with TestClient(
+        create_app(Settings(database_url=database_url, api_token=None), insecure_no_auth=True),
+        base_url="http://localhost",
+    ) as client:
         yield client
 
 

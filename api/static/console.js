@@ -13,13 +13,15 @@
   const say = (text) => { if (status) status.textContent = text; };
 
   // Confirmation dialogs: the action's link leads to a confirm page; with a <dialog>, confirm in place instead.
-  document.querySelectorAll("a[data-dialog]").forEach((link) => {
-    const dialog = document.getElementById(link.dataset.dialog);
+  // Delegated, as the actions are part of the refreshed fragment. Cancel has the focus: Enter never confirms unseen.
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest("a[data-dialog]");
+    const dialog = link && document.getElementById(link.dataset.dialog);
     if (!dialog || typeof dialog.showModal !== "function") return;
-    link.addEventListener("click", (event) => {
-      event.preventDefault();
-      dialog.showModal();
-    });
+    event.preventDefault();
+    dialog.showModal();
+    const cancel = dialog.querySelector("[data-cancel]");
+    if (cancel) cancel.focus();
   });
 
   const fragment = body.dataset.fragment;
@@ -29,7 +31,7 @@
   let inFlight = false;
   let again = false;
   async function refresh() {
-    if (inFlight) { again = true; return; }
+    if (inFlight || document.querySelector("dialog[open]")) { again = true; return; }  // never under an open dialog
     inFlight = true;
     try {
       const answer = await fetch(fragment, { credentials: "same-origin", headers: { Accept: "text/html" } });

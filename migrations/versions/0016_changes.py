@@ -2,9 +2,10 @@
 
 Table `changes`: one row per insert, update (that changed the generation) or delete of a desired row, in every
 kind's table and in `secrets` (whose value is recorded as its digest, never itself): kind, name, uid, generation,
-operation, the changed columns' old and new values (longer than 2 KiB: digest and size), the desired row, and who
-(database user, application_name, client address, and the transaction's `setpoint.actor` and `setpoint.reason`). The
-trigger function runs as its owner: writers need no right on `changes`. The API reads it; the scheduler prunes it.
+operation (or `reconcile`: someone's reconcile now, by setpoint_reconcile_now, which the API may call), the changed
+columns' old and new values (longer than 2 KiB: digest and size), the desired row, and who (database user,
+application_name, client address, and the transaction's `setpoint.actor` and `setpoint.reason`). The trigger function
+runs as its owner: writers need no right on `changes`. The API reads it; the scheduler prunes it.
 
 Revision ID: 0016
 Revises: 0015
@@ -34,7 +35,7 @@ def upgrade() -> None:
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
     sa.Column('uid', sa.Uuid(), nullable=True),
     sa.Column('generation', sa.Integer(), nullable=True),
-    sa.Column('operation', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+    sa.Column('operation', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('changed', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
     sa.Column('desired', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.Column('db_user', sa.Text(), nullable=False),
@@ -42,7 +43,8 @@ def upgrade() -> None:
     sa.Column('client_addr', postgresql.INET(), nullable=True),
     sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=True),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=1024), nullable=True),
-    sa.CheckConstraint("operation IN ('insert', 'update', 'delete')", name=op.f('ck_changes_operation_known')),
+    sa.CheckConstraint("operation IN ('insert', 'update', 'delete', 'reconcile')",
+                       name=op.f('ck_changes_operation_known')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_changes'))
     )
     op.create_index('ix_changes_resource', 'changes', ['kind', 'name', 'id'], unique=False)
@@ -51,6 +53,7 @@ def upgrade() -> None:
     # ### end Alembic commands ###
     op.execute(change.FUNCTIONS)
     op.execute(triggers.as_owner(change.AS_OWNER, None))
+    op.execute(triggers.as_owner(change.RECONCILE_AS_OWNER, 'setpoint_api'))
     for row in op.get_bind().execute(sa.text("SELECT kind, desired::text AS desired FROM setpoint_kind_tables()")):
         op.execute(change.detach(row.desired) + change.attach(row.desired, row.kind))
 
