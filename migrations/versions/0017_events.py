@@ -28,24 +28,41 @@ CREATE SEQUENCE events_id_seq AS bigint OWNED BY events.id;
 
 CREATE FUNCTION setpoint_publish_events() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    moved bigint;
+    moved bigint := 0;
+    step bigint;
 BEGIN
     -- One publisher at a time, so ids are handed out in the order the inbox rows became visible.
     PERFORM pg_advisory_xact_lock(hashtextextended('setpoint_publish_events', 0));
-    WITH taken AS (DELETE FROM event_inbox RETURNING *)
-    INSERT INTO events (id, at, kind, name, uid, generation, type, reason, message, details)
-    SELECT nextval('events_id_seq'), t.at, t.kind, t.name, t.uid, t.generation, t.type, t.reason, t.message, t.details
-    FROM (SELECT * FROM taken ORDER BY seq) AS t;
-    GET DIAGNOSTICS moved = ROW_COUNT;
+    -- Again until nothing is left: each statement sees what committed before it, among them the events of a writer
+    -- that held one of these rows (setpoint_events_waiting) and so sent no notification of its own.
+    LOOP
+        WITH taken AS (DELETE FROM event_inbox RETURNING *)
+        INSERT INTO events (id, at, kind, name, uid, generation, type, reason, message, details)
+        SELECT nextval('events_id_seq'), t.at, t.kind, t.name, t.uid, t.generation, t.type, t.reason, t.message,
+               t.details
+        FROM (SELECT * FROM taken ORDER BY seq) AS t;
+        GET DIAGNOSTICS step = ROW_COUNT;
+        EXIT WHEN step = 0;
+        moved := moved + step;
+    END LOOP;
     RETURN moved;
 END $$;
 
 CREATE FUNCTION setpoint_events_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('setpoint_events', '');
+    -- A NOTIFY makes every commit that sends one wait its turn (PostgreSQL's notification queue lock): one per
+    -- reconcile that made an event cost a third of a mass rollout's throughput (measured). So say so only when no
+    -- earlier event waits. An earlier one found is held (KEY SHARE) until this commits: a publisher deleting it
+    -- waits for this commit, and its next round (setpoint_publish_events) takes these too. One being deleted
+    -- already makes this wait, and then it is gone: this notifies, unless an even earlier one still waits.
+    PERFORM 1 FROM event_inbox AS i WHERE i.seq < (SELECT min(a.seq) FROM added AS a)
+        ORDER BY i.seq DESC LIMIT 1 FOR KEY SHARE;
+    IF NOT FOUND THEN
+        PERFORM pg_notify('setpoint_events', '');
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER setpoint_events_waiting AFTER INSERT ON event_inbox
+CREATE TRIGGER setpoint_events_waiting AFTER INSERT ON event_inbox REFERENCING NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION setpoint_events_waiting();
 
 GRANT SELECT ON events TO setpoint_api, setpoint_scheduler;
