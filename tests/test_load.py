@@ -61,7 +61,7 @@ def test_an_update_of_100000_rows_wakes_the_scheduler_once(fresh: dict) -> None:
     engine.dispose()
 
 
-@pytest.mark.timeout(1000)
+@pytest.mark.timeout(1500)
 def test_an_update_of_every_row_is_reconciled_once_each_and_converges(fresh: dict, tmp_path: Path) -> None:
     engine = make_engine(fresh["SETPOINT_DATABASE_URL"])
     broker = redis.Redis.from_url(fresh["SETPOINT_BROKER_URL"])
