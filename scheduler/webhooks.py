@@ -133,7 +133,7 @@ class Dispatcher:
             hooks = conn.execute(_HOOKS).mappings().all()
             # With nothing to deliver to, publishing is left to readers and housekeeping: the inbox then stays
             # non-empty, so writers send no NOTIFY at all (setpoint_events_waiting), which a mass rollout feels.
-            if any(not hook["paused"] for hook in hooks):
+            if hooks:
                 conn.execute(_PUBLISH)
             newest = conn.execute(_NEWEST).scalar_one() if hooks else 0
         names = {hook["name"] for hook in hooks}

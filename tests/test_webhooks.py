@@ -335,8 +335,7 @@ def test_each_matching_event_is_delivered_once_signed_with_the_documented_body(
 
 
 def test_a_new_webhook_starts_after_the_newest_event(hooks: Stack, webhooks: list[str], kind: str) -> None:
-    emit(hooks.engine, kind, "before")
-    wait_for(lambda: event_ids(hooks.engine, kind), 10, "the event published")
+    emit(hooks.engine, kind, "before")  # in the inbox, not yet published: nobody delivers yet
     receiver = Receiver().start()
     add_webhook(hooks, webhooks, receiver, [kind])
     emit(hooks.engine, kind, "after")

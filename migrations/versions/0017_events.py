@@ -55,9 +55,12 @@ BEGIN
     -- earlier event waits. An earlier one found is held (KEY SHARE) until this commits: a publisher deleting it
     -- waits for this commit, and its next round (setpoint_publish_events) takes these too. One being deleted
     -- already makes this wait, and then it is gone: this notifies, unless an even earlier one still waits.
-    PERFORM 1 FROM event_inbox AS i WHERE i.seq < (SELECT min(a.seq) FROM added AS a)
-        ORDER BY i.seq DESC LIMIT 1 FOR KEY SHARE;
-    IF NOT FOUND THEN
+    -- (On another table, such as webhooks whose change wakes the dispatcher, it always says so.)
+    IF TG_TABLE_NAME = 'event_inbox' THEN
+        PERFORM 1 FROM event_inbox AS i WHERE i.seq < (SELECT min(a.seq) FROM added AS a)
+            ORDER BY i.seq DESC LIMIT 1 FOR KEY SHARE;
+    END IF;
+    IF TG_TABLE_NAME <> 'event_inbox' OR NOT FOUND THEN
         PERFORM pg_notify('setpoint_events', '');
     END IF;
     RETURN NULL;

@@ -31,7 +31,9 @@ CREATE FUNCTION setpoint_webhook_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         NEW.created_at := now();
-        NEW.last_event_id := COALESCE((SELECT max(id) FROM events), 0);  -- from now on: no history replayed
+        -- from now on, no history replayed: what waits in the inbox is numbered first, so it is not taken for new
+        PERFORM setpoint_publish_events();
+        NEW.last_event_id := COALESCE((SELECT max(id) FROM events), 0);
     ELSE
         NEW.created_at := OLD.created_at;
     END IF;
