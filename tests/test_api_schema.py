@@ -59,4 +59,5 @@ CHECKS = [
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_no_answer_is_a_5xx_or_strays_from_the_schema(app: FastAPI, case: schemathesis.Case) -> None:
-    case.call_and_validate(app=app, checks=CHECKS)
+    # served without a token, the API answers only loopback host names (DNS rebinding): call it as localhost
+    case.call_and_validate(app=app, base_url="http://localhost", checks=CHECKS)
