@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -36,6 +37,28 @@ def free_port() -> int:
 def api_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETPOINT_")}
     return {**env, "SETPOINT_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+
+
+@contextlib.contextmanager
+def serving_api(env: dict[str, str], log: Path) -> Iterator[str]:
+    """The real `setpoint api` (uvicorn) with `env`, its base URL; no traceback logged by the end."""
+    port = free_port()
+    api = Process([sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)], env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return api.popen.poll() is not None or httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "api answering")
+        assert api.popen.poll() is None, api.output()
+        yield url
+    finally:
+        api.stop()
+        assert "Traceback" not in api.output(), api.output()[-3000:]
 
 
 def setpoint_api(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

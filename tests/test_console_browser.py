@@ -10,20 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 import pytest
 from sqlalchemy import Engine, text
 
 from models.database import make_engine
-from tests.conftest import ROOT, Process, start_scheduler, start_worker, wait_for
+from tests.conftest import ROOT, start_scheduler, start_worker, wait_for
 from tests.helpers import sql
-from tests.test_api_safety import api_env, free_port
+from tests.test_api_safety import api_env, serving_api
 
 TOKEN = "browser-test-token-" + "q" * 24
 CHROMIUM = os.environ.get("SETPOINT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -50,25 +48,8 @@ def base(database_url: str, stack: dict[str, str], tmp_path_factory: pytest.Temp
 @contextlib.contextmanager
 def api_on(database_url: str, log: Path) -> Iterator[str]:
     """`setpoint api` with a token over `database_url`, its base URL; no traceback logged by the end."""
-    port = free_port()
-    env = {**api_env(database_url), "SETPOINT_API_TOKEN": TOKEN}
-    args = [sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)]
-    api = Process(args, env, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return api.popen.poll() is not None or httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "api answering")
-        assert api.popen.poll() is None, api.output()
+    with serving_api({**api_env(database_url), "SETPOINT_API_TOKEN": TOKEN}, log) as url:
         yield url
-    finally:
-        api.stop()
-        assert "Traceback" not in api.output(), api.output()[-3000:]
 
 
 @pytest.fixture(scope="module")

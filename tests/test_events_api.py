@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from models.database import make_engine
 from tests.conftest import Process, scratch_database, wait_for
 from tests.helpers import sql, unwatched
-from tests.test_api_safety import api_env, free_port
+from tests.test_api_safety import api_env, free_port, serving_api
 from tests.test_events import of
 
 TOKEN = "events-test-token-" + "x" * 20
@@ -34,30 +34,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def base(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real API, its heartbeat quick and its streams few; yields its base URL."""
-    port = free_port()
     env = {
         **api_env(database_url),
         "SETPOINT_API_TOKEN": TOKEN,
         "SETPOINT_EVENTS_HEARTBEAT_SECONDS": "0.5",
         "SETPOINT_EVENTS_MAX_CLIENTS": "3",
     }
-    args = [sys.executable, "-m", "setpoint.cli", "api", "--port", str(port)]
-    api = Process(args, env, tmp_path_factory.mktemp("api") / "api.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return api.popen.poll() is not None or httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "api answering")
-        assert api.popen.poll() is None, api.output()
+    with serving_api(env, tmp_path_factory.mktemp("api") / "api.log") as url:
         yield url
-    finally:
-        api.stop()
-        assert "Traceback" not in api.output(), api.output()[-3000:]
 
 
 FAIL = """UPDATE statuses SET phase = 'Failed', ready = false, consecutive_failures = 1, last_error = CAST(:m AS text),
