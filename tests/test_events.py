@@ -362,3 +362,46 @@ def test_a_reader_gets_what_it_missed_page_by_page_in_order(engine: Engine, uniq
     assert [len(p) for p in rest] == [2, 1]
     assert [e["message"] for p in rest for e in p] == [f"burst {i}" for i in range(3, 6)]
     assert rest[-1][-1]["id"] < cursor <= events.head(engine), "past the other resource's newer event too"
+
+
+def test_a_writer_notifies_only_when_no_earlier_event_waits_and_the_publisher_takes_what_it_held(
+    servers: tuple[str, str],
+) -> None:
+    """One NOTIFY per burst, not per event (each NOTIFY serialises commits); a writer that relied on an earlier
+    event's notification holds it, so the publisher deleting it waits and then takes this one too."""
+    import threading
+
+    import psycopg
+
+    from models.database import libpq_url
+
+    insert = "INSERT INTO event_inbox (kind, name, type) VALUES ('File', %s, 'Ready')"
+    with scratch_database(servers[0], "notify") as url:
+        target = libpq_url(url)
+        with psycopg.connect(target, autocommit=True) as listener, psycopg.connect(target, autocommit=True) as w:
+            listener.execute("LISTEN setpoint_events")
+
+            def heard() -> int:
+                return len(list(listener.notifies(timeout=0.3)))
+
+            w.execute(insert, ("a",))
+            assert heard() == 1, "the first event waiting says so"
+            w.execute(insert, ("b",))
+            assert heard() == 0, "an event already waits: its reader takes this one too"
+            assert w.execute("SELECT setpoint_publish_events()").fetchone() == (2,)
+            w.execute(insert, ("c",))
+            assert heard() == 1, "the inbox was empty again"
+            with psycopg.connect(target) as holder, psycopg.connect(target, autocommit=True) as publisher:
+                holder.execute(insert, ("d",))  # holds c until it commits, and sends nothing
+                moved: list[int] = []
+                thread = threading.Thread(
+                    target=lambda: moved.append(publisher.execute("SELECT setpoint_publish_events()").fetchone()[0])
+                )
+                thread.start()
+                thread.join(0.5)
+                assert thread.is_alive(), "the publisher waits for the writer holding c"
+                holder.commit()
+                thread.join(10)
+            assert moved == [2] and heard() == 0, "and then takes c and d, in one call"
+            names = [row[0] for row in w.execute("SELECT name FROM events ORDER BY id")]
+            assert names == ["a", "b", "c", "d"]
