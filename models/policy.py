@@ -1,7 +1,9 @@
 """Policies: limits on how many resources of a scope the scheduler starts at once, per minute, or per rollout wave.
 
-Admins edit the table with SQL like everything else; the scheduler's claim (scheduler/claim.py) reads and
-locks it at every tick, so a change takes effect at the next one. A resource is in a policy's scope when its
+Admins edit the table with SQL like everything else; the scheduler's claim (scheduler/claim.py) reads it at every
+tick, so a committed change takes effect at the next one (claims take turns on an advisory lock, never on the
+policies' rows: an admin's open transaction holds nobody up). What the scheduler and workers keep of a policy (its
+token bucket, a back-off) lives in `policy_statuses`. A resource is in a policy's scope when its
 kind is in `kinds` (NULL: every kind) and its labels contain `selector` (NULL: any labels); a resource in
 several scopes obeys all of them.
 """
@@ -18,6 +20,7 @@ from sqlmodel import DateTime, Field, SQLModel
 from models.base import NAME_PATTERN, check, json_limits
 
 LIMITS = ("max_in_flight", "max_per_minute", "max_unready", "max_failures")
+MAX_KINDS = 64
 
 
 def _limit(doc: str) -> Any:
@@ -36,7 +39,11 @@ class Policy(SQLModel, table=True):
     __tablename__: ClassVar[str] = "policies"  # type: ignore[misc]
     __table_args__ = (
         check(f"name ~ '{NAME_PATTERN}'", "name_format", "lower-case letters, digits, '-', '_' or '.'"),
-        check("kinds IS NULL OR cardinality(kinds) >= 1", "kinds_not_empty", "a non-empty list of kinds, or NULL"),
+        check(
+            f"kinds IS NULL OR cardinality(kinds) BETWEEN 1 AND {MAX_KINDS}",
+            "kinds_size",
+            f"NULL (every kind) or 1 to {MAX_KINDS} kinds",
+        ),
         check("selector IS NULL OR jsonb_typeof(selector) = 'object'", "selector_object", "an object of labels"),
         *json_limits("selector", "an object of labels"),
         _positive("max_in_flight", "reconciles of the scope at once"),
@@ -54,7 +61,8 @@ class Policy(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=253)
     kinds: list[str] | None = Field(default=None, sa_type=ARRAY(Text))  # type: ignore[call-overload]
-    """The kinds in scope (`{File,Workload}`); NULL: every kind."""
+    """The kinds in scope (`{File,Workload}`, spelled as the CLI takes them, stored as the kinds' names); NULL: every
+    kind."""
     selector: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # type: ignore[call-overload]
     """Labels a resource's `labels` must contain (`labels @> selector`); NULL: any labels."""
     max_in_flight: int | None = _limit("At most this many reconciles of the scope at once.")
@@ -72,13 +80,6 @@ class Policy(SQLModel, table=True):
     resumed_at: datetime | None = _timestamp(
         "Failures of rollouts started before this no longer halt it (`setpoint rollout resume`)."
     )
-    # The scheduler's bookkeeping: the token bucket, as of `refilled_at`.
-    tokens: float | None = Field(default=None, description="Starts left in the bucket at refilled_at.")
-    refilled_at: datetime | None = _timestamp("When the scheduler last took starts from the bucket.")
-    backoff_until: datetime | None = _timestamp(
-        "Nothing of the scope starts before this: a scope-wide back-off (set by SQL for now; meant for a"
-        " controller's 429 Retry-After)."
-    )
     created_at: datetime | None = Field(
         default=None,
         nullable=False,
@@ -87,50 +88,108 @@ class Policy(SQLModel, table=True):
     )
 
 
-BURST_SQL = "COALESCE(burst, GREATEST(1, ceil(max_per_minute / 60.0)))"
+class PolicyStatus(SQLModel, table=True):
+    """What the scheduler and workers keep of a policy, apart from what admins edit: a claim never waits for an admin's
+    open transaction on `policies`, and an admin's edit never waits for a claim. A row is made at the first need and
+    forgotten by the next claim once its policy is gone."""
+
+    __tablename__: ClassVar[str] = "policy_statuses"  # type: ignore[misc]
+
+    name: str = Field(primary_key=True, max_length=253)
+    """The policy's name."""
+    tokens: float | None = Field(default=None, description="Starts left in the bucket at refilled_at.")
+    refilled_at: datetime | None = _timestamp("When the scheduler last took starts from the bucket.")
+    backoff_until: datetime | None = _timestamp(
+        "Nothing of the scope starts before this: a target answered 429 or 503 with Retry-After (setpoint_back_off);"
+        " an admin may clear it with SQL."
+    )
+
+
+BURST_SQL = "COALESCE(p.burst, GREATEST(1, ceil(p.max_per_minute / 60.0)))"
 """The token bucket's size: the policy's burst, else one second's worth of its rate (at least one start)."""
+
+
+def waiting(s: str) -> str:
+    """A status (alias `s`) that observes and reports but changes nothing yet: waiting for its dependencies, or a
+    deletion waiting for its dependents or what it owns to go first. It holds no slot of a rollout."""
+    return f"""({s}.phase = 'Waiting' OR ({s}.deleted_at IS NOT NULL AND {s}.conditions @> ANY (ARRAY[
+        '[{{"reason": "DependentsExist"}}]', '[{{"reason": "OwnedExist"}}]']::jsonb[])))"""
+
+
+def to_start(s: str) -> str:
+    """A change of status `s` whose rollout has not started: a new generation not claimed yet, a deletion not
+    started yet, or one of them back from waiting. Claiming it takes a slot of every max_unready it is in."""
+    return f"""(({s}.deleted_at IS NULL AND ({s}.claimed_generation IS DISTINCT FROM {s}.generation
+                                             OR ({s}.rollout_started_at IS NOT NULL AND {s}.phase = 'Waiting')))
+    OR ({s}.deleted_at IS NOT NULL AND (COALESCE({s}.rollout_started_at, '-infinity') < {s}.deleted_at
+                                        OR {waiting(s)})))"""
+
+
+def working(s: str) -> str:
+    """A status `s` whose change has started and is not done: claimed for its current generation and not yet ready
+    at it (the worker clears rollout_started_at then), or a deletion started and not yet gone; not waiting. It holds
+    a slot of every max_unready it is in. A resource that was ready at its generation and degrades later holds none:
+    that is drift, not a rollout."""
+    return f"""({s}.rollout_started_at IS NOT NULL AND NOT {waiting(s)}
+    AND (({s}.deleted_at IS NULL AND {s}.claimed_generation = {s}.generation)
+         OR {s}.rollout_started_at >= {s}.deleted_at))"""
+
+
+def failing(s: str, p: str) -> str:
+    """Working on its change and failing at it (a deletion: its last attempt failed), in a rollout that started after
+    policy `p` was last resumed. It counts towards max_failures while it fails: a retry that succeeds frees it."""
+    return f"""({working(s)}
+    AND CASE WHEN {s}.deleted_at IS NULL THEN {s}.phase IN ('Failed', 'Invalid') ELSE {s}.consecutive_failures > 0 END
+    AND {s}.rollout_started_at > COALESCE({p}.resumed_at, '-infinity'))"""
+
+
+def in_scope(s: str, p: str = "p") -> str:
+    """Status `s` is in policy `p`'s scope."""
+    return f"({p}.kinds IS NULL OR {s}.kind = ANY({p}.kinds)) AND ({p}.selector IS NULL OR {s}.labels @> {p}.selector)"
+
 
 WITHOUT_HELD = """COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.conditions) AS c
                               WHERE c->>'type' <> 'Held'), '[]'::jsonb)"""
 
 HOLD_FUNCTION = f"""
-CREATE FUNCTION setpoint_hold(p_holds jsonb, p_kinds text[], p_names text[]) RETURNS integer
+CREATE FUNCTION setpoint_hold(p_holds jsonb, p_kinds text[], p_names text[], p_most integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     marked integer;
 BEGIN
     -- claimed since it was held: its reconcile is on its way, and will say how it went
-    UPDATE statuses AS s SET phase = 'Pending', conditions = {WITHOUT_HELD}
+    UPDATE statuses AS s
+    SET phase = CASE WHEN s.deleted_at IS NOT NULL THEN 'Deleting' ELSE 'Pending' END, conditions = {WITHOUT_HELD}
     FROM unnest(p_kinds, p_names) AS claimed (kind, name)
     WHERE s.kind = claimed.kind AND s.name = claimed.name AND s.enqueued_at IS NOT NULL AND s.phase = 'Held';
     WITH holds AS (SELECT * FROM jsonb_to_recordset(p_holds) AS h (name text, reason text, message text)),
     held AS (
         SELECT DISTINCT ON (s.kind, s.name) s.kind, s.name, h.name AS policy, h.reason, h.message
-        FROM statuses AS s JOIN policies AS p
-            ON (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector)
+        FROM statuses AS s JOIN policies AS p ON {in_scope("s")}
         JOIN holds AS h ON h.name = p.name
-        WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL AND s.deleted_at IS NULL
-          AND s.claimed_generation IS DISTINCT FROM s.generation
+        WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL AND {to_start("s")}
+          -- written once, and again only when the policy or the reason changes
+          AND NOT (s.phase = 'Held' AND s.conditions @> jsonb_build_array(
+              jsonb_build_object('type', 'Held', 'policy', h.name, 'reason', h.reason)))
         ORDER BY s.kind, s.name, h.name
+        LIMIT p_most
     )
     UPDATE statuses AS s SET phase = 'Held',
         conditions = jsonb_build_array(jsonb_build_object('type', 'Held', 'status', 'True', 'policy', held.policy,
             'reason', held.reason, 'message', held.message, 'last_transition_time', now())) || {WITHOUT_HELD}
     FROM held
-    WHERE s.kind = held.kind AND s.name = held.name
-      -- written once, and again only when the policy or the reason changes
-      AND NOT (s.phase = 'Held' AND s.conditions @> jsonb_build_array(
-          jsonb_build_object('type', 'Held', 'policy', held.policy, 'reason', held.reason)));
+    WHERE s.kind = held.kind AND s.name = held.name;
     GET DIAGNOSTICS marked = ROW_COUNT;
     RETURN marked;
 END $$;
 """
-"""What the scheduler writes of a status besides its claim columns, as the function's owner (migration 0019): due new
-generations that a full or halted rollout keeps waiting become Held, with a condition naming the policy and why
-(`p_holds`: [{name, reason, message}]); and the held resources claimed since (`p_kinds`, `p_names`) are Pending
-again."""
+"""What the scheduler writes of a status besides its claim columns, as the function's owner (migration 0020), after
+each claim has committed: the held resources claimed since (`p_kinds`, `p_names`) are Pending (or Deleting) again;
+and up to `p_most` due changes that a full or halted rollout keeps waiting become Held, with a condition naming the
+policy and why (`p_holds`: [{{name, reason, message}}]). Bounded, so that a rollout holding back 100,000 changes
+marks them over several ticks rather than in one long statement."""
 
-HOLD_SIGNATURE = "setpoint_hold(jsonb, text[], text[])"
+HOLD_SIGNATURE = "setpoint_hold(jsonb, text[], text[], integer)"
 
 MAX_BACK_OFF_SECONDS = 3600
 BACK_OFF_FUNCTION = f"""
@@ -139,14 +198,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     marked integer;
 BEGIN
-    UPDATE policies AS p
-    SET backoff_until = GREATEST(p.backoff_until,
-                                 now() + make_interval(secs => LEAST(GREATEST(p_seconds, 0), {MAX_BACK_OFF_SECONDS})))
-    FROM statuses AS s
+    INSERT INTO policy_statuses AS b (name, backoff_until)
+    SELECT p.name, now() + make_interval(secs => LEAST(GREATEST(p_seconds, 0), {MAX_BACK_OFF_SECONDS}))
+    FROM policies AS p JOIN statuses AS s ON {in_scope("s")}
     WHERE s.kind = p_kind AND s.name = p_name
-      AND (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector)
       -- a rate policy narrowed to some kinds or labels: the model of one target's limit, not the whole fleet's
-      AND p.max_per_minute IS NOT NULL AND (p.kinds IS NOT NULL OR p.selector IS NOT NULL);
+      AND p.max_per_minute IS NOT NULL AND (p.kinds IS NOT NULL OR p.selector IS NOT NULL)
+    ON CONFLICT (name) DO UPDATE SET backoff_until = GREATEST(b.backoff_until, EXCLUDED.backoff_until);
     GET DIAGNOSTICS marked = ROW_COUNT;
     RETURN marked;
 END $$;
@@ -155,7 +213,38 @@ END $$;
 seconds" (a 429 or 503 with Retry-After, TransientError.retry_after_s) for one resource, so every rate policy
 (max_per_minute) narrowed by kinds or a selector whose scope holds it starts nothing more of that scope until then (at
 most an hour), not just that resource's next attempt. A policy over the whole fleet, or without a rate, never backs
-off: one API's limit must not stop every other kind.
-Returns how many policies it marked."""
+off: one API's limit must not stop every other kind. It writes `policy_statuses`, never `policies`, so an admin's open
+transaction on a policy never blocks a worker. Returns how many policies it marked."""
 
 BACK_OFF_SIGNATURE = "setpoint_back_off(text, text, double precision)"
+
+KINDS_FUNCTION = """
+CREATE FUNCTION setpoint_scope_kinds() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    spelled text;
+    canonical text;
+    kept text[] := '{}';
+BEGIN
+    IF NEW.kinds IS NULL THEN
+        RETURN NEW;
+    END IF;
+    FOREACH spelled IN ARRAY NEW.kinds LOOP
+        SELECT k.kind INTO canonical FROM setpoint_kinds() AS k
+        WHERE lower(k.kind) = lower(btrim(spelled)) OR k.plural = lower(btrim(spelled)) ORDER BY k.kind LIMIT 1;
+        IF canonical IS NULL THEN
+            RAISE EXCEPTION 'kinds: % is not a kind; known kinds: %', quote_nullable(spelled),
+                (SELECT string_agg(k.kind || ' (' || k.plural || ')', ', ' ORDER BY k.kind) FROM setpoint_kinds() AS k)
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_' || TG_TABLE_NAME || '_kinds_known';
+        END IF;
+        IF NOT canonical = ANY(kept) THEN
+            kept := kept || canonical;
+        END IF;
+    END LOOP;
+    NEW.kinds := kept;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER setpoint_scope_kinds BEFORE INSERT OR UPDATE OF kinds ON policies
+    FOR EACH ROW EXECUTE FUNCTION setpoint_scope_kinds();
+"""
+"""A policy's kinds as the CLI takes them (File, file, files), stored as the kinds' names; a kind that does not exist
+(a typo would otherwise match nothing, silently) is refused naming `kinds` and listing the known ones."""

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
+from models.policy import to_start
 from scheduler import policies
 
 # A claimed resource is marked enqueued. It is claimable again when its reconcile has finished (the
@@ -34,10 +35,9 @@ _LOST = f"""(COALESCE(picked_at, '-infinity') < enqueued_at AND enqueued_at < no
                AND {_NOT_LOCKED})
            OR (picked_at >= enqueued_at AND picked_at < now() - make_interval(secs => :running_limit))"""
 _DUE = f"next_reconcile_at <= now() AND (enqueued_at IS NULL OR {_LOST})"
-# A claim of a new generation starts its rollout (scheduler/policies.py counts what is working on one).
-_STARTED = """claimed_generation = s.generation,
-    rollout_started_at = CASE WHEN s.claimed_generation IS DISTINCT FROM s.generation THEN now()
-                              ELSE s.rollout_started_at END"""
+# A claim of a change not started yet starts its rollout (scheduler/policies.py counts what is working on one).
+_STARTED = f"""claimed_generation = s.generation,
+    rollout_started_at = CASE WHEN {to_start("s")} THEN now() ELSE s.rollout_started_at END"""
 _CLAIM = text(f"""
 WITH due AS (
     SELECT kind, name FROM statuses
@@ -48,9 +48,10 @@ WITH due AS (
 )
 UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
 FROM due WHERE s.kind = due.kind AND s.name = due.name
-RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at
+RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at, s.phase = 'Held' AS held
 """)
-"""The claim while no policy exists: the due index in order, nothing else read."""
+"""The claim while no policy exists: the due index in order, nothing else read (what a deleted policy left Held is
+Pending again once claimed)."""
 
 CAPPED_AGAIN_S = 0.05
 """How soon the scheduler claims again while due resources wait for a slot of max_in_flight, at the soonest."""
@@ -81,7 +82,7 @@ FROM chosen WHERE s.kind = chosen.kind AND s.name = chosen.name
 RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed_at, s.phase = 'Held' AS held
 """)
 """The claim while policies exist: the due resources the policies let start (scheduler/policies.py picked them,
-under the policies' row locks), and any whose message was lost."""
+in the claims' turn), and any whose message was lost."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,7 @@ def claim_due(
         "running_limit": running_limit_s,
         "node_silent": node_silent_s,
     }
+    plan = None
     with engine.begin() as conn:
         found = policies.lock(conn)
         if not found:
@@ -126,10 +128,10 @@ def claim_due(
             plan = policies.plan(conn, found, batch)
             picked = {"kinds": [k for k, _ in plan.picked], "names": [n for _, n in plan.picked]}
             rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
-            released = [(r.kind, r.name) for r in rows if r.held]
-            policies.record(conn, plan, {(r.kind, r.name) for r in rows}, released)
-            if plan.capped and on_capped is not None:
-                on_capped()
+            policies.spend(conn, plan, {(r.kind, r.name) for r in rows})
+    policies.mark_held(engine, policies.holds(plan), [(r.kind, r.name) for r in rows if r.held])
+    if plan is not None and plan.capped and on_capped is not None:
+        on_capped()
     return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]
 
 

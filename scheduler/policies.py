@@ -1,59 +1,62 @@
 """Policies in the scheduler's claim: which due resources the limits let start, what a rollout holds back, and
 what each policy is holding back now (for `setpoint get policies` and the metrics).
 
-The claim (scheduler/claim.py) locks every policy row first, so claims take turns: each one counts what is in
-flight, unready and failed after the last one committed, and no number of workers or schedulers can start more
-than a limit allows. Only the claim takes from a token bucket; a worker never asks.
+Claims take turns on one advisory lock (scheduler/claim.py), so each one counts what is in flight, working on a
+change and failing after the last one committed, and no number of workers or schedulers can start more than a limit
+allows. Policies themselves are read, never locked: an admin's open transaction on `policies` holds no claim up (the
+claim sees the last committed limits). Only the claim takes from a token bucket; a worker never asks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import JSONB
 
-from models.policy import BURST_SQL
+from models.policy import BURST_SQL, failing, in_scope, to_start, working
 from models.status import BUSY
 
-SCOPE = "(p.kinds IS NULL OR {s}.kind = ANY(p.kinds)) AND (p.selector IS NULL OR {s}.labels @> p.selector)"
-UNREADY = """s.claimed_generation = s.generation AND s.deleted_at IS NULL
-    AND NOT (s.ready AND s.observed_generation IS NOT DISTINCT FROM s.generation)"""
-"""Working on its current generation: claimed for it, not yet ready at it (a rollout slot taken)."""
-FAILED = f"""{UNREADY} AND s.phase IN ('Failed', 'Invalid')
-    AND COALESCE(s.rollout_started_at, '-infinity') > COALESCE(p.resumed_at, '-infinity')"""
-"""Failed or invalid at a generation whose rollout started after the policy was last resumed."""
+log = logging.getLogger(__name__)
+
 COUNTS = f"""
 SELECT p.name,
        count(*) FILTER (WHERE s.enqueued_at IS NOT NULL) AS in_flight,
-       count(*) FILTER (WHERE {UNREADY}) AS unready,
-       count(*) FILTER (WHERE {FAILED}) AS failures,
-       (array_agg(s.kind || '/' || s.name ORDER BY s.rollout_started_at) FILTER (WHERE {FAILED}))[1:3] AS failed
-FROM policies AS p JOIN (SELECT * FROM statuses WHERE {BUSY}) AS s ON {SCOPE.format(s="s")}
-WHERE s.enqueued_at IS NOT NULL OR ((p.max_unready IS NOT NULL OR p.max_failures IS NOT NULL) AND {UNREADY})
+       count(*) FILTER (WHERE {working("s")}) AS unready,
+       count(*) FILTER (WHERE {failing("s", "p")}) AS failures,
+       (array_agg(s.kind || '/' || s.name ORDER BY s.rollout_started_at) FILTER (WHERE {failing("s", "p")}))[1:3]
+           AS failed
+FROM policies AS p JOIN (SELECT * FROM statuses WHERE {BUSY}) AS s ON {in_scope("s")}
+WHERE s.enqueued_at IS NOT NULL OR ((p.max_unready IS NOT NULL OR p.max_failures IS NOT NULL) AND {working("s")})
 GROUP BY p.name"""
-"""Per policy: its scope's reconciles in flight, resources working on a new generation, failures since resumed."""
+"""Per policy: its scope's reconciles in flight, changes started and not done, and failures since resumed."""
 TOKENS = f"""CASE WHEN p.max_per_minute IS NULL THEN NULL
-    ELSE LEAST({BURST_SQL}, COALESCE(p.tokens, {BURST_SQL})
-               + p.max_per_minute / 60.0 * GREATEST(extract(epoch FROM now() - p.refilled_at), 0)) END"""
+    ELSE LEAST({BURST_SQL}, COALESCE(b.tokens, {BURST_SQL})
+               + p.max_per_minute / 60.0 * GREATEST(extract(epoch FROM now() - b.refilled_at), 0)) END"""
 """The token bucket now: refilled at max_per_minute since a claim last took from it, up to its burst."""
+STATE = "LEFT JOIN policy_statuses AS b ON b.name = p.name"
 
-_LOCK = text("SELECT name, set_config('jit', 'off', true) FROM policies ORDER BY name FOR UPDATE")
-"""Also turns JIT off for the claim's transaction: its estimates of the per-row scope checks are high enough to make
-PostgreSQL compile them, which took seconds for a claim that runs in milliseconds (measured)."""
+_LOCK = text("""SELECT pg_advisory_xact_lock(hashtextextended('setpoint claims', 0)), set_config('jit', 'off', true)""")
+"""Claims take turns. Also turns JIT off for the claim's transaction: its estimates of the per-row scope checks are
+high enough to make PostgreSQL compile them, which took seconds for a claim that runs in milliseconds (measured)."""
+_NAMES = text("SELECT name FROM policies ORDER BY name")
+_FORGET = text("DELETE FROM policy_statuses AS b WHERE NOT EXISTS (SELECT FROM policies AS p WHERE p.name = b.name)")
+"""A deleted policy's bucket and back-off go with it (a new policy of the same name starts afresh)."""
 
 _BUDGETS = text(f"""
 SELECT p.name, p.kinds, p.selector, p.max_in_flight, p.max_per_minute, p.max_unready, p.max_failures,
-       {TOKENS} AS tokens, COALESCE(p.backoff_until > now(), false) AS backing_off,
+       {TOKENS} AS tokens, COALESCE(b.backoff_until > now(), false) AS backing_off,
        COALESCE(c.in_flight, 0) AS in_flight, COALESCE(c.unready, 0) AS unready,
        COALESCE(c.failures, 0) AS failures, COALESCE(c.failed, '{{}}') AS failed
-FROM policies AS p LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
+FROM policies AS p {STATE} LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
 """)
 
-_ROLLOUT = "s.deleted_at IS NULL AND s.claimed_generation IS DISTINCT FROM s.generation"
+_ROLLOUT = to_start("s")
 _CANDIDATES = """
 SELECT f.kind, f.name, f.rollout, m.policies
 FROM (SELECT s.kind, s.name, s.next_reconcile_at, s.labels, {rollout} AS rollout
@@ -87,22 +90,26 @@ def _candidates(conn: Connection, budgets: dict[str, Budget], window: int) -> li
     stopped = [b for b in budgets.values() if b.starts is not None and b.starts <= 0]
     held = [b for b in budgets.values() if b.rollouts is not None and b.rollouts <= 0 and b not in stopped]
     excluded = _excluding(stopped, False, params) + _excluding(held, True, params)
-    statement = text(_CANDIDATES.format(rollout=_ROLLOUT, excluded=excluded, scope=SCOPE.format(s="f")))
+    statement = text(_CANDIDATES.format(rollout=_ROLLOUT, excluded=excluded, scope=in_scope("f")))
     selectors = [bindparam(k, type_=JSONB) for k in params if k.startswith("s")]
     return list(conn.execute(statement.bindparams(*selectors), {**params, "window": window}))
 
 
 _WAITING = text(f"""
-SELECT EXISTS (SELECT FROM statuses AS s JOIN policies AS p ON {SCOPE.format(s="s")}
+SELECT EXISTS (SELECT FROM statuses AS s JOIN policies AS p ON {in_scope("s")}
                WHERE p.name = ANY(:full) AND s.next_reconcile_at <= now() AND s.enqueued_at IS NULL)
 """)
 """Whether a due resource waits for a policy whose reconciles in flight are at max_in_flight."""
 
-_SPEND = text("UPDATE policies SET tokens = :tokens, refilled_at = now() WHERE name = :name")
+_SPEND = text("""INSERT INTO policy_statuses AS b (name, tokens, refilled_at) VALUES (:name, :tokens, now())
+ON CONFLICT (name) DO UPDATE SET tokens = EXCLUDED.tokens, refilled_at = EXCLUDED.refilled_at""")
 
-_HOLD = text("SELECT setpoint_hold(:holds, CAST(:kinds AS text[]), CAST(:names AS text[]))").bindparams(
+_HOLD = text("SELECT setpoint_hold(:holds, CAST(:kinds AS text[]), CAST(:names AS text[]), :most)").bindparams(
     bindparam("holds", type_=JSONB)
 )
+HELD_PER_CLAIM = 500
+"""How many waiting changes one claim marks Held at most (the rest at the next ones): marking is for people to
+read, and must not make a claim slow (5,000 at once took 1.4 s)."""
 
 
 @dataclasses.dataclass
@@ -131,8 +138,11 @@ class Plan:
 
 
 def lock(conn: Connection) -> list[str]:
-    """Lock every policy row for the rest of the claim's transaction; their names (none: no policy to obey)."""
-    return [row.name for row in conn.execute(_LOCK)]
+    """Wait for the claim's turn (until the end of its transaction); the policies' names (none: no policy to obey),
+    as last committed. Forgets what was kept of deleted policies."""
+    conn.execute(_LOCK)
+    conn.execute(_FORGET)
+    return list(conn.execute(_NAMES).scalars())
 
 
 def _budget(row: Any) -> Budget:
@@ -154,8 +164,8 @@ def _budget(row: Any) -> Budget:
     else:
         reason = "RolloutWave"
         message = (
-            f"policy {row.name}: {row.unready} of max_unready {row.max_unready} resources are working on a new "
-            "generation; this one starts when one of them is ready"
+            f"policy {row.name}: {row.unready} of max_unready {row.max_unready} resources are working on a change "
+            "(a new generation or a deletion); this one starts when one of them is done"
         )
     full = row.max_in_flight is not None and row.in_flight >= row.max_in_flight
     return Budget(row.name, row.kinds, row.selector, starts, rollouts, row.tokens, reason, message, full)
@@ -187,37 +197,52 @@ def plan(conn: Connection, names: list[str], batch: int) -> Plan:
     return Plan(budgets, picked, scopes, capped and not (rows and len(picked) == batch))
 
 
-def record(conn: Connection, plan: Plan, claimed: set[tuple[str, str]], released: list[tuple[str, str]]) -> None:
-    """After the claim: take its starts from the token buckets, and mark Held the new generations that a full or
-    halted rollout keeps waiting; the `released` ones, held until this claim, are Pending again."""
+def spend(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:
+    """In the claim's transaction: take its starts from the token buckets."""
     for key in claimed:
         for name in plan.scopes.get(key, ()):
             plan.budgets[name].spent += 1
-    spend = [{"name": b.name, "tokens": b.tokens - b.spent} for b in plan.budgets.values() if b.tokens is not None]
-    if spend:
-        conn.execute(_SPEND, spend)
-    holds = [
+    spent = [{"name": b.name, "tokens": b.tokens - b.spent} for b in plan.budgets.values() if b.tokens is not None]
+    if spent:
+        conn.execute(_SPEND, spent)
+
+
+def holds(plan: Plan | None) -> list[dict[str, str]]:
+    """The policies whose rollout is full or halted, with the reason and message their held resources show."""
+    if plan is None:
+        return []
+    return [
         {"name": b.name, "reason": b.reason, "message": b.message}
         for b in plan.budgets.values()
         if b.rollouts is not None and b.rollouts <= 0
     ]
-    if holds or released:
-        kinds, names = [k for k, _ in released], [n for _, n in released]
-        conn.execute(_HOLD, {"holds": holds, "kinds": kinds, "names": names})
+
+
+def mark_held(engine: Engine, held: list[dict[str, str]], released: list[tuple[str, str]]) -> None:
+    """After the claim committed, in a transaction of its own: mark Held (up to HELD_PER_CLAIM) the due changes that a
+    full or halted rollout keeps waiting; the `released` ones, held until this claim, are Pending again."""
+    if not held and not released:
+        return
+    kinds, names = [k for k, _ in released], [n for _, n in released]
+    try:
+        with engine.begin() as conn:
+            conn.execute(_HOLD, {"holds": held, "kinds": kinds, "names": names, "most": HELD_PER_CLAIM})
+    except DBAPIError as error:  # what people read, not what runs: the claim's messages must still be sent
+        log.warning("could not mark what the rollouts hold back (next claim tries again): %s", error.orig)
 
 
 _USAGE = text(f"""
 SELECT p.name, p.kinds, p.selector, p.max_in_flight, p.max_per_minute, p.burst, p.max_unready, p.max_failures,
-       p.resumed_at, p.backoff_until, {TOKENS} AS tokens,
+       p.resumed_at, b.backoff_until, {TOKENS} AS tokens,
        COALESCE(c.in_flight, 0) AS in_flight, COALESCE(c.unready, 0) AS unready,
        COALESCE(c.failures, 0) AS failures, COALESCE(c.failed, '{{}}') AS failed,
        (SELECT count(*) FROM statuses AS s
-        WHERE {SCOPE.format(s="s")} AND s.next_reconcile_at <= now() AND s.enqueued_at IS NULL
+        WHERE {in_scope("s")} AND s.next_reconcile_at <= now() AND s.enqueued_at IS NULL
           AND s.phase <> 'Held') AS waiting,
        (SELECT count(*) FROM statuses AS s
         WHERE ({BUSY}) AND s.phase = 'Held'
           AND s.conditions @> jsonb_build_array(jsonb_build_object('type', 'Held', 'policy', p.name))) AS held
-FROM policies AS p LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
+FROM policies AS p {STATE} LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
 ORDER BY p.name
 """)
 
@@ -239,9 +264,9 @@ class Usage:
     tokens: float | None
     in_flight: int
     unready: int
-    """Resources of the scope working on a new generation (started, not yet ready at it)."""
+    """Resources of the scope working on a change (a new generation or a deletion, started and not done)."""
     failures: int
-    """Failures at a new generation since the last resume: the rollout halts at max_failures."""
+    """Changes failing since the last resume: the rollout halts at max_failures."""
     failed: list[str]
     """The first of those (Kind/name)."""
     waiting: int

@@ -482,7 +482,7 @@ def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_e
 
         def backing_off_s() -> float:
             with engine.connect() as conn:
-                query = "SELECT extract(epoch FROM backoff_until - now()) FROM policies WHERE name = :n"
+                query = "SELECT extract(epoch FROM backoff_until - now()) FROM policy_statuses WHERE name = :n"
                 left = conn.execute(text(query), {"n": unique}).scalar()
             return float(left or 0)
 
@@ -490,7 +490,7 @@ def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_e
         assert backing_off_s() <= 30
         with engine.connect() as conn:
             others = conn.execute(
-                text("SELECT count(*) FROM policies WHERE name LIKE :n || '-%' AND backoff_until IS NOT NULL"),
+                text("SELECT count(*) FROM policy_statuses WHERE name LIKE :n || '-%' AND backoff_until IS NOT NULL"),
                 {"n": unique},
             ).scalar()
         assert others == 0
@@ -498,7 +498,7 @@ def test_429_backs_off_every_policy_whose_scope_holds_the_resource_and_nothing_e
         _insert(engine, outsider, {"n": 3}, url=api.url(f"/items/{outsider}"))
         wait_for(lambda: ready_at(engine, outsider, 1, KIND), 20, "the resource outside the scope reconciled")
         assert api.seen(f"/items/{sibling}") == [] and runs(engine, sibling, KIND) == []
-        sql(engine, "UPDATE policies SET backoff_until = NULL WHERE name = :n", n=unique)  # the admin's lever
+        sql(engine, "UPDATE policy_statuses SET backoff_until = NULL WHERE name = :n", n=unique)  # the admin's lever
         wait_for(lambda: ready_at(engine, sibling, 1, KIND), 20, "the sibling reconciled once the scope is free")
     finally:
         sql(engine, "DELETE FROM policies WHERE name = :n OR name LIKE :n || '-%'", n=unique)

@@ -29,7 +29,8 @@ def db(servers: tuple[str, str]) -> Iterator[Engine]:
 
 @pytest.fixture
 def engine(db: Engine) -> Engine:
-    sql(db, "DELETE FROM policies; DELETE FROM noops; DELETE FROM flakies; DELETE FROM statuses")
+    sql(db, "DELETE FROM policies; DELETE FROM policy_statuses; DELETE FROM noops; DELETE FROM flakies")
+    sql(db, "DELETE FROM statuses")
     return db
 
 
@@ -52,11 +53,13 @@ def noops(engine: Engine, count: int, labels: str = "{}", prefix: str = "n") -> 
 
 
 def finish(engine: Engine, names: list[str], phase: str = "Ready") -> None:
-    """What a worker's finishing statement writes: the claim freed, the generation observed, and how it went."""
+    """What a worker's finishing statement writes: the claim freed, the generation observed, and how it went (ready
+    at it: the rollout done)."""
     sql(
         engine,
         """UPDATE statuses SET enqueued_at = NULL, observed_generation = generation, phase = CAST(:phase AS text),
-               ready = CAST(:phase AS text) = 'Ready', next_reconcile_at = now() + interval '1 hour'
+               ready = CAST(:phase AS text) = 'Ready', next_reconcile_at = now() + interval '1 hour',
+               rollout_started_at = CASE WHEN CAST(:phase AS text) = 'Ready' THEN NULL ELSE rollout_started_at END
            WHERE name = ANY(:names)""",
         names=names,
         phase=phase,
@@ -114,7 +117,7 @@ def test_max_per_minute_spends_the_burst_then_refills_at_the_rate(engine: Engine
     noops(engine, 10)
     assert len(take(engine)) == 3, "the burst"
     assert take(engine) == [], "the bucket is empty"
-    sql(engine, "UPDATE policies SET refilled_at = refilled_at - interval '2 seconds'")  # two seconds pass
+    sql(engine, "UPDATE policy_statuses SET refilled_at = refilled_at - interval '2 seconds'")  # two seconds pass
     assert len(take(engine)) == 2, "60 a minute: one a second"
 
 
@@ -123,7 +126,7 @@ def test_the_default_burst_is_one_second_of_the_rate(engine: Engine) -> None:
     noops(engine, 5)
     assert len(take(engine)) == 1
     sql(engine, "UPDATE policies SET max_per_minute = 600")  # an edit takes effect at the next claim
-    sql(engine, "UPDATE policies SET refilled_at = refilled_at - interval '5 seconds'")
+    sql(engine, "UPDATE policy_statuses SET refilled_at = refilled_at - interval '5 seconds'")
     assert len(take(engine)) == 4, "600 a minute: a bucket of 10, refilled"
 
 
@@ -291,8 +294,8 @@ def test_the_scheduler_role_claims_and_holds_but_cannot_change_a_policy_or_a_pha
 
 def test_a_scope_backing_off_starts_nothing_until_then(engine: Engine) -> None:
     sql(engine, "INSERT INTO policies (name, kinds, max_per_minute) VALUES ('api', '{Noop}', 6000)")
-    sql(engine, "UPDATE policies SET backoff_until = now() + interval '1 hour'")
+    sql(engine, "INSERT INTO policy_statuses (name, backoff_until) VALUES ('api', now() + interval '1 hour')")
     noops(engine, 3)
     assert take(engine) == []
-    sql(engine, "UPDATE policies SET backoff_until = now() - interval '1 second'")
+    sql(engine, "UPDATE policy_statuses SET backoff_until = now() - interval '1 second'")
     assert len(take(engine)) == 3

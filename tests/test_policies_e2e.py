@@ -96,7 +96,7 @@ def test_max_per_minute_spreads_the_starts_and_an_edit_or_delete_takes_effect_wi
     assert (starts[-1] - starts[0]).total_seconds() < 7, starts
     # An edit: one a minute now. Of five more changes, one starts; the others wait.
     sql(engine, "UPDATE policies SET max_per_minute = 1 WHERE name = 'paced'")
-    sql(engine, "UPDATE policies SET tokens = 0, refilled_at = now() WHERE name = 'paced'")  # spent
+    sql(engine, "UPDATE policy_statuses SET tokens = 0, refilled_at = now() WHERE name = 'paced'")  # spent
     sql(engine, "UPDATE noops SET note = 'again' WHERE name = ANY(:n)", n=paced[:5])
     time.sleep(1.5)  # several ticks (0.2 s): nothing may start in them
     assert sum(bool(ready_at(engine, n, 2, "Noop")) for n in paced[:5]) == 0

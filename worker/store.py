@@ -124,6 +124,9 @@ WITH status AS (
     UPDATE statuses SET
         observed_generation = :observed_generation, ready = :ready,
         phase = CASE WHEN deleted_at IS NOT NULL THEN 'Deleting' ELSE :phase END,
+        -- ready at the generation its rollout started for: done, it no longer holds a slot of max_unready
+        rollout_started_at = CASE WHEN :ready AND generation = :observed_generation AND deleted_at IS NULL
+                                  THEN NULL ELSE rollout_started_at END,
         conditions = :conditions, observed = :observed, drift = :drift, outputs = COALESCE(:outputs, outputs),
         consecutive_failures = :consecutive_failures, last_error = :last_error,
         last_reconcile_at = :finished_at, last_success_at = :last_success_at,

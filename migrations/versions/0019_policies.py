@@ -16,7 +16,7 @@ import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from models import policy, triggers
+from models import triggers
 
 revision: str = '0019'
 down_revision: str | None = '0018'
@@ -57,6 +57,66 @@ rollout. Admins write policies as the tables' owner."""
 REVOKE = """
 REVOKE UPDATE (claimed_generation, rollout_started_at) ON statuses FROM setpoint_scheduler;
 """
+
+
+HOLD_FUNCTION = """
+CREATE FUNCTION setpoint_hold(p_holds jsonb, p_kinds text[], p_names text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    marked integer;
+BEGIN
+    -- claimed since it was held: its reconcile is on its way, and will say how it went
+    UPDATE statuses AS s SET phase = 'Pending', conditions = COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.conditions) AS c
+                              WHERE c->>'type' <> 'Held'), '[]'::jsonb)
+    FROM unnest(p_kinds, p_names) AS claimed (kind, name)
+    WHERE s.kind = claimed.kind AND s.name = claimed.name AND s.enqueued_at IS NOT NULL AND s.phase = 'Held';
+    WITH holds AS (SELECT * FROM jsonb_to_recordset(p_holds) AS h (name text, reason text, message text)),
+    held AS (
+        SELECT DISTINCT ON (s.kind, s.name) s.kind, s.name, h.name AS policy, h.reason, h.message
+        FROM statuses AS s JOIN policies AS p
+            ON (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector)
+        JOIN holds AS h ON h.name = p.name
+        WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL AND s.deleted_at IS NULL
+          AND s.claimed_generation IS DISTINCT FROM s.generation
+        ORDER BY s.kind, s.name, h.name
+    )
+    UPDATE statuses AS s SET phase = 'Held',
+        conditions = jsonb_build_array(jsonb_build_object('type', 'Held', 'status', 'True', 'policy', held.policy,
+            'reason', held.reason, 'message', held.message, 'last_transition_time', now())) || COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(s.conditions) AS c
+                              WHERE c->>'type' <> 'Held'), '[]'::jsonb)
+    FROM held
+    WHERE s.kind = held.kind AND s.name = held.name
+      -- written once, and again only when the policy or the reason changes
+      AND NOT (s.phase = 'Held' AND s.conditions @> jsonb_build_array(
+          jsonb_build_object('type', 'Held', 'policy', held.policy, 'reason', held.reason)));
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
+END $$;
+"""
+"""Due new generations that a full or halted rollout keeps waiting become Held; those claimed since, Pending (as of
+this revision: 0020 bounds it and counts deletions)."""
+HOLD_SIGNATURE = "setpoint_hold(jsonb, text[], text[])"
+BACK_OFF_FUNCTION = """
+CREATE FUNCTION setpoint_back_off(p_kind text, p_name text, p_seconds double precision) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    marked integer;
+BEGIN
+    UPDATE policies AS p
+    SET backoff_until = GREATEST(p.backoff_until,
+                                 now() + make_interval(secs => LEAST(GREATEST(p_seconds, 0), 3600)))
+    FROM statuses AS s
+    WHERE s.kind = p_kind AND s.name = p_name
+      AND (p.kinds IS NULL OR s.kind = ANY(p.kinds)) AND (p.selector IS NULL OR s.labels @> p.selector)
+      -- a rate policy narrowed to some kinds or labels: the model of one target's limit, not the whole fleet's
+      AND p.max_per_minute IS NOT NULL AND (p.kinds IS NOT NULL OR p.selector IS NOT NULL);
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
+END $$;
+"""
+"""A target's 429 with Retry-After backs off every narrowed rate policy holding the resource (as of this revision:
+0020 keeps the back-off in policy_statuses)."""
+BACK_OFF_SIGNATURE = "setpoint_back_off(text, text, double precision)"
 
 
 def upgrade() -> None:
@@ -101,14 +161,14 @@ def upgrade() -> None:
     op.execute(triggers.TRACK_AS_OWNER)  # CREATE OR REPLACE reset it to SECURITY INVOKER
     op.execute(BACKFILL)
     op.execute(GRANTS)
-    op.execute(policy.HOLD_FUNCTION)
-    op.execute(triggers.as_owner((policy.HOLD_SIGNATURE,), "setpoint_scheduler"))
-    op.execute(policy.BACK_OFF_FUNCTION)
-    op.execute(triggers.as_owner((policy.BACK_OFF_SIGNATURE,), "setpoint_worker"))
+    op.execute(HOLD_FUNCTION)
+    op.execute(triggers.as_owner((HOLD_SIGNATURE,), "setpoint_scheduler"))
+    op.execute(BACK_OFF_FUNCTION)
+    op.execute(triggers.as_owner((BACK_OFF_SIGNATURE,), "setpoint_worker"))
 
 
 def downgrade() -> None:
-    op.execute(triggers.drop_functions((policy.HOLD_SIGNATURE, policy.BACK_OFF_SIGNATURE)))
+    op.execute(triggers.drop_functions((HOLD_SIGNATURE, BACK_OFF_SIGNATURE)))
     op.execute(REVOKE)
     op.execute(triggers.IDENTITY_FUNCTIONS)
     op.execute(triggers.TRACK_AS_OWNER)
