@@ -110,9 +110,9 @@ BURST_SQL = "COALESCE(p.burst, GREATEST(1, ceil(p.max_per_minute / 60.0)))"
 
 
 def waiting(s: str) -> str:
-    """A status (alias `s`) that observes and reports but changes nothing yet: waiting for its dependencies, or a
-    deletion waiting for its dependents or what it owns to go first. It holds no slot of a rollout."""
-    return f"""({s}.phase = 'Waiting' OR ({s}.deleted_at IS NOT NULL AND {s}.conditions @> ANY (ARRAY[
+    """A status (alias `s`) that changes nothing yet: waiting for its dependencies, a deletion waiting for its
+    dependents or what it owns to go first, or held back by a rollout. It holds no slot of a rollout."""
+    return f"""({s}.phase IN ('Waiting', 'Held') OR ({s}.deleted_at IS NOT NULL AND {s}.conditions @> ANY (ARRAY[
         '[{{"reason": "DependentsExist"}}]', '[{{"reason": "OwnedExist"}}]']::jsonb[])))"""
 
 
@@ -120,7 +120,7 @@ def to_start(s: str) -> str:
     """A change of status `s` whose rollout has not started: a new generation not claimed yet, a deletion not
     started yet, or one of them back from waiting. Claiming it takes a slot of every max_unready it is in."""
     return f"""(({s}.deleted_at IS NULL AND ({s}.claimed_generation IS DISTINCT FROM {s}.generation
-                                             OR ({s}.rollout_started_at IS NOT NULL AND {s}.phase = 'Waiting')))
+                                             OR {s}.phase IN ('Waiting', 'Held')))
     OR ({s}.deleted_at IS NOT NULL AND (COALESCE({s}.rollout_started_at, '-infinity') < {s}.deleted_at
                                         OR {waiting(s)})))"""
 
@@ -218,15 +218,19 @@ transaction on a policy never blocks a worker. Returns how many policies it mark
 
 BACK_OFF_SIGNATURE = "setpoint_back_off(text, text, double precision)"
 
-KINDS_FUNCTION = """
+KINDS_FUNCTION = f"""
 CREATE FUNCTION setpoint_scope_kinds() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     spelled text;
     canonical text;
-    kept text[] := '{}';
+    kept text[] := '{{}}';
 BEGIN
     IF NEW.kinds IS NULL THEN
         RETURN NEW;
+    END IF;
+    IF cardinality(NEW.kinds) > {MAX_KINDS} THEN  -- before looking each one up
+        RAISE EXCEPTION 'kinds: % kinds given, at most {MAX_KINDS}', cardinality(NEW.kinds)
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_' || TG_TABLE_NAME || '_kinds_size';
     END IF;
     FOREACH spelled IN ARRAY NEW.kinds LOOP
         SELECT k.kind INTO canonical FROM setpoint_kinds() AS k

@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError
 
 from models.policy import BURST_SQL, failing, in_scope, to_start, working
 from models.status import BUSY
