@@ -81,6 +81,24 @@ def test_max_in_flight_holds_across_two_workers_and_never_slows_a_resource_outsi
     sql(engine, "DELETE FROM policies WHERE name = 'slow-two'")
 
 
+def claims_for(engine: Engine, probe: str, seconds: float) -> int:
+    """Watch the scheduler claim for at least `seconds` from now: change a noop in no policy's scope again and again,
+    waiting each time until it is ready at its new generation, until a change made `seconds` after the start has been
+    reconciled. Each generation is a claim made after every change committed before this was called; returns how many
+    (at least three). The claims are the synchronisation; `seconds` is how long a limit must hold."""
+    from functools import partial
+
+    started = changed = time.monotonic()
+    sql(engine, "INSERT INTO noops (name) VALUES (:n)", n=probe)
+    generation = 1
+    wait_for(partial(ready_at, engine, probe, generation, "Noop"), 10, f"{probe} ready")
+    while generation < 3 or changed - started < seconds:
+        changed, generation = time.monotonic(), generation + 1
+        sql(engine, "UPDATE noops SET note = CAST(:g AS text) WHERE name = :n", g=str(generation), n=probe)
+        wait_for(partial(ready_at, engine, probe, generation, "Noop"), 10, f"{probe} ready at generation {generation}")
+    return generation
+
+
 def test_max_per_minute_spreads_the_starts_and_an_edit_or_delete_takes_effect_within_a_tick(
     world: dict[str, Any],
 ) -> None:
@@ -94,11 +112,14 @@ def test_max_per_minute_spreads_the_starts_and_an_edit_or_delete_takes_effect_wi
     for i, start in enumerate(starts):  # a token bucket: at most burst + rate * elapsed starts so far
         assert (start - starts[0]).total_seconds() >= (i - 1) / 2 - 0.3, (i, starts)
     assert (starts[-1] - starts[0]).total_seconds() < 7, starts
-    # An edit: one a minute now. Of five more changes, one starts; the others wait.
+    # An edit: one a minute now, and the bucket spent. Of five more changes, none starts within the minute.
     sql(engine, "UPDATE policies SET max_per_minute = 1 WHERE name = 'paced'")
     sql(engine, "UPDATE policy_statuses SET tokens = 0, refilled_at = now() WHERE name = 'paced'")  # spent
     sql(engine, "UPDATE noops SET note = 'again' WHERE name = ANY(:n)", n=paced[:5])
-    time.sleep(1.5)  # several ticks (0.2 s): nothing may start in them
+    # At least three claims over 1.5 s, each of which found the five due: 120 a minute would have started three.
+    claims = claims_for(engine, "unpaced", 1.5)
+    started = [n for n in paced[:5] if (sql_status(engine, n) or {}).get("claimed_generation") != 1]
+    assert started == [], f"started in {claims} claims after the edit"
     assert sum(bool(ready_at(engine, n, 2, "Noop")) for n in paced[:5]) == 0
     sql(engine, "DELETE FROM policies WHERE name = 'paced'")
     deleted_at = time.monotonic()
