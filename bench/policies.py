@@ -26,6 +26,7 @@ import psycopg
 
 from bench import processes, resources, scale, servers
 from models.database import libpq_url
+from models.policy import working
 
 KIND, TABLE = resources.KIND, resources.TABLE
 
@@ -193,15 +194,19 @@ def stack_parts(dbs: servers.Databases, broker_url: str, tag: str, logs: Path, p
 
 _ROLLOUT = f"""UPDATE {TABLE}
 SET payload = CASE WHEN {resources.INDEX_SQL} %% %(every)s = 37 THEN -1 ELSE payload + 1 END"""
-_ROLLOUT_STATE = """SELECT count(*) FILTER (WHERE claimed_generation = generation) AS started,
+_ROLLOUT_STATE = f"""SELECT count(*) FILTER (WHERE claimed_generation = generation) AS started,
        count(*) FILTER (WHERE phase = 'Invalid' AND claimed_generation = generation) AS invalid,
        count(*) FILTER (WHERE phase = 'Held') AS held,
-       count(*) FILTER (WHERE enqueued_at IS NOT NULL) AS in_flight
+       count(*) FILTER (WHERE enqueued_at IS NOT NULL) AS in_flight,
+       count(*) FILTER (WHERE {working("statuses")}) AS working
 FROM statuses WHERE kind = %s"""
 
 
 def _rollout(url: str, plan: PolicyPlan, timeout_s: float) -> dict[str, Any]:
-    """Part 3: a change with 1% invalid rows under max_unready and max_failures, until the rollout halts."""
+    """Part 3: a change with 1% invalid rows under max_unready and max_failures, until the rollout halts. Sampled
+    every 50 ms: the most resources working on the change at once (started, not ready at it: the blast radius the
+    limit bounds), and how many had started when the last failure the halt counts was recorded."""
+    most_working, started_at_failure = 0, None
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("DELETE FROM policies")
         conn.execute(
@@ -214,6 +219,9 @@ def _rollout(url: str, plan: PolicyPlan, timeout_s: float) -> dict[str, Any]:
         while True:  # halted: as many invalid as max_failures, none in flight, and the count no longer moves
             state = conn.execute(_ROLLOUT_STATE, (KIND,)).fetchone()
             assert state is not None
+            most_working = max(most_working, state[4])
+            if state[1] >= plan.max_failures and started_at_failure is None:
+                started_at_failure = state[0]
             if state[1] >= plan.max_failures and state[3] == 0 and state[2] > 0:
                 time.sleep(2)  # several ticks: nothing more may start
                 again = conn.execute(_ROLLOUT_STATE, (KIND,)).fetchone()
@@ -221,23 +229,20 @@ def _rollout(url: str, plan: PolicyPlan, timeout_s: float) -> dict[str, Any]:
                     break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the rollout did not halt: {state}")
-            time.sleep(0.1)
-        after = conn.execute(
-            """WITH fifth AS (SELECT last_reconcile_at AS at FROM statuses WHERE kind = %(k)s AND phase = 'Invalid'
-                              ORDER BY last_reconcile_at OFFSET %(n)s - 1 LIMIT 1)
-               SELECT count(*) FROM statuses, fifth WHERE kind = %(k)s AND rollout_started_at > fifth.at""",
-            {"k": KIND, "n": plan.max_failures},
-        ).fetchone()
-    started, invalid, held, _ = state
+            time.sleep(0.05)
+    started, invalid, held, _, working_at_halt = state
     return {
         "rows": plan.update_rows,
         "max_unready": plan.max_unready,
         "max_failures": plan.max_failures,
         "invalid_share": 1 / plan.invalid_every,
         "started_before_halt": started,
+        "ready_at_new_generation": started - working_at_halt,
+        "working_at_halt": working_at_halt,
+        "most_working_sampled": most_working,
         "invalid_seen": invalid,
         "held": held,
-        "started_after_last_counted_failure": after[0] if after else None,
+        "started_after_last_counted_failure": started - started_at_failure if started_at_failure is not None else None,
         "halted_after_s": time.monotonic() - start - 2,
     }
 
@@ -294,8 +299,11 @@ def write(measured: dict[str, Any], results: Path) -> None:
         f"Throughput under max_in_flight {u['max_in_flight']}: {pct(u['throughput_ratio'])} of unlimited.",
         "",
         f"Rollout of {r['rows']:,} rows, {pct(r['invalid_share'])} invalid, max_unready {r['max_unready']}, "
-        f"max_failures {r['max_failures']}: {r['started_before_halt']} started the change before the halt "
-        f"({r['invalid_seen']} invalid), {r['started_after_last_counted_failure']} of them after the failure that "
-        f"halted it; {r['held']} held.",
+        f"max_failures {r['max_failures']}: at most {r['most_working_sampled']} resources were working on the "
+        f"change at once (sampled every 50 ms; bound {r['max_unready']}), {r['working_at_halt']} when it halted "
+        f"(changed, not ready at the new generation: bound {r['max_unready'] + r['max_failures']}). "
+        f"{r['started_before_halt']} started the change before the halt ({r['ready_at_new_generation']} of them "
+        f"ready at it, {r['invalid_seen']} invalid), {r['started_after_last_counted_failure']} after the failure "
+        f"that halted it was recorded; {r['held']} held.",
     ]
     (results / "policies.md").write_text("\n".join(lines) + "\n")
