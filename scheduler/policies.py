@@ -9,10 +9,11 @@ claim sees the last committed limits). Only the claim takes from a token bucket;
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
@@ -58,41 +59,93 @@ FROM policies AS p {STATE} LEFT JOIN ({COUNTS}) AS c ON c.name = p.name
 
 _ROLLOUT = to_start("s")
 _CANDIDATES = """
-SELECT f.kind, f.name, f.rollout, m.policies
+SELECT f.kind, f.name, f.next_reconcile_at, f.rollout, m.policies
 FROM (SELECT s.kind, s.name, s.next_reconcile_at, s.labels, {rollout} AS rollout
       FROM statuses AS s
-      WHERE s.next_reconcile_at <= now() AND s.enqueued_at IS NULL {excluded}
+      WHERE s.next_reconcile_at <= now() AND s.next_reconcile_at >= :after AND s.enqueued_at IS NULL {excluded}
       ORDER BY s.next_reconcile_at LIMIT :window) AS f
 CROSS JOIN LATERAL (SELECT COALESCE(array_agg(p.name::text ORDER BY p.name), '{{}}') AS policies
                     FROM policies AS p WHERE {scope}) AS m
--- round-robin between scopes (a kind and the policies it is in): the first due of each, then the second, ...
-ORDER BY row_number() OVER (PARTITION BY f.kind, m.policies ORDER BY f.next_reconcile_at, f.name),
-         f.next_reconcile_at, f.kind
 """
-"""The first due resources, in due order, that no exhausted policy stops, with the policies whose scope they are
-in. An exhausted scope is left out by a plain condition on each row, so that the index of due times is read in
-order and only as far as needed (a subquery per row cost about 10 µs, for each of a backlog's rows at each claim)."""
+"""The first due resources from `after` on, in due order, that no exhausted policy and no saturated scope stops, with
+the policies whose scope they are in. What is left out is left out by a plain condition on each row, so that the index
+of due times is read in order and only as far as needed (a subquery per row cost about 10 µs, for each of a backlog's
+rows at each claim)."""
+
+PASSES = 4
+"""How many windows of candidates one claim reads at most: each next one leaves out the scopes that filled the
+earlier ones, so a backlog of one scope (100,000 due, or held to max_in_flight 1) cannot hide another behind it."""
+
+
+def _in_scope(budget: Budget, params: dict[str, Any]) -> str:
+    """`s` is in the budget's scope, as a plain condition whose values are bound in `params`."""
+    i = len(params)
+    params[f"k{i}"], params[f"s{i}"] = budget.kinds, budget.selector
+    return f"""((CAST(:k{i} AS text[]) IS NULL OR s.kind = ANY(CAST(:k{i} AS text[])))
+             AND (CAST(:s{i} AS jsonb) IS NULL OR s.labels @> CAST(:s{i} AS jsonb)))"""
 
 
 def _excluding(budgets: list[Budget], rollout_only: bool, params: dict[str, Any]) -> str:
-    said, rollout = "", f" AND {_ROLLOUT}" if rollout_only else ""
-    for budget in budgets:
+    rollout = f" AND {_ROLLOUT}" if rollout_only else ""
+    return "".join(f"\n        AND NOT ({_in_scope(b, params)}{rollout})" for b in budgets)
+
+
+def _leaving_out(groups: list[Group], budgets: dict[str, Budget], params: dict[str, Any]) -> str:
+    """Rows of these groups (a kind and exactly the policies it is in) left out."""
+    said = ""
+    for kind, names in groups:
         i = len(params)
-        params[f"k{i}"], params[f"s{i}"] = budget.kinds, budget.selector
-        said += f"""
-        AND NOT ((CAST(:k{i} AS text[]) IS NULL OR s.kind = ANY(CAST(:k{i} AS text[])))
-                 AND (CAST(:s{i} AS jsonb) IS NULL OR s.labels @> CAST(:s{i} AS jsonb)){rollout})"""
+        params[f"g{i}"] = kind
+        scopes = [_in_scope(b, params) if b.name in names else f"NOT {_in_scope(b, params)}" for b in budgets.values()]
+        said += f"\n        AND NOT (s.kind = :g{i} AND {' AND '.join(scopes) or 'true'})"
     return said
 
 
-def _candidates(conn: Connection, budgets: dict[str, Budget], window: int) -> list[Any]:
+Group = tuple[str, tuple[str, ...]]
+"""A scope for fairness: a kind and the policies whose scope a resource of it is in."""
+
+
+def _candidates(
+    conn: Connection, budgets: dict[str, Budget], window: int, after: datetime | None, saturated: list[Group]
+) -> list[Any]:
     params: dict[str, Any] = {}
     stopped = [b for b in budgets.values() if b.starts is not None and b.starts <= 0]
     held = [b for b in budgets.values() if b.rollouts is not None and b.rollouts <= 0 and b not in stopped]
-    excluded = _excluding(stopped, False, params) + _excluding(held, True, params)
+    excluded = (
+        _excluding(stopped, False, params) + _excluding(held, True, params) + _leaving_out(saturated, budgets, params)
+    )
     statement = text(_CANDIDATES.format(rollout=_ROLLOUT, excluded=excluded, scope=in_scope("f")))
     selectors = [bindparam(k, type_=JSONB) for k in params if k.startswith("s")]
-    return list(conn.execute(statement.bindparams(*selectors), {**params, "window": window}))
+    values = {**params, "window": window, "after": after or datetime.min.replace(tzinfo=UTC)}
+    return list(conn.execute(statement.bindparams(*selectors), values))
+
+
+def _round_robin(conn: Connection, budgets: dict[str, Budget], batch: int) -> list[Any]:
+    """The due resources worth considering, in round-robin order of their groups (the first due of each group, then
+    the second, ...). A window that one group fills (`batch` of its rows or more) is read on from its end, leaving that
+    group out, up to PASSES windows."""
+    window = max(4 * batch, 2_000)
+    found: dict[tuple[str, str], Any] = {}
+    saturated: list[Group] = []
+    after = None
+    for _ in range(PASSES):
+        rows = _candidates(conn, budgets, window, after, saturated)
+        found.update({(r.kind, r.name): r for r in rows if (r.kind, r.name) not in found})
+        if len(rows) < window:
+            break
+        sizes = collections.Counter((r.kind, tuple(r.policies)) for r in found.values())
+        filled = [g for g, n in sizes.items() if n >= batch and g not in saturated]
+        if not filled:
+            break
+        saturated += filled
+        after = rows[-1].next_reconcile_at
+    rank: collections.Counter[Group] = collections.Counter()
+    ordered = []
+    for r in sorted(found.values(), key=lambda r: (r.next_reconcile_at, r.kind, r.name)):
+        group = (r.kind, tuple(r.policies))
+        rank[group] += 1
+        ordered.append((rank[group], r.next_reconcile_at, r.kind, r.name, r))
+    return [entry[-1] for entry in sorted(ordered, key=lambda e: e[:4])]
 
 
 _WAITING = text(f"""
@@ -174,7 +227,7 @@ def _budget(row: Any) -> Budget:
 def plan(conn: Connection, names: list[str], batch: int) -> Plan:
     """Pick up to `batch` due resources that every policy of theirs lets start, in round-robin order of kinds."""
     budgets = {row.name: _budget(row) for row in conn.execute(_BUDGETS)}
-    rows = _candidates(conn, budgets, max(4 * batch, 2_000))
+    rows = _round_robin(conn, budgets, batch)
     picked: list[tuple[str, str]] = []
     scopes: dict[tuple[str, str], list[str]] = {}
     full = [b.name for b in budgets.values() if b.in_flight_full]

@@ -193,8 +193,8 @@ def test_max_failures_halts_the_rollout_until_resumed_or_the_failing_rows_change
 
 
 CLAIM_WINDOW = 2_000
-"""The most due resources one claim reads, in due order, before it round-robins between scopes: scheduler/policies.py
-plan() reads max(4 * batch, 2,000), which is 2,000 for a batch of 500 or less."""
+"""The due resources one window of candidates holds, in due order: scheduler/policies.py reads max(4 * batch, 2,000),
+which is 2,000 for a batch of 500 or less, and reads on past a scope that fills it."""
 
 
 def claims_until(engine: Engine, wanted: set[str], batch: int, most: int) -> int | None:
@@ -210,41 +210,12 @@ def claims_until(engine: Engine, wanted: set[str], batch: int, most: int) -> int
     return None
 
 
-_WINDOW_ONLY_HOLDS_THE_BACKLOG = (
-    "scheduler/policies.py plan() round-robins between scopes only among the first max(4 * batch, 2,000) due "
-    "resources in due order (_candidates: ORDER BY next_reconcile_at LIMIT :window): an earlier backlog of one scope "
-    "fills that whole window, so a later kind or scope is not even a candidate until fewer than a window's worth of "
-    "the backlog remains unclaimed"
-)
-
-
 @pytest.mark.parametrize(
     ("backlog", "bulk_in_flight"),
     [
         pytest.param(50, None, id="backlog-within-the-window"),
-        pytest.param(
-            CLAIM_WINDOW + 6,
-            None,
-            id="backlog-beyond-the-window",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason=f"{_WINDOW_ONLY_HOLDS_THE_BACKLOG}: 3 claims here, about (backlog - 2,000) / batch in general",
-            ),
-        ),
-        pytest.param(
-            CLAIM_WINDOW + 6,
-            1,
-            id="backlog-beyond-the-window-one-at-a-time",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason=f"{_WINDOW_ONLY_HOLDS_THE_BACKLOG}; and held to one in flight, its scope is not exhausted when "
-                "a claim reads the window (only after its first pick), so each claim takes one of it and the window "
-                "moves on by one place: 10 claims here (a claim per backlog resource beyond the window, then one per "
-                "late resource), each after a reconcile of the backlog finished",
-            ),
-        ),
+        pytest.param(CLAIM_WINDOW + 6, None, id="backlog-beyond-the-window"),
+        pytest.param(CLAIM_WINDOW + 6, 1, id="backlog-beyond-the-window-one-at-a-time"),
     ],
 )
 def test_fairness_each_kind_and_scope_gets_its_turn_within_one_batch(
