@@ -6,6 +6,8 @@ made by `create_table`, the way a user's migration would make it.
 
 from __future__ import annotations
 
+import os
+import time
 from typing import ClassVar
 
 from sqlalchemy import Connection, text
@@ -28,6 +30,10 @@ class BenchNoop(Resource, table=True):
     """Bumped by the benchmark to make a new generation; nothing real depends on it."""
 
 
+OBSERVE_S = float(os.environ.get("BENCH_NOOP_OBSERVE_S", "0"))
+"""How long observing takes (a target's answer time): 0 but in the runs that need reconciles to overlap."""
+
+
 class NoopController(Controller[BenchNoop, str]):
     model = BenchNoop
 
@@ -36,6 +42,8 @@ class NoopController(Controller[BenchNoop, str]):
             raise InvalidSpec("payload", "must not be negative")
 
     def observe(self, desired: BenchNoop) -> str:
+        if OBSERVE_S:
+            time.sleep(OBSERVE_S)
         return "present"
 
     def plan(self, desired: BenchNoop, actual: str) -> list[Action]:

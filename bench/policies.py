@@ -2,7 +2,8 @@
 
 1. Scheduler CPU at N resources on a 5-minute interval, without policies and then with three (none binding), in the
    same run, as bench/scale.py measures it (a drain stands in for the workers).
-2. An UPDATE of every row of a stack (scheduler + worker, two processes), without a policy and then under
+2. An UPDATE of every row of a stack (scheduler + a worker of 60 processes, each reconcile waiting 0.1 s on its
+   pretend target, so that up to 60 overlap), without a policy and then under
    max_in_flight = 50: the most claims in flight seen (sampled from statuses), the most reconciles overlapping (from
    the run history), the throughput of each and how long the last resource waited.
 3. The same UPDATE under max_unready = 100, max_failures = 5 with 1% of the rows made invalid: how many resources
@@ -43,6 +44,11 @@ class PolicyPlan:
     max_failures: int = 5
     invalid_every: int = 100
     """One row in this many is made invalid by the rollout's change (1%)."""
+    concurrency: int = 60
+    """The worker's processes in parts 2 and 3: more than max_in_flight, so that the limit is what binds."""
+    observe_s: float = 0.1
+    """How long each reconcile of parts 2 and 3 waits on its (pretend) target: long enough for reconciles to overlap
+    on two cores."""
 
 
 QUICK = PolicyPlan("quick", scale_resources=10_000, scale_measure_s=15.0, update_rows=1_000)
@@ -164,7 +170,11 @@ def stack_parts(dbs: servers.Databases, broker_url: str, tag: str, logs: Path, p
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(resources.INSERT, {"interval_s": 3600, "count": rows})  # type: ignore[arg-type]
     env = processes.environment(url, broker_url, f"{tag}-policies", logs / "state")
-    children = [processes.worker(env, logs, "policies-worker"), processes.scheduler(env, logs, "policies-scheduler")]
+    env_slow = {**env, "BENCH_NOOP_OBSERVE_S": str(plan.observe_s)}
+    children = [
+        processes.worker(env_slow, logs, "policies-worker", concurrency=plan.concurrency),
+        processes.scheduler(env, logs, "policies-scheduler"),
+    ]
     timeout_s = 60 + rows / 10
     try:
         children[0].wait_for(processes.WORKER_READY)
@@ -257,7 +267,7 @@ def run(plan: PolicyPlan, stack: contextlib.ExitStack, say: Any, results: Path) 
     stack.callback(dbs.drop_all)
     dbs.prepare()
     say(f"policies: {plan.mode} run, databases ready")
-    measured: dict[str, Any] = {"mode": plan.mode}
+    measured: dict[str, Any] = {"mode": plan.mode, "concurrency": plan.concurrency, "observe_s": plan.observe_s}
     measured.update(stack_parts(dbs, found.broker_url, tag, logs, plan))
     say("policies: UPDATE under max_in_flight and the halted rollout measured")
     setup = scale.Setup(found.broker_url, tag, plan.scale_interval_s, plan.scale_measure_s, logs)
@@ -286,7 +296,8 @@ def write(measured: dict[str, Any], results: Path) -> None:
         "",
         f"Scheduler CPU with three policies: {s['cpu_ratio']:.2f}x without (target <= 1.25x).",
         "",
-        f"UPDATE of {u['unlimited']['rows']:,} rows (one worker, two processes):",
+        f"UPDATE of {u['unlimited']['rows']:,} rows (one worker of {measured.get('concurrency', 2)} processes, each "
+        f"reconcile waiting {measured.get('observe_s', 0):g} s on its target):",
         "",
         "| limit | most claims in flight | most runs overlapping | reconciles/s | slowest wait |",
         "|---|---|---|---|---|",

@@ -85,9 +85,9 @@ def scheduler(env: dict[str, str], logs: Path, label: str = "scheduler") -> Chil
     return Child(label, [sys.executable, "-m", "scheduler"], env, logs)
 
 
-def worker(env: dict[str, str], logs: Path, label: str, app: str = "worker") -> Child:
-    """`celery -A <app> worker -c 2` as Setpoint runs it (prefork, two processes)."""
-    argv = worker_argv(2, f"{label}-{env['SETPOINT_QUEUE']}")
+def worker(env: dict[str, str], logs: Path, label: str, app: str = "worker", concurrency: int = 2) -> Child:
+    """`celery -A <app> worker -c 2` as Setpoint runs it (prefork, two processes unless told otherwise)."""
+    argv = worker_argv(concurrency, f"{label}-{env['SETPOINT_QUEUE']}")
     argv[argv.index("-A") + 1] = app
     # A metrics folder of its own in the run's logs, not a temporary one: on a shared machine, another Setpoint
     # version's clean-up of "dead" temporary folders could take a running worker's files away.

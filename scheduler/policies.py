@@ -45,9 +45,11 @@ STATE = "LEFT JOIN policy_statuses AS b ON b.name = p.name"
 _LOCK = text("""SELECT pg_advisory_xact_lock(hashtextextended('setpoint claims', 0)), set_config('jit', 'off', true)""")
 """Claims take turns. Also turns JIT off for the claim's transaction: its estimates of the per-row scope checks are
 high enough to make PostgreSQL compile them, which took seconds for a claim that runs in milliseconds (measured)."""
-_NAMES = text("SELECT name FROM policies ORDER BY name")
-_FORGET = text("DELETE FROM policy_statuses AS b WHERE NOT EXISTS (SELECT FROM policies AS p WHERE p.name = b.name)")
-"""A deleted policy's bucket and back-off go with it (a new policy of the same name starts afresh)."""
+_NAMES = text("""
+WITH forgotten AS (DELETE FROM policy_statuses AS b WHERE NOT EXISTS (SELECT FROM policies AS p WHERE p.name = b.name))
+SELECT name FROM policies ORDER BY name""")
+"""The policies' names, as last committed; what was kept of a deleted policy (its bucket, a back-off) goes with it at
+the first claim after its deletion."""
 
 _BUDGETS = text(f"""
 SELECT p.name, p.kinds, p.selector, p.max_in_flight, p.max_per_minute, p.max_unready, p.max_failures,
@@ -194,7 +196,6 @@ def lock(conn: Connection) -> list[str]:
     """Wait for the claim's turn (until the end of its transaction); the policies' names (none: no policy to obey),
     as last committed. Forgets what was kept of deleted policies."""
     conn.execute(_LOCK)
-    conn.execute(_FORGET)
     return list(conn.execute(_NAMES).scalars())
 
 
