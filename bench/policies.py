@@ -2,7 +2,7 @@
 
 1. Scheduler CPU at N resources on a 5-minute interval, without policies and then with three (none binding), in the
    same run, as bench/scale.py measures it (a drain stands in for the workers).
-2. An UPDATE of every row of a stack (scheduler + a worker of 60 processes, each reconcile waiting 0.1 s on its
+2. An UPDATE of every row of a stack (scheduler + a worker of 60 processes, each reconcile waiting 0.5 s on its
    pretend target, so that up to 60 overlap), without a policy and then under
    max_in_flight = 50: the most claims in flight seen (sampled from statuses), the most reconciles overlapping (from
    the run history), the throughput of each and how long the last resource waited.
@@ -46,7 +46,7 @@ class PolicyPlan:
     """One row in this many is made invalid by the rollout's change (1%)."""
     concurrency: int = 60
     """The worker's processes in parts 2 and 3: more than max_in_flight, so that the limit is what binds."""
-    observe_s: float = 0.1
+    observe_s: float = 0.5
     """How long each reconcile of parts 2 and 3 waits on its (pretend) target: long enough for reconciles to overlap
     on two cores."""
 
