@@ -109,11 +109,16 @@ BURST_SQL = "COALESCE(p.burst, GREATEST(1, ceil(p.max_per_minute / 60.0)))"
 """The token bucket's size: the policy's burst, else one second's worth of its rate (at least one start)."""
 
 
+WAITING_REASONS = ("Paused", "DependentsExist", "OwnedExist")
+"""Reasons of a Ready condition that say the resource changes nothing for now: paused (drift reported, not corrected),
+or a deletion waiting for its dependents or for what it owns to go first."""
+
+
 def waiting(s: str) -> str:
-    """A status (alias `s`) that changes nothing yet: waiting for its dependencies, a deletion waiting for its
-    dependents or what it owns to go first, or held back by a rollout. It holds no slot of a rollout."""
-    return f"""({s}.phase IN ('Waiting', 'Held') OR ({s}.deleted_at IS NOT NULL AND {s}.conditions @> ANY (ARRAY[
-        '[{{"reason": "DependentsExist"}}]', '[{{"reason": "OwnedExist"}}]']::jsonb[])))"""
+    """A status (alias `s`) that changes nothing yet: waiting for its dependencies, held back by a rollout, paused,
+    or a deletion waiting for others to go first. It holds no slot of a rollout."""
+    patterns = ", ".join(f"""'[{{"type": "Ready", "reason": "{r}"}}]'""" for r in WAITING_REASONS)
+    return f"({s}.phase IN ('Waiting', 'Held') OR {s}.conditions @> ANY (ARRAY[{patterns}]::jsonb[]))"
 
 
 def to_start(s: str) -> str:

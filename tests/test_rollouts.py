@@ -60,6 +60,20 @@ def test_a_resource_that_degrades_after_its_rollout_holds_no_slot(engine: Engine
     assert take(engine) == [], "one that never got ready at its new generation holds its slot"
 
 
+def test_a_paused_resource_changes_nothing_and_holds_no_slot(engine: Engine) -> None:
+    names = settled(engine, 3)
+    sql(engine, "INSERT INTO policies (name, kinds, max_unready) VALUES ('wave', '{Noop}', 1)")
+    sql(engine, "UPDATE noops SET note = 'v2'")
+    assert take(engine) == names[:1]
+    # What the worker records of a paused resource whose desired state changed: drift reported, not corrected.
+    paused = """UPDATE statuses SET enqueued_at = NULL, phase = 'Drifted', ready = false,
+                    observed_generation = generation, next_reconcile_at = now() + interval '1h',
+                    conditions = '[{"type": "Ready", "status": "False", "reason": "Paused"}]'
+                WHERE name = :n"""
+    sql(engine, paused, n=names[0])
+    assert take(engine) == names[1:2], "paused, it changed nothing: its slot goes to the next one"
+
+
 def test_a_failure_at_an_old_generation_never_halts_a_rollout(engine: Engine) -> None:
     names = settled(engine, 3)
     sql(engine, "UPDATE statuses SET ready = false, phase = 'Failed' WHERE name = :n", n=names[0])
