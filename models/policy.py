@@ -109,43 +109,58 @@ BURST_SQL = "COALESCE(p.burst, GREATEST(1, ceil(p.max_per_minute / 60.0)))"
 """The token bucket's size: the policy's burst, else one second's worth of its rate (at least one start)."""
 
 
-WAITING_REASONS = ("Paused", "DependentsExist", "OwnedExist")
+# What a rollout counts, as SQL conditions on a status (alias `s`) and a policy (alias `p`). A change (a new generation
+# or a deletion) is *to start* until a claim starts it; the claim sets rollout_started_at, and the change is *working*
+# (it holds a slot of every max_unready it is in) until it is done: ready at its generation (the worker clears
+# rollout_started_at) or gone. A change that does nothing for now (waiting) gives its slot back while no reconcile of it
+# runs, and takes one again to act.
+
+WAITING_REASONS = ("Paused", "DependentsExist", "OwnedExist", "OwnedNotReady")
 """Reasons of a Ready condition that say the resource changes nothing for now: paused (drift reported, not corrected),
-or a deletion waiting for its dependents or for what it owns to go first."""
+a deletion waiting for its dependents or for what it owns to go first, or an owner waiting for what it owns (which
+take slots of their own)."""
 
 
 def waiting(s: str) -> str:
-    """A status (alias `s`) that changes nothing yet: waiting for its dependencies, held back by a rollout, paused,
-    or a deletion waiting for others to go first. It holds no slot of a rollout."""
+    """Changes nothing for now: waiting for its dependencies, held back by a rollout, or one of WAITING_REASONS."""
     patterns = ", ".join(f"""'[{{"type": "Ready", "reason": "{r}"}}]'""" for r in WAITING_REASONS)
     return f"({s}.phase IN ('Waiting', 'Held') OR {s}.conditions @> ANY (ARRAY[{patterns}]::jsonb[]))"
 
 
 def to_start(s: str) -> str:
-    """A change of status `s` whose rollout has not started: a new generation not claimed yet, a deletion not
-    started yet, or one of them back from waiting. Claiming it takes a slot of every max_unready it is in."""
+    """A change whose rollout has not started, or that gave its slot back while waiting: claiming it takes a slot."""
     return f"""(({s}.deleted_at IS NULL AND ({s}.claimed_generation IS DISTINCT FROM {s}.generation
-                                             OR {s}.phase IN ('Waiting', 'Held')))
+                                             OR ({s}.rollout_started_at IS NOT NULL AND {waiting(s)})))
     OR ({s}.deleted_at IS NOT NULL AND (COALESCE({s}.rollout_started_at, '-infinity') < {s}.deleted_at
                                         OR {waiting(s)})))"""
 
 
 def working(s: str) -> str:
-    """A status `s` whose change has started and is not done: claimed for its current generation and not yet ready
-    at it (the worker clears rollout_started_at then), or a deletion started and not yet gone; not waiting. It holds
-    a slot of every max_unready it is in. A resource that was ready at its generation and degrades later holds none:
-    that is drift, not a rollout."""
-    return f"""({s}.rollout_started_at IS NOT NULL AND NOT {waiting(s)}
-    AND (({s}.deleted_at IS NULL AND {s}.claimed_generation = {s}.generation)
-         OR {s}.rollout_started_at >= {s}.deleted_at))"""
+    """A started change not done: a reconcile of it runs, or it is not waiting and is still the resource's current
+    change (its generation, or its deletion). A resource that was ready at its generation and degrades later holds
+    nothing: that is drift, not a rollout."""
+    return f"""({s}.rollout_started_at IS NOT NULL AND ({s}.enqueued_at IS NOT NULL OR (NOT {waiting(s)}
+        AND (({s}.deleted_at IS NULL AND {s}.claimed_generation = {s}.generation)
+             OR {s}.rollout_started_at >= {s}.deleted_at))))"""
+
+
+def _failed(s: str) -> str:
+    """Its last reconcile failed (a deletion keeps its phase, Deleting: its failures are counted)."""
+    return f"""CASE WHEN {s}.deleted_at IS NULL THEN {s}.phase IN ('Failed', 'Invalid')
+                ELSE {s}.consecutive_failures > 0 END"""
 
 
 def failing(s: str, p: str) -> str:
-    """Working on its change and failing at it (a deletion: its last attempt failed), in a rollout that started after
-    policy `p` was last resumed. It counts towards max_failures while it fails: a retry that succeeds frees it."""
-    return f"""({working(s)}
-    AND CASE WHEN {s}.deleted_at IS NULL THEN {s}.phase IN ('Failed', 'Invalid') ELSE {s}.consecutive_failures > 0 END
-    AND {s}.rollout_started_at > COALESCE({p}.resumed_at, '-infinity'))"""
+    """Working and failing, in a rollout started after policy `p` was last resumed: it counts towards max_failures
+    while it fails (a retry that succeeds frees it)."""
+    return f"({working(s)} AND {_failed(s)} AND {s}.rollout_started_at > COALESCE({p}.resumed_at, '-infinity'))"
+
+
+def holding(s: str, p: str) -> str:
+    """Holds a slot of policy `p`'s max_unready: working, unless it is a failure the policy was resumed past (and no
+    reconcile of it runs): resuming a halted rollout lets it go on with every slot."""
+    return f"""({working(s)} AND NOT ({s}.enqueued_at IS NULL AND {_failed(s)}
+                                    AND {s}.rollout_started_at <= COALESCE({p}.resumed_at, '-infinity')))"""
 
 
 def in_scope(s: str, p: str = "p") -> str:
@@ -165,8 +180,11 @@ BEGIN
     -- claimed since it was held: its reconcile is on its way, and will say how it went
     UPDATE statuses AS s
     SET phase = CASE WHEN s.deleted_at IS NOT NULL THEN 'Deleting' ELSE 'Pending' END, conditions = {WITHOUT_HELD}
-    FROM unnest(p_kinds, p_names) AS claimed (kind, name)
-    WHERE s.kind = claimed.kind AND s.name = claimed.name AND s.enqueued_at IS NOT NULL AND s.phase = 'Held';
+    FROM (SELECT s.kind, s.name FROM statuses AS s JOIN unnest(p_kinds, p_names) AS claimed (kind, name)
+              ON s.kind = claimed.kind AND s.name = claimed.name
+          WHERE s.enqueued_at IS NOT NULL AND s.phase = 'Held'
+          FOR UPDATE OF s SKIP LOCKED) AS claimed
+    WHERE s.kind = claimed.kind AND s.name = claimed.name;
     WITH holds AS (SELECT * FROM jsonb_to_recordset(p_holds) AS h (name text, reason text, message text)),
     held AS (
         SELECT DISTINCT ON (s.kind, s.name) s.kind, s.name, h.name AS policy, h.reason, h.message
@@ -178,11 +196,18 @@ BEGIN
               jsonb_build_object('type', 'Held', 'policy', h.name, 'reason', h.reason)))
         ORDER BY s.kind, s.name, h.name
         LIMIT p_most
+    ),
+    -- locked, and looked at again as committed now: a row claimed meanwhile (enqueued) is not marked; one a worker or
+    -- an admin's open transaction holds is left for a later claim rather than waited for
+    locked AS (
+        SELECT s.kind, s.name FROM statuses AS s JOIN held ON s.kind = held.kind AND s.name = held.name
+        WHERE s.enqueued_at IS NULL
+        FOR UPDATE OF s SKIP LOCKED
     )
     UPDATE statuses AS s SET phase = 'Held',
         conditions = jsonb_build_array(jsonb_build_object('type', 'Held', 'status', 'True', 'policy', held.policy,
             'reason', held.reason, 'message', held.message, 'last_transition_time', now())) || {WITHOUT_HELD}
-    FROM held
+    FROM held JOIN locked ON locked.kind = held.kind AND locked.name = held.name
     WHERE s.kind = held.kind AND s.name = held.name;
     GET DIAGNOSTICS marked = ROW_COUNT;
     RETURN marked;
@@ -192,7 +217,7 @@ END $$;
 each claim has committed: the held resources claimed since (`p_kinds`, `p_names`) are Pending (or Deleting) again;
 and up to `p_most` due changes that a full or halted rollout keeps waiting become Held, with a condition naming the
 policy and why (`p_holds`: [{{name, reason, message}}]). Bounded, so that a rollout holding back 100,000 changes
-marks them over several ticks rather than in one long statement."""
+marks them over several claims rather than in one long statement; it never waits for a row lock."""
 
 HOLD_SIGNATURE = "setpoint_hold(jsonb, text[], text[], integer)"
 

@@ -65,16 +65,22 @@ def again_in_s(claim_took_s: float) -> float:
 
 _CLAIM_PICKED = text(f"""
 WITH picked AS (
-    SELECT kind, name FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[])) AS picked (kind, name)
+    SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[]), CAST(:starting AS boolean[]))
+        AS picked (kind, name, starting)
 ),
 -- a message lost on its way is sent again without asking the policies: it already holds its slot
 lost AS (
-    SELECT kind, name FROM statuses WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST})
+    SELECT kind, name FROM statuses
+    WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST}) AND NOT {to_start("statuses")}
     ORDER BY next_reconcile_at LIMIT :batch
 ),
 chosen AS (
     SELECT kind, name FROM statuses
-    WHERE (kind, name) IN (SELECT kind, name FROM picked UNION ALL SELECT kind, name FROM lost) AND {_DUE}
+    WHERE ((kind, name) IN (SELECT kind, name FROM lost)
+           -- as planned: a change committed while the claim planned would start with no slot; it waits a claim
+           OR EXISTS (SELECT FROM picked WHERE picked.kind = statuses.kind AND picked.name = statuses.name
+                                           AND picked.starting = {to_start("statuses")}))
+      AND {_DUE}
     FOR UPDATE SKIP LOCKED
 )
 UPDATE statuses AS s SET enqueued_at = now(), claim = s.claim + 1, {_STARTED}
@@ -83,6 +89,13 @@ RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed
 """)
 """The claim while policies exist: the due resources the policies let start (scheduler/policies.py picked them,
 in the claims' turn), and any whose message was lost."""
+
+_FREE_SUPERSEDED = text(f"""
+UPDATE statuses SET enqueued_at = NULL
+WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST}) AND {to_start("statuses")}
+""")
+"""A lost message whose resource has a newer change since (or gave its slot back): not sent again as it was, but
+freed, so that the policies plan the change like any other (it needs a slot)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +134,17 @@ def claim_due(
     }
     plan = None
     with engine.begin() as conn:
-        found = policies.lock(conn)
-        if not found:
+        if not policies.names(conn):
             rows = conn.execute(_CLAIM, params).all()
         else:
-            plan = policies.plan(conn, found, batch)
-            picked = {"kinds": [k for k, _ in plan.picked], "names": [n for _, n in plan.picked]}
+            policies.take_turn(conn)
+            conn.execute(_FREE_SUPERSEDED, params)
+            plan = policies.plan(conn, batch)
+            picked = {
+                "kinds": [k for k, _ in plan.picked],
+                "names": [n for _, n in plan.picked],
+                "starting": [key in plan.starting for key in plan.picked],
+            }
             rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
             policies.spend(conn, plan, {(r.kind, r.name) for r in rows})
     policies.mark_held(engine, policies.holds(plan), [(r.kind, r.name) for r in rows if r.held])

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 
-from models.policy import BURST_SQL, failing, in_scope, to_start, working
+from models.policy import BURST_SQL, failing, holding, in_scope, to_start, working
 from models.status import BUSY
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 COUNTS = f"""
 SELECT p.name,
        count(*) FILTER (WHERE s.enqueued_at IS NOT NULL) AS in_flight,
-       count(*) FILTER (WHERE {working("s")}) AS unready,
+       count(*) FILTER (WHERE {holding("s", "p")}) AS unready,
        count(*) FILTER (WHERE {failing("s", "p")}) AS failures,
        (array_agg(s.kind || '/' || s.name ORDER BY s.rollout_started_at) FILTER (WHERE {failing("s", "p")}))[1:3]
            AS failed
@@ -74,9 +74,10 @@ the policies whose scope they are in. What is left out is left out by a plain co
 of due times is read in order and only as far as needed (a subquery per row cost about 10 µs, for each of a backlog's
 rows at each claim)."""
 
-PASSES = 4
+PASSES = 8
 """How many windows of candidates one claim reads at most: each next one leaves out the scopes that filled the
-earlier ones, so a backlog of one scope (100,000 due, or held to max_in_flight 1) cannot hide another behind it."""
+earlier ones, so a backlog of one scope (100,000 due, or held to max_in_flight 1) cannot hide another behind it. A
+scope behind more than seven such backlogs waits until one of them shrinks below a window (2,000)."""
 
 
 def _in_scope(budget: Budget, params: dict[str, Any]) -> str:
@@ -187,16 +188,21 @@ class Budget:
 class Plan:
     budgets: dict[str, Budget]
     picked: list[tuple[str, str]]
+    starting: set[tuple[str, str]]
+    """Of those, the ones whose claim starts a change (and takes a slot of max_unready)."""
     scopes: dict[tuple[str, str], list[str]]
     capped: bool
     """A due resource waits for a reconcile in flight to finish (max_in_flight): worth claiming again soon."""
 
 
-def lock(conn: Connection) -> list[str]:
-    """Wait for the claim's turn (until the end of its transaction); the policies' names (none: no policy to obey),
-    as last committed. Forgets what was kept of deleted policies."""
-    conn.execute(_LOCK)
+def names(conn: Connection) -> list[str]:
+    """The policies' names, as last committed (none: no policy to obey, and claims need not take turns)."""
     return list(conn.execute(_NAMES).scalars())
+
+
+def take_turn(conn: Connection) -> None:
+    """Wait for this claim's turn, until the end of its transaction."""
+    conn.execute(_LOCK)
 
 
 def _budget(row: Any) -> Budget:
@@ -225,11 +231,12 @@ def _budget(row: Any) -> Budget:
     return Budget(row.name, row.kinds, row.selector, starts, rollouts, row.tokens, reason, message, full)
 
 
-def plan(conn: Connection, names: list[str], batch: int) -> Plan:
+def plan(conn: Connection, batch: int) -> Plan:
     """Pick up to `batch` due resources that every policy of theirs lets start, in round-robin order of kinds."""
     budgets = {row.name: _budget(row) for row in conn.execute(_BUDGETS)}
     rows = _round_robin(conn, budgets, batch)
     picked: list[tuple[str, str]] = []
+    starting: set[tuple[str, str]] = set()
     scopes: dict[tuple[str, str], list[str]] = {}
     full = [b.name for b in budgets.values() if b.in_flight_full]
     capped = bool(full) and bool(conn.execute(_WAITING, {"full": full}).scalar())
@@ -245,10 +252,12 @@ def plan(conn: Connection, names: list[str], batch: int) -> Plan:
             if row.rollout:
                 b.rollouts = None if b.rollouts is None else b.rollouts - 1
         picked.append((row.kind, row.name))
+        if row.rollout:
+            starting.add((row.kind, row.name))
         scopes[(row.kind, row.name)] = [b.name for b in mine]
         if len(picked) == batch:
             break
-    return Plan(budgets, picked, scopes, capped and not (rows and len(picked) == batch))
+    return Plan(budgets, picked, starting, scopes, capped and not (rows and len(picked) == batch))
 
 
 def spend(conn: Connection, plan: Plan, claimed: set[tuple[str, str]]) -> None:
