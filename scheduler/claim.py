@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import Engine, text
 
 from models.policy import to_start
-from scheduler import policies
+from scheduler import held, policies
 
 # A claimed resource is marked enqueued. It is claimable again when its reconcile has finished (the
 # worker clears the mark), or when its message was lost (worker host gone, Redis flushed): nobody
@@ -147,7 +147,7 @@ def claim_due(
             }
             rows = conn.execute(_CLAIM_PICKED, {**params, **picked}).all()
             policies.spend(conn, plan, {(r.kind, r.name) for r in rows})
-    policies.mark_held(engine, policies.holds(plan), [(r.kind, r.name) for r in rows if r.held])
+    held.mark_held(engine, held.holds(plan), [(r.kind, r.name) for r in rows if r.held])
     if plan is not None and plan.capped and on_capped is not None:
         on_capped()
     return [Claim(r.kind, r.name, r.claim, r.node, r.next_reconcile_at, r.claimed_at) for r in rows]

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
-from scheduler import policies
+from scheduler import policy_usage
 from setpoint.settings import Settings
 from worker import metrics
 from worker.celery_app import queue_for
@@ -73,7 +73,7 @@ class Reading:
     kinds: dict[str, dict[str, int]]
     depths: dict[str, int]
     at_s: float
-    policies: tuple[policies.Usage, ...] = ()
+    policies: tuple[policy_usage.Usage, ...] = ()
 
 
 class FleetCollector(Collector):
@@ -143,11 +143,11 @@ class FleetCollector(Collector):
             if stop.wait(min(every_s, LEADERSHIP_CHECK_S)):
                 return
 
-    def _read_statuses(self) -> tuple[list[dict[str, Any]], tuple[policies.Usage, ...]]:
+    def _read_statuses(self) -> tuple[list[dict[str, Any]], tuple[policy_usage.Usage, ...]]:
         with self.engine.begin() as conn:
             conn.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
             conn.execute(text(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}"))
-            return [dict(row) for row in conn.execute(_STATE).mappings()], tuple(policies.usage(conn))
+            return [dict(row) for row in conn.execute(_STATE).mappings()], tuple(policy_usage.usage(conn))
 
     def _depths(self, queues: list[str]) -> dict[str, int]:
         with self.broker.pipeline(transaction=False) as pipe:

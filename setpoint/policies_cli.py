@@ -12,14 +12,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from scheduler import policies
+from scheduler import policy_usage
 from setpoint import errors
 from setpoint.commands import database, err, failures, out
 
 app = typer.Typer(help="Rollouts that policies (max_unready, max_failures) pace and halt.", no_args_is_help=True)
 
 
-def _limits(policy: policies.Usage) -> str:
+def _limits(policy: policy_usage.Usage) -> str:
     said = []
     if policy.max_in_flight is not None:
         said.append(f"in flight {policy.in_flight}/{policy.max_in_flight}")
@@ -33,7 +33,7 @@ def _limits(policy: policies.Usage) -> str:
     return "; ".join(said)
 
 
-def _state(policy: policies.Usage) -> str:
+def _state(policy: policy_usage.Usage) -> str:
     if policy.halted:
         return "halted: " + ", ".join(policy.failed)
     backing_off = policy.backoff_until is not None and policy.backoff_until > datetime.now(UTC)
@@ -47,7 +47,7 @@ def show(output: str = "table") -> None:
             raise errors.UsageError(f"--output must be table or json for policies, got {output!r}")
         engine = database()
         with engine.connect() as conn:
-            found = policies.usage(conn)
+            found = policy_usage.usage(conn)
         if output == "json":
             print(json.dumps([{**vars(p), "halted": p.halted} for p in found], default=str, indent=2))
             return
@@ -72,6 +72,6 @@ def resume(policy: Annotated[str, typer.Argument(help="The policy whose rollout 
     """Go on with a rollout that max_failures halted: the failures so far no longer count (the same as
     `UPDATE policies SET resumed_at = now() WHERE name = 'POLICY'`)."""
     with failures():
-        if not policies.resume(database(), policy):
+        if not policy_usage.resume(database(), policy):
             raise errors.NotFound(f"no policy named {policy!r} (setpoint get policies lists them)")
         out.print(f"policy {escape(policy)}: rollout resumed; failures before now no longer halt it")

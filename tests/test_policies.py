@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from models.database import make_engine
-from scheduler import claim, policies
+from scheduler import claim, policy_usage
 from tests.conftest import scratch_database
 from tests.helpers import sql
 
@@ -183,7 +183,7 @@ def test_max_failures_halts_the_rollout_until_resumed_or_the_failing_rows_change
     [condition] = [c for c in held["conditions"] if c["type"] == "Held"]
     assert condition["reason"] == "RolloutHalted"
     assert f"Noop/{names[0]}" in condition["message"] and "setpoint rollout resume careful" in condition["message"]
-    assert policies.resume(engine, "careful")
+    assert policy_usage.resume(engine, "careful")
     assert take(engine) == names[2:4], "resumed: the old failure neither counts nor holds a slot"
     finish(engine, names[2:3], phase="Failed")
     finish(engine, names[3:4])

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from models.database import make_engine
-from scheduler import policies
+from scheduler import policy_usage
 from tests.conftest import ROOT, scratch_database, stack_env, start_scheduler, start_worker, wait_for
 from tests.helpers import ready_at, sql
 
@@ -175,9 +175,9 @@ def test_a_bad_rollout_halts_after_the_first_failure_and_a_fix_and_resume_finish
     assert setpoint(world["env"], "get", "policies", "-o", "yaml").returncode == 2
 
 
-def usage(engine: Engine) -> list[policies.Usage]:
+def usage(engine: Engine) -> list[policy_usage.Usage]:
     with engine.connect() as conn:
-        return policies.usage(conn)
+        return policy_usage.usage(conn)
 
 
 def sql_status(engine: Engine, name: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 
 from models.database import make_engine
-from scheduler import claim, policies
+from scheduler import claim, held, policies, policy_usage
 from tests.conftest import alembic, scratch_database
 from tests.helpers import sql
 from tests.test_policies import finish, noops, status, take
@@ -40,7 +40,7 @@ def engine(db: Engine) -> Engine:
 def unready(engine: Engine) -> int:
     """What `setpoint get policies` says the one policy has working on a change."""
     with engine.begin() as conn:
-        [usage] = policies.usage(conn)
+        [usage] = policy_usage.usage(conn)
     return usage.unready
 
 
@@ -103,7 +103,7 @@ def test_held_marking_never_marks_what_another_scheduler_just_claimed(engine: En
                 WHERE name = :n"""),
         {"n": names[1]},
     )
-    marker = threading.Thread(target=policies.mark_held, args=(engine, holds, []), daemon=True)
+    marker = threading.Thread(target=held.mark_held, args=(engine, holds, []), daemon=True)
     marker.start()
     deadline = time.monotonic() + 10
     while not blocked(engine) and time.monotonic() < deadline:
@@ -132,7 +132,7 @@ def test_resume_lets_a_halted_rollout_go_on(engine: Engine) -> None:
     finish(engine, names[:1], phase="Failed")
     sql(engine, "UPDATE statuses SET next_reconcile_at = now() + interval '1h' WHERE name = :n", n=names[0])
     assert take(engine) == [], "halted"
-    assert policies.resume(engine, "one")
+    assert policy_usage.resume(engine, "one")
     assert take(engine) == names[1:], "README: it goes on after `setpoint rollout resume`"
 
 

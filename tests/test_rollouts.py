@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from models.database import make_engine
-from scheduler import policies
+from scheduler import held, policy_usage
 from tests.conftest import scratch_database
 from tests.helpers import logged_in_as_roles, sql
 from tests.test_policies import finish, noops, status, take
@@ -146,19 +146,19 @@ def test_what_a_deleted_policy_held_is_pending_once_claimed(engine: Engine) -> N
 
 def test_held_marking_is_bounded_per_claim(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     settled(engine, 8)
-    monkeypatch.setattr(policies, "HELD_PER_CLAIM", 3)
+    monkeypatch.setattr(held, "HELD_PER_CLAIM", 3)
     sql(engine, "INSERT INTO policies (name, kinds, max_unready) VALUES ('wave', '{Noop}', 1)")
     sql(engine, "UPDATE noops SET note = 'v2'")
 
-    def held() -> int:
+    def marked() -> int:
         with engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM statuses WHERE phase = 'Held'")).scalar_one())
 
     take(engine)
-    assert held() == 3, "one claim marks at most HELD_PER_CLAIM"
+    assert marked() == 3, "one claim marks at most HELD_PER_CLAIM"
     take(engine)
     take(engine)
-    assert held() == 7, "the rest at the next claims: every change but the one started"
+    assert marked() == 7, "the rest at the next claims: every change but the one started"
 
 
 def test_an_admins_open_transaction_on_a_policy_holds_no_claim_up(engine: Engine) -> None:
@@ -208,4 +208,4 @@ def test_each_role_reaches_only_what_it_needs_of_policies(engine: Engine) -> Non
         sql(engine, "UPDATE policy_statuses SET backoff_until = NULL")  # the admin lifts it
         assert take(roles["setpoint_scheduler"]) == names
         with roles["setpoint_scheduler"].connect() as conn:
-            assert len(policies.usage(conn)) == 1, "and reads what each policy holds back, for its metrics"
+            assert len(policy_usage.usage(conn)) == 1, "and reads what each policy holds back, for its metrics"
