@@ -77,6 +77,15 @@ def scratch_database(admin: str, purpose: str, migrate: bool = True) -> Iterator
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def claims_db(servers: tuple[str, str], request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A scratch database for the module's claims (tests/claims.py), named after the module."""
+    with scratch_database(servers[0], request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")) as url:
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url(servers: tuple[str, str]) -> Iterator[str]:
     """A fresh database for this session, migrated to head by Alembic, dropped afterwards."""

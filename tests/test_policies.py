@@ -6,69 +6,19 @@ worker makes (tests/test_policies_e2e.py runs the whole stack).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from models.database import make_engine
-from scheduler import claim, policy_usage
-from tests.conftest import scratch_database
+from scheduler import policy_usage
+from tests.claims import finish, fresh, noops, status, take
 from tests.helpers import sql
 
 
-@pytest.fixture(scope="module")
-def db(servers: tuple[str, str]) -> Iterator[Engine]:
-    with scratch_database(servers[0], "policies") as url:
-        engine = make_engine(url)
-        yield engine
-        engine.dispose()
-
-
 @pytest.fixture
-def engine(db: Engine) -> Engine:
-    sql(db, "DELETE FROM policies; DELETE FROM policy_statuses; DELETE FROM noops; DELETE FROM flakies")
-    sql(db, "DELETE FROM statuses")
-    return db
-
-
-def take(engine: Engine, batch: int = 500) -> list[str]:
-    """One claim, as the scheduler's tick makes it: the names it claimed."""
-    claims = claim.claim_due(
-        engine, batch=batch, default_interval_seconds=60, retry_window_s=8, running_limit_s=600, node_silent_s=60
-    )
-    return sorted(c.name for c in claims)
-
-
-def noops(engine: Engine, count: int, labels: str = "{}", prefix: str = "n") -> list[str]:
-    names = [f"{prefix}{i:03d}" for i in range(count)]
-    with engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO noops (name, labels) VALUES (:name, CAST(:labels AS jsonb))"),
-            [{"name": n, "labels": labels} for n in names],
-        )
-    return names
-
-
-def finish(engine: Engine, names: list[str], phase: str = "Ready") -> None:
-    """What a worker's finishing statement writes: the claim freed, the generation observed, and how it went (ready
-    at it: the rollout done)."""
-    sql(
-        engine,
-        """UPDATE statuses SET enqueued_at = NULL, observed_generation = generation, phase = CAST(:phase AS text),
-               ready = CAST(:phase AS text) = 'Ready', next_reconcile_at = now() + interval '1 hour',
-               rollout_started_at = CASE WHEN CAST(:phase AS text) = 'Ready' THEN NULL ELSE rollout_started_at END
-           WHERE name = ANY(:names)""",
-        names=names,
-        phase=phase,
-    )
-
-
-def status(engine: Engine, name: str) -> dict[str, Any]:
-    with engine.connect() as conn:
-        return dict(conn.execute(text("SELECT * FROM statuses WHERE name = :n"), {"n": name}).mappings().one())
+def engine(claims_db: Engine) -> Engine:
+    return fresh(claims_db)
 
 
 def test_without_policies_every_due_resource_is_claimed(engine: Engine) -> None:

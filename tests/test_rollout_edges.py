@@ -9,32 +9,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Connection, Engine, text
 
 from models.database import make_engine
 from scheduler import claim, held, policies, policy_usage
+from tests.claims import finish, fresh, noops, settled, status, take
 from tests.conftest import alembic, scratch_database
 from tests.helpers import sql
-from tests.test_policies import finish, noops, status, take
-from tests.test_rollouts import settled
-
-
-@pytest.fixture(scope="module")
-def db(servers: tuple[str, str]) -> Iterator[Engine]:
-    with scratch_database(servers[0], "rollout_edges") as url:
-        engine = make_engine(url)
-        yield engine
-        engine.dispose()
 
 
 @pytest.fixture
-def engine(db: Engine) -> Engine:
-    sql(db, "DELETE FROM policies; DELETE FROM policy_statuses; DELETE FROM noops")
-    sql(db, "DELETE FROM statuses")
-    return db
+def engine(claims_db: Engine) -> Engine:
+    return fresh(claims_db)
 
 
 def unready(engine: Engine) -> int:

@@ -8,45 +8,19 @@ the status write a worker makes (`finish`); a finished teardown is setpoint_tear
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from models.database import make_engine
 from scheduler import held, policy_usage
-from tests.conftest import scratch_database
+from tests.claims import finish, fresh, settled, status, take, torn_down
 from tests.helpers import logged_in_as_roles, sql
-from tests.test_policies import finish, noops, status, take
-
-
-@pytest.fixture(scope="module")
-def db(servers: tuple[str, str]) -> Iterator[Engine]:
-    with scratch_database(servers[0], "rollouts") as url:
-        engine = make_engine(url)
-        yield engine
-        engine.dispose()
 
 
 @pytest.fixture
-def engine(db: Engine) -> Engine:
-    sql(db, "DELETE FROM policies; DELETE FROM policy_statuses; DELETE FROM noops")
-    sql(db, "DELETE FROM statuses")
-    return db
-
-
-def settled(engine: Engine, count: int) -> list[str]:
-    """`count` resources ready at generation 1."""
-    names = noops(engine, count)
-    finish(engine, take(engine))
-    return names
-
-
-def torn_down(engine: Engine, names: list[str]) -> None:
-    """What the worker's finishing statement of a deletion does: the tombstone goes."""
-    for name in names:
-        sql(engine, "SELECT setpoint_teardown_done('Noop', :n)", n=name)
+def engine(claims_db: Engine) -> Engine:
+    return fresh(claims_db)
 
 
 def test_a_resource_that_degrades_after_its_rollout_holds_no_slot(engine: Engine) -> None:
