@@ -32,6 +32,10 @@ _EVENTS_SINCE = """SELECT type, count(*) FROM (
     SELECT type FROM event_inbox WHERE kind = %(kind)s AND at >= %(start)s
     UNION ALL SELECT type FROM events WHERE kind = %(kind)s AND at >= %(start)s) AS made GROUP BY type"""
 _RUNS_SINCE = "SELECT count(*), max(finished_at) FROM runs WHERE kind = %s AND started_at >= %s"
+_FUNCTIONS = """SELECT funcname, calls, total_time FROM pg_stat_user_functions
+    WHERE funcname IN ('setpoint_status_event', 'setpoint_events_waiting')"""
+"""Time spent inside the events triggers (track_functions = 'pl' on the stack's database): the row trigger's total
+includes the inbox's statement trigger, fired by its INSERT."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Round:
     PostgreSQL sessions of the stack (the server's background processes are not in it)."""
     publish_s: float | None
     """How long one setpoint_publish_events() took after the round, to move its events into `events`."""
+    in_triggers: dict[str, dict[str, float]]
+    """Per trigger function: calls in the round, and milliseconds spent inside it (pg_stat_user_functions)."""
 
     @property
     def per_s(self) -> float:
@@ -74,6 +80,12 @@ class Rollout:
         """Throughput with events over without: 0.9 is 10% slower with them."""
         return self.median_per_s(True) / self.median_per_s(False)
 
+    @property
+    def paired_ratios(self) -> list[float]:
+        """Each round with events over the round without that followed it: less moved by a busy spell of the
+        machine than the medians are."""
+        return [on.per_s / off.per_s for on, off in zip(self.of(True), self.of(False), strict=True)]
+
     def summary(self) -> dict[str, Any]:
         groups = sorted({g for r in self.rounds for g in r.cpu_ms_per_reconcile})
         return {
@@ -86,6 +98,10 @@ class Rollout:
             "events_per_round_off": [sum(r.events.values()) for r in self.of(False)],
             "cpu_ms_per_reconcile_on": {g: self.median_cpu_ms(True, g) for g in groups},
             "cpu_ms_per_reconcile_off": {g: self.median_cpu_ms(False, g) for g in groups},
+            "paired_ratios": self.paired_ratios,
+            "trigger_ms_per_reconcile_on": statistics.median(
+                r.in_triggers.get(TRIGGER, {}).get("ms", 0.0) / r.rows for r in self.of(True)
+            ),
             "rounds": [{**dataclasses.asdict(r), "per_s": r.per_s} for r in self.rounds],
         }
 
@@ -108,8 +124,26 @@ def _settle(conn: psycopg.Connection) -> float:
     return publish_s
 
 
+def _functions(conn: psycopg.Connection) -> dict[str, tuple[int, float]]:
+    return {name: (int(calls), float(ms)) for name, calls, ms in conn.execute(_FUNCTIONS)}
+
+
+def _reported(
+    conn: psycopg.Connection, before: dict[str, tuple[int, float]], events: int, timeout_s: float = 20.0
+) -> dict[str, tuple[int, float]]:
+    """The function stats once the row trigger's calls cover the round's events: an idle session reports its own
+    within about ten seconds (PostgreSQL 15), so the next round's figures would otherwise take in this one's."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = _functions(conn)
+        if now.get(TRIGGER, (0, 0.0))[0] - before.get(TRIGGER, (0, 0.0))[0] >= events or time.monotonic() > deadline:
+            return now
+        time.sleep(0.2)
+
+
 def _round(url: str, rows: int, events_on: bool, watched: dict[str, list[int]], timeout_s: float) -> Round:
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        functions = _functions(conn)
         if not events_on:
             conn.execute(f"ALTER TABLE statuses DISABLE TRIGGER {TRIGGER}")  # type: ignore[arg-type]
         try:
@@ -129,9 +163,14 @@ def _round(url: str, rows: int, events_on: bool, watched: dict[str, list[int]], 
         runs = conn.execute(_RUNS_SINCE, (KIND, committed[0])).fetchone()
         assert runs is not None and runs[0] >= rows, f"only {runs} runs for {rows} rows"
         made: dict[str, int] = dict(conn.execute(_EVENTS_SINCE, {"kind": KIND, "start": committed[0]}).fetchall())  # type: ignore[arg-type]
+        after = _reported(conn, functions, sum(made.values()))
         publish_s = _settle(conn)
+    in_triggers = {
+        name: {"calls": calls - functions.get(name, (0, 0.0))[0], "ms": ms - functions.get(name, (0, 0.0))[1]}
+        for name, (calls, ms) in after.items()
+    }
     seconds = (runs[1] - committed[0]).total_seconds()
-    return Round(events_on, rows, seconds, made, cpu, publish_s if events_on else None)
+    return Round(events_on, rows, seconds, made, cpu, publish_s if events_on else None, in_triggers)
 
 
 def run(dbs: servers.Databases, broker_url: str, tag: str, logs: Path, rows: int, rounds: int, say: Any) -> Rollout:
@@ -141,6 +180,7 @@ def run(dbs: servers.Databases, broker_url: str, tag: str, logs: Path, rows: int
     queue = f"{tag}-events"
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(resources.INSERT, {"interval_s": 3600, "count": rows})  # type: ignore[arg-type]
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET track_functions = 'pl'")  # type: ignore[arg-type]
     # housekeeping (run-history pruning, publishing the inbox) once an hour: not in the middle of a timed round
     env = processes.environment(url, broker_url, queue, logs / "state", SETPOINT_HOUSEKEEPING_SECONDS="3600")
     children = [processes.worker(env, logs, "events-worker"), processes.scheduler(env, logs, "events-scheduler")]
@@ -173,9 +213,11 @@ def lines(rollout: Rollout) -> list[str]:
     s = rollout.summary()
     pg_on, pg_off = s["cpu_ms_per_reconcile_on"].get("PostgreSQL"), s["cpu_ms_per_reconcile_off"].get("PostgreSQL")
     cpu = f"; PostgreSQL CPU per reconcile {pg_on:.2f} ms on, {pg_off:.2f} ms off" if pg_on and pg_off else ""
+    paired = ", ".join(f"{x:.2f}" for x in s["paired_ratios"])
     return [
         f"mass rollout, one UPDATE of {s['rows']:,} rows to the last reconcile (worker of 2 processes, median of "
         f"{s['rounds_each']} rounds each, alternately): {s['per_s_on']:.0f} reconciles/s with events, "
-        f"{s['per_s_off']:.0f} without ({s['ratio_on_over_off']:.2f}x); events per round "
-        f"{s['events_per_round_on']} on, {s['events_per_round_off']} off{cpu}",
+        f"{s['per_s_off']:.0f} without ({s['ratio_on_over_off']:.2f}x; round by round {paired}); events per round "
+        f"{s['events_per_round_on']} on, {s['events_per_round_off']} off{cpu}; "
+        f"{s['trigger_ms_per_reconcile_on']:.3f} ms per reconcile inside the events triggers",
     ]
