@@ -300,7 +300,7 @@ def _policies(quick: bool) -> int:
 PARTS: dict[str, Callable[[bool], int | None]] = {
     "changes": lambda quick: changes.main(),
     "console": lambda quick: console.main(),
-    "events": lambda quick: events.main(),
+    "events": lambda quick: events.main(quick),
     "policies": lambda quick: _policies(quick),
     "webhooks": lambda quick: (webhooks.measure(quick, RESULTS), 0)[1],
 }
@@ -316,12 +316,15 @@ def main() -> int:
     parser.add_argument(
         "--only",
         choices=sorted(PARTS),
-        help="measure this part alone, as `python -m bench.PART` does (webhooks: with --quick, a smaller run)",
+        help="measure this part alone, as `python -m bench.PART` does (webhooks: with --quick, a smaller run); "
+        "options it does not know go to the part (`--only events --rollout-rows 2000`)",
     )
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: everything started is stopped
+    if rest and not args.only:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.only:
-        sys.argv = [sys.argv[0]]
+        sys.argv = [sys.argv[0], *rest]
         return PARTS[args.only](args.quick) or 0
     plan = QUICK if args.quick else FULL
     if args.hold is not None:

@@ -5,9 +5,11 @@ Latency: a status write that is news (a File's status made Failed, then Ready ag
 is committed, and the clock stops when its event arrives on the SSE stream of a real `setpoint api` process (uvicorn),
 through the inbox's NOTIFY, setpoint_publish_events() and the API's one listener. Hot path: the no-op write a
 reconcile makes (every column rewritten, only the times moving), over 5,000 status rows in one statement, timed with
-the events trigger enabled and disabled, alternately.
+the events trigger enabled and disabled, alternately. Mass rollout: what events cost one UPDATE of every row of a
+real stack, reconciled to the last one, events on and off alternately (bench/events_rollout.py).
 
-`python -m bench.events [--changes N]` runs this part alone and prints its figures.
+`python -m bench --only events [--quick]` (or `python -m bench.events`) runs this part alone and writes
+bench/results/events.md and events.json.
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import psycopg
 
-from bench import processes, servers
+from bench import events_rollout, processes, servers
 from bench.stats import Latency
 from models.database import libpq_url
 
@@ -228,21 +230,55 @@ def lines(results: EventsResults) -> list[str]:
     ]
 
 
-def main() -> int:
+def write(results: EventsResults, rollout: events_rollout.Rollout, load: dict[str, Any], folder: Path) -> None:
+    """bench/results/events.json (every round) and events.md (the figures)."""
+    measured = {
+        "load_average": load,
+        "to_sse": dataclasses.asdict(results.to_sse),
+        "hot_path": {**dataclasses.asdict(results.hot_path), "cost_us": results.hot_path.cost_us},
+        "rollout": rollout.summary(),
+    }
+    (folder / "events.json").write_text(json.dumps(measured, indent=2, default=str) + "\n")
+    before, after = load["before"], load["after"]
+    text = [
+        "# Events",
+        "",
+        *(f"- {line}" for line in [*lines(results), *events_rollout.lines(rollout)]),
+        "",
+        f"Load average (1, 5, 15 min) {before[0]:.2f} {before[1]:.2f} {before[2]:.2f} before, "
+        f"{after[0]:.2f} {after[1]:.2f} {after[2]:.2f} after; {os.cpu_count()} cores.",
+    ]
+    (folder / "events.md").write_text("\n".join(text) + "\n")
+
+
+def main(quick: bool = False) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.events", description=__doc__)
-    parser.add_argument("--changes", type=int, default=200, help="status changes timed to the SSE stream")
+    parser.add_argument("--quick", action="store_true", default=quick, help="smaller: 100 changes, 1,000 rows")
+    parser.add_argument("--changes", type=int, help="status changes timed to the SSE stream (200, quick 100)")
     parser.add_argument("--updates", type=int, default=5_000, help="no-op UPDATEs per round of the hot path")
+    parser.add_argument("--rollout-rows", type=int, help="rows of the mass rollout (5,000, quick 1,000)")
+    parser.add_argument("--rollout-rounds", type=int, default=5, help="rollout rounds with events, and as many without")
     args = parser.parse_args()
+    changes = args.changes or (100 if args.quick else 200)
+    rows = args.rollout_rows or (1_000 if args.quick else 5_000)
+    load = {"before": list(os.getloadavg())}
     tag = f"bench-events-{uuid.uuid4().hex[:8]}"
+    results_dir = Path(__file__).resolve().parent / "results"
+    logs = results_dir / "logs" / "events"
+    (logs / "state").mkdir(parents=True, exist_ok=True)
+    say = lambda what: print(what, file=sys.stderr, flush=True)  # noqa: E731
     with contextlib.ExitStack() as stack:
         found = stack.enter_context(servers.running())
+        stack.callback(servers.delete_queues, found.broker_url, tag)
         dbs = servers.Databases(found.admin_url, tag)
         stack.callback(dbs.drop_all)
         dbs.prepare()
-        url = dbs.clone("events")
-        logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        results = run(url, logs, args.changes, args.updates)
-    print("\n".join(lines(results)))
+        results = run(dbs.clone("events"), logs, changes, args.updates)
+        say("; ".join(lines(results)))
+        rollout = events_rollout.run(dbs, found.broker_url, tag, logs, rows, args.rollout_rounds, say)
+    load["after"] = list(os.getloadavg())
+    write(results, rollout, load, results_dir)
+    print((results_dir / "events.md").read_text())
     return 0
 
 
