@@ -405,3 +405,23 @@ def test_a_writer_notifies_only_when_no_earlier_event_waits_and_the_publisher_ta
             assert moved == [2] and heard() == 0, "and then takes c and d, in one call"
             names = [row[0] for row in w.execute("SELECT name FROM events ORDER BY id")]
             assert names == ["a", "b", "c", "d"]
+
+
+def test_a_writer_finds_an_earlier_waiting_event_through_the_index_whatever_the_statistics_say(
+    servers: tuple[str, str],
+) -> None:
+    """The wake-up lookup of each event must not read the whole inbox: planned while statistics said the inbox was
+    empty, it did (a full scan per event: an insert cost 0.4 ms at 1,000 waiting events, 1.5 ms at 6,000). Counted by
+    PostgreSQL for this transaction: no sequential scan of the inbox, however many events wait."""
+    import psycopg
+
+    from models.database import libpq_url
+
+    with scratch_database(servers[0], "inbox_scan") as url, psycopg.connect(libpq_url(url)) as conn:
+        conn.autocommit = True
+        conn.execute("ANALYZE event_inbox")  # empty: what a publish and an autoanalyze leave
+        conn.autocommit = False
+        for i in range(200):
+            conn.execute("INSERT INTO event_inbox (kind, name, type) VALUES ('File', %s, 'Ready')", (f"n{i}",))
+        row = conn.execute("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'event_inbox'").fetchone()
+        assert row is not None and row[0] == 0, f"{row[0] if row else '?'} full scans of the inbox for 200 events"
