@@ -127,12 +127,15 @@ def waiting(s: str) -> str:
     return f"({s}.phase IN ('Waiting', 'Held') OR {s}.conditions @> ANY (ARRAY[{patterns}]::jsonb[]))"
 
 
+def unclaimed(s: str) -> str:
+    """A change no claim has started yet: a new generation not claimed for, or a deletion not claimed since."""
+    return f"""(({s}.deleted_at IS NULL AND {s}.claimed_generation IS DISTINCT FROM {s}.generation)
+    OR ({s}.deleted_at IS NOT NULL AND COALESCE({s}.rollout_started_at, '-infinity') < {s}.deleted_at))"""
+
+
 def to_start(s: str) -> str:
     """A change whose rollout has not started, or that gave its slot back while waiting: claiming it takes a slot."""
-    return f"""(({s}.deleted_at IS NULL AND ({s}.claimed_generation IS DISTINCT FROM {s}.generation
-                                             OR ({s}.rollout_started_at IS NOT NULL AND {waiting(s)})))
-    OR ({s}.deleted_at IS NOT NULL AND (COALESCE({s}.rollout_started_at, '-infinity') < {s}.deleted_at
-                                        OR {waiting(s)})))"""
+    return f"({unclaimed(s)} OR ({s}.rollout_started_at IS NOT NULL AND {waiting(s)}))"
 
 
 def working(s: str) -> str:
@@ -145,8 +148,9 @@ def working(s: str) -> str:
 
 
 def _failed(s: str) -> str:
-    """Its last reconcile failed (a deletion keeps its phase, Deleting: its failures are counted)."""
-    return f"""CASE WHEN {s}.deleted_at IS NULL THEN {s}.phase IN ('Failed', 'Invalid')
+    """Its last reconcile failed, or left it unhealthy (Degraded: not on its way, as Progressing is). A deletion keeps
+    its phase, Deleting: its failures are counted."""
+    return f"""CASE WHEN {s}.deleted_at IS NULL THEN {s}.phase IN ('Failed', 'Invalid', 'Degraded')
                 ELSE {s}.consecutive_failures > 0 END"""
 
 
@@ -157,10 +161,23 @@ def failing(s: str, p: str) -> str:
 
 
 def holding(s: str, p: str) -> str:
-    """Holds a slot of policy `p`'s max_unready: working, unless it is a failure the policy was resumed past (and no
-    reconcile of it runs): resuming a halted rollout lets it go on with every slot."""
-    return f"""({working(s)} AND NOT ({s}.enqueued_at IS NULL AND {_failed(s)}
+    """Holds a slot of policy `p`'s max_unready: working, unless it is a failure the policy was resumed past. Resuming
+    a halted rollout lets it go on with every slot; the failures it went past keep retrying, outside its waves."""
+    return f"""({working(s)} AND NOT ({_failed(s)}
                                     AND {s}.rollout_started_at <= COALESCE({p}.resumed_at, '-infinity')))"""
+
+
+IN_ROLLOUT_FUNCTION = """
+CREATE FUNCTION setpoint_in_rollout(p_kind text, p_labels jsonb) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM policies AS p
+                   WHERE (p.max_unready IS NOT NULL OR p.max_failures IS NOT NULL)
+                     AND (p.kinds IS NULL OR p_kind = ANY(p.kinds))
+                     AND (p.selector IS NULL OR p_labels @> p.selector))
+$$;
+"""
+"""Whether a rollout policy's scope holds a resource: asked by a worker (as the function's owner: it reads no policy)
+only when the message it took was claimed before the change it would apply (worker/store.py)."""
+IN_ROLLOUT_SIGNATURE = "setpoint_in_rollout(text, jsonb)"
 
 
 def in_scope(s: str, p: str = "p") -> str:

@@ -41,7 +41,8 @@ _STARTED = f"""claimed_generation = s.generation,
 _CLAIM = text(f"""
 WITH due AS (
     SELECT kind, name FROM statuses
-    WHERE {_DUE}
+    -- a policy committed since this claim found none waits for the next claim, which obeys it
+    WHERE {_DUE} AND NOT EXISTS (SELECT FROM policies)
     ORDER BY next_reconcile_at
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
@@ -91,11 +92,13 @@ RETURNING s.kind, s.name, s.claim, s.node, s.next_reconcile_at, now() AS claimed
 in the claims' turn), and any whose message was lost."""
 
 _FREE_SUPERSEDED = text(f"""
-UPDATE statuses SET enqueued_at = NULL
-WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST}) AND {to_start("statuses")}
+UPDATE statuses SET enqueued_at = NULL, claim = claim + 1
+WHERE next_reconcile_at <= now() AND enqueued_at IS NOT NULL AND ({_LOST}) AND {_NOT_LOCKED}
+  AND {to_start("statuses")}
 """)
-"""A lost message whose resource has a newer change since (or gave its slot back): not sent again as it was, but
-freed, so that the policies plan the change like any other (it needs a slot)."""
+"""A lost message whose resource has a newer change since (or gave its slot back), and that no reconcile is running:
+not sent again as it was, but freed, so that the policies plan the change like any other (it needs a slot). Its claim
+number moves on: should the lost message turn up after all, it is dropped as superseded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +142,7 @@ def claim_due(
         else:
             policies.take_turn(conn)
             conn.execute(_FREE_SUPERSEDED, params)
-            plan = policies.plan(conn, batch)
+            plan = policies.plan(conn, batch, node_silent_s)
             picked = {
                 "kinds": [k for k, _ in plan.picked],
                 "names": [n for _, n in plan.picked],

@@ -22,9 +22,14 @@ from scheduler import fairness
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT = """s.enqueued_at IS NOT NULL AND (s.node IS NULL OR EXISTS (
+    SELECT FROM nodes AS n WHERE n.name = s.node AND n.last_seen_at >= now() - make_interval(secs => :node_silent)))"""
+"""A reconcile claimed and not finished, unless its message waits in the queue of a node gone silent (it runs when the
+node is back, or never): a dead host must not hold its scope's max_in_flight."""
+
 COUNTS = f"""
 SELECT p.name,
-       count(*) FILTER (WHERE s.enqueued_at IS NOT NULL) AS in_flight,
+       count(*) FILTER (WHERE {IN_FLIGHT}) AS in_flight,
        count(*) FILTER (WHERE {holding("s", "p")}) AS unready,
        count(*) FILTER (WHERE {failing("s", "p")}) AS failures,
        (array_agg(s.kind || '/' || s.name ORDER BY s.rollout_started_at) FILTER (WHERE {failing("s", "p")}))[1:3]
@@ -129,9 +134,9 @@ def _budget(row: Any) -> Budget:
     return Budget(row.name, row.kinds, row.selector, starts, rollouts, row.tokens, reason, message, full)
 
 
-def plan(conn: Connection, batch: int) -> Plan:
+def plan(conn: Connection, batch: int, node_silent_s: float = 60.0) -> Plan:
     """Pick up to `batch` due resources that every policy of theirs lets start, in round-robin order of kinds."""
-    budgets = {row.name: _budget(row) for row in conn.execute(_BUDGETS)}
+    budgets = {row.name: _budget(row) for row in conn.execute(_BUDGETS, {"node_silent": node_silent_s})}
     rows = fairness.round_robin(conn, budgets, batch)
     picked: list[tuple[str, str]] = []
     starting: set[tuple[str, str]] = set()

@@ -66,11 +66,11 @@ class Usage:
         return kinds + (f" labels {json.dumps(self.selector, sort_keys=True)}" if self.selector else "")
 
 
-def usage(conn: Connection) -> list[Usage]:
+def usage(conn: Connection, node_silent_s: float = 60.0) -> list[Usage]:
     """What each policy holds back now (in the connection's transaction, with JIT off for it: compiling this query
     took half a second, reading it a millisecond, measured at 100,000 resources)."""
     conn.execute(_NO_JIT)
-    return [Usage(**row) for row in conn.execute(_USAGE).mappings()]
+    return [Usage(**row) for row in conn.execute(_USAGE, {"node_silent": node_silent_s}).mappings()]
 
 
 _NO_JIT = text("SET LOCAL jit = off")

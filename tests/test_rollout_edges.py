@@ -61,8 +61,8 @@ def test_a_change_written_while_the_claim_plans_starts_no_rollout_past_max_unrea
     admin.execute(text("UPDATE noops SET note = 'v2' WHERE name = :n"), {"n": names[1]})
     planned = policies.plan
 
-    def plan_then_commit(conn: Connection, batch: int) -> policies.Plan:
-        found = planned(conn, batch)
+    def plan_then_commit(conn: Connection, batch: int, node_silent_s: float = 60.0) -> policies.Plan:
+        found = planned(conn, batch, node_silent_s)
         editing.commit()
         return found
 

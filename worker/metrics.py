@@ -37,7 +37,7 @@ _FOLDER = re.compile(re.escape(FOLDER_PREFIX) + r"(?P<pid>\d+)-(?P<ticks>\d+)-[^
 RECONCILES = Counter(
     "setpoint_reconciles",
     "Reconcile messages handled, by kind and outcome: a run's outcome (noop, changed, failed, invalid, paused, "
-    "deleted), a skip (busy, superseded, gone, unknown-kind), or error when the task itself raised.",
+    "deleted), a skip (busy, superseded, rollout, gone, unknown-kind), or error when the task itself raised.",
     ["kind", "outcome"],
     registry=None,
 )

@@ -180,6 +180,9 @@ def _reconcile(
                 return Done("gone")
             if request.claim is not None and status["claim"] != request.claim:
                 return Done("superseded")  # a newer message for it is queued
+            if snapshot.rollout_waits:
+                store.hand_back(conn, request.kind, request.name, status["claim"])
+                return Done("rollout")  # a change landed after its claim: the rollout's policy says when it starts
             done = _run(controller, request, snapshot, status, deleting, conn, settings, now, rng)
             finished = True
             return done

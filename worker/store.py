@@ -17,6 +17,7 @@ from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 
+from models.policy import unclaimed
 from worker import needs
 from worker.outcome import StatusUpdate
 
@@ -34,6 +35,8 @@ class Snapshot:
     """The resources it depends on (worker/needs.py), each with whether it is ready and its outputs."""
     dependents: list[str] = dataclasses.field(default_factory=list)
     """The resources (Kind/name) that depend on it, deleting ones included: it is torn down after them."""
+    rollout_waits: bool = False
+    """Its message was claimed before the change it would apply, and a rollout policy holds it: hand it back."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +67,14 @@ WITH lock AS (
 picked AS (
     UPDATE statuses SET picked_at = now()
     WHERE kind = :kind AND name = :name AND (SELECT locked FROM lock)
-    RETURNING to_jsonb(statuses.*) AS status
+    RETURNING to_jsonb(statuses.*) AS status,
+              -- claimed before the change it would now apply: a rollout policy, if one holds it, says when
+              CASE WHEN {unclaimed} THEN setpoint_in_rollout(kind, labels) ELSE false END AS rollout_waits
 )
 SELECT (SELECT locked FROM lock) AS locked,
        (SELECT to_jsonb(d) FROM {table} AS d WHERE d.name = :name) AS desired,
        (SELECT status FROM picked) AS status,
+       COALESCE((SELECT rollout_waits FROM picked), false) AS rollout_waits,
        ({needs}) AS needs,
        ({dependents}) AS dependents
 """
@@ -77,7 +83,11 @@ SELECT (SELECT locked FROM lock) AS locked,
 @functools.cache
 def _begin_statement(table: str) -> TextClause:
     """Built once per kind: a reconcile's hot path compiles nothing."""
-    return text(_BEGIN.format(lock_key=LOCK_KEY, table=table, needs=needs.SELECT, dependents=_DEPENDENTS))
+    return text(
+        _BEGIN.format(
+            lock_key=LOCK_KEY, table=table, needs=needs.SELECT, dependents=_DEPENDENTS, unclaimed=unclaimed("statuses")
+        )
+    )
 
 
 _DEPENDENTS = """SELECT jsonb_agg(d.kind || '/' || d.name ORDER BY d.kind, d.name)
@@ -95,7 +105,17 @@ def begin(conn: Connection, table: str, kind: str, name: str) -> Snapshot:
     if row.locked and (dependents if row.desired is None else found):
         again = conn.execute(_LINKS, {"kind": kind, "name": name}).one()
         found, dependents = again.needs or [], again.dependents or []
-    return Snapshot(bool(row.locked), row.desired, row.status, found, dependents)
+    return Snapshot(bool(row.locked), row.desired, row.status, found, dependents, bool(row.rollout_waits))
+
+
+_HAND_BACK = text("""UPDATE statuses SET enqueued_at = NULL, next_reconcile_at = LEAST(next_reconcile_at, now())
+WHERE kind = :kind AND name = :name AND claim = :claim""")
+
+
+def hand_back(conn: Connection, kind: str, name: str, claim: int) -> None:
+    """Free this message's claim and make the resource due now: the scheduler's claim starts its change when the
+    rollout has a slot for it (nothing was acted on)."""
+    conn.execute(_HAND_BACK, {"kind": kind, "name": name, "claim": claim})
 
 
 def unlock(conn: Connection, kind: str, name: str) -> None:

@@ -91,19 +91,21 @@ def upgrade() -> None:
     op.drop_column("policies", "tokens")
     op.drop_column("policies", "backoff_until")
     # ### end Alembic commands ###
+    op.execute(CANONICAL_KINDS)  # first: duplicates spelled apart become one before the size is checked
     op.drop_constraint(op.f("ck_policies_kinds_not_empty"), "policies", type_="check")
     op.create_check_constraint(
         op.f("ck_policies_kinds_size"),
         "policies",
         f"kinds IS NULL OR cardinality(kinds) BETWEEN 1 AND {policy.MAX_KINDS}",
     )
-    op.execute(CANONICAL_KINDS)
     op.execute(policy.KINDS_FUNCTION)
     op.execute(triggers.drop_functions((OLD_HOLD_SIGNATURE, policy.BACK_OFF_SIGNATURE)))
     op.execute(policy.HOLD_FUNCTION)
     op.execute(triggers.as_owner((policy.HOLD_SIGNATURE,), "setpoint_scheduler"))
     op.execute(policy.BACK_OFF_FUNCTION)
     op.execute(triggers.as_owner((policy.BACK_OFF_SIGNATURE,), "setpoint_worker"))
+    op.execute(policy.IN_ROLLOUT_FUNCTION)
+    op.execute(triggers.as_owner((policy.IN_ROLLOUT_SIGNATURE,), "setpoint_worker"))
     op.execute(DONE)
     op.execute(GRANTS)
 
@@ -120,7 +122,9 @@ def _revision_0019() -> Any:
 
 def downgrade() -> None:
     before = _revision_0019()
-    op.execute(triggers.drop_functions((policy.HOLD_SIGNATURE, policy.BACK_OFF_SIGNATURE)))
+    op.execute(
+        triggers.drop_functions((policy.HOLD_SIGNATURE, policy.BACK_OFF_SIGNATURE, policy.IN_ROLLOUT_SIGNATURE))
+    )
     op.execute(
         "DROP TRIGGER IF EXISTS setpoint_scope_kinds ON policies; DROP FUNCTION IF EXISTS setpoint_scope_kinds();"
     )
