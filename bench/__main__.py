@@ -297,10 +297,20 @@ def _policies(quick: bool) -> int:
     return 0
 
 
+def _million(quick: bool) -> int:
+    from bench import million
+
+    with contextlib.ExitStack() as stack:
+        million.run(million.QUICK if quick else million.FULL, stack, say, RESULTS)
+    print((RESULTS / "million.md").read_text())
+    return 0
+
+
 PARTS: dict[str, Callable[[bool], int | None]] = {
     "changes": lambda quick: changes.main(),
     "console": lambda quick: console.main(),
     "events": lambda quick: events.main(quick),
+    "million": lambda quick: _million(quick),
     "policies": lambda quick: _policies(quick),
     "webhooks": lambda quick: (webhooks.measure(quick, RESULTS), 0)[1],
 }

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,10 @@ _UNCONVERGED = """SELECT count(*) FROM statuses
     WHERE kind = %s AND (observed_generation IS DISTINCT FROM generation OR NOT ready)"""
 
 
-def scheduler_cpu(dbs: servers.Databases, setup: scale.Setup, plan: PolicyPlan) -> dict[str, Any]:
-    """Part 1: the scheduler (and its database sessions) at plan.scale_resources, without and with policies."""
-    count = plan.scale_resources
-    url = scale.prepare(dbs, count, plan.scale_interval_s)
-    rate = max(1, round(count / plan.scale_interval_s * 60 * 10))  # ten times what falls due
+def scheduler_cpu(url: str, count: int, setup: scale.Setup, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Part 1 (and bench/million.py): the scheduler and its database sessions at `count` resources of a database
+    made by scale.prepare, on setup's interval for setup's span, without policies and then with THREE."""
+    rate = max(1, round(count / setup.interval_s * 60 * 10))  # ten times what falls due
     found: dict[str, Any] = {}
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(SETTLED)
@@ -90,16 +90,20 @@ def scheduler_cpu(dbs: servers.Databases, setup: scale.Setup, plan: PolicyPlan) 
             "scheduler_cpu": load.usage.cpu_share,
             "database_cpu": load.database_cpu_share,
             "peak_rss_mb": load.usage.peak_rss_mb,
+            "lateness_p50_s": load.lateness.p50_s,
             "lateness_p99_s": load.lateness.p99_s,
+            "lateness_max_s": load.lateness.max_s,
             "expected": load.expected,
             "missed": load.missed,
+            "unfinished_at_end": load.unfinished_at_end,
         }
-    dbs.drop(url)
+        if say:
+            say(f"scheduler at {count:,} resources measured, policies: {label}")
     none, three = found["none"], found["three"]
     found["cpu_ratio"] = three["scheduler_cpu"] / none["scheduler_cpu"] if none["scheduler_cpu"] else None
     if none["database_cpu"] and three["database_cpu"] is not None:
         found["database_cpu_ratio"] = three["database_cpu"] / none["database_cpu"]
-    return {"resources": count, "interval_s": plan.scale_interval_s, "measured_s": plan.scale_measure_s, **found}
+    return {"resources": count, "interval_s": setup.interval_s, "measured_s": setup.measure_s, **found}
 
 
 class _InFlight:
@@ -271,7 +275,9 @@ def run(plan: PolicyPlan, stack: contextlib.ExitStack, say: Any, results: Path) 
     measured.update(stack_parts(dbs, found.broker_url, tag, logs, plan))
     say("policies: UPDATE under max_in_flight and the halted rollout measured")
     setup = scale.Setup(found.broker_url, tag, plan.scale_interval_s, plan.scale_measure_s, logs)
-    measured["scheduler"] = scheduler_cpu(dbs, setup, plan)
+    url = scale.prepare(dbs, plan.scale_resources, plan.scale_interval_s)
+    measured["scheduler"] = scheduler_cpu(url, plan.scale_resources, setup)
+    dbs.drop(url)
     say("policies: scheduler CPU without and with three policies measured")
     write(measured, results)
     return measured

@@ -15,6 +15,9 @@ def name(index: int) -> str:
 INDEX_SQL = "substr(name, 3)::int"
 """The index back from a name, in SQL."""
 
-INSERT = f"""INSERT INTO {TABLE} (name, interval_seconds)
-SELECT 'r-' || lpad(i::text, 6, '0'), %(interval_s)s FROM generate_series(1, %(count)s) AS i"""
+INSERT_RANGE = f"""INSERT INTO {TABLE} (name, interval_seconds)
+SELECT 'r-' || lpad(i::text, greatest(6, length(i::text)), '0'), %(interval_s)s
+FROM generate_series(%(first)s, %(last)s) AS i"""
+"""Make the resources numbered `first` to `last` (lpad alone would cut r-1000000 to r-100000)."""
+INSERT = INSERT_RANGE.replace("%(first)s", "1").replace("%(last)s", "%(count)s")
 """Make `count` resources named by `name(i)`; their triggers give each a status row, due at once."""
