@@ -151,11 +151,7 @@ def run(plan: Plan, stack: contextlib.ExitStack, notes: list[str]) -> Results:
     logs = RESULTS / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     (logs / "state").mkdir(parents=True)
-    found = stack.enter_context(servers.running())
-    stack.callback(servers.delete_queues, found.broker_url, tag)
-    dbs = servers.Databases(found.admin_url, tag)
-    stack.callback(dbs.drop_all)
-    dbs.prepare()
+    found, dbs = servers.for_run(stack, tag)
     url = dbs.clone("stack")
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(resources.INSERT, {"interval_s": STACK_INTERVAL_S, "count": plan.resources})  # type: ignore[arg-type]

@@ -268,11 +268,7 @@ def main(quick: bool = False) -> int:
     (logs / "state").mkdir(parents=True, exist_ok=True)
     say = lambda what: print(what, file=sys.stderr, flush=True)  # noqa: E731
     with contextlib.ExitStack() as stack:
-        found = stack.enter_context(servers.running())
-        stack.callback(servers.delete_queues, found.broker_url, tag)
-        dbs = servers.Databases(found.admin_url, tag)
-        stack.callback(dbs.drop_all)
-        dbs.prepare()
+        found, dbs = servers.for_run(stack, tag)
         results = run(dbs.clone("events"), logs, changes, args.updates)
         say("; ".join(lines(results)))
         rollout = events_rollout.run(dbs, found.broker_url, tag, logs, rows, args.rollout_rounds, say)

@@ -74,11 +74,7 @@ def run(plan: MillionPlan, stack: contextlib.ExitStack, say: Callable[[str], Non
     tag = f"bench-mil-{int(time.time())}"
     logs = results / "logs" / "million"
     (logs / "state").mkdir(parents=True, exist_ok=True)
-    found = stack.enter_context(servers.running())
-    stack.callback(servers.delete_queues, found.broker_url, tag)
-    dbs = servers.Databases(found.admin_url, tag)
-    stack.callback(dbs.drop_all)
-    dbs.prepare()
+    found, dbs = servers.for_run(stack, tag)
     say(f"million: {plan.mode} run, preparing {plan.resources:,} resources on a {plan.interval_s:g} s interval")
     started = time.monotonic()
     url = scale.prepare(dbs, plan.resources, plan.interval_s, say)

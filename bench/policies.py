@@ -265,11 +265,7 @@ def run(plan: PolicyPlan, stack: contextlib.ExitStack, say: Any, results: Path) 
     tag = f"bench-pol-{int(time.time())}"
     logs = results / "logs" / "policies"
     (logs / "state").mkdir(parents=True, exist_ok=True)
-    found = stack.enter_context(servers.running())
-    stack.callback(servers.delete_queues, found.broker_url, tag)
-    dbs = servers.Databases(found.admin_url, tag)
-    stack.callback(dbs.drop_all)
-    dbs.prepare()
+    found, dbs = servers.for_run(stack, tag)
     say(f"policies: {plan.mode} run, databases ready")
     measured: dict[str, Any] = {"mode": plan.mode, "concurrency": plan.concurrency, "observe_s": plan.observe_s}
     measured.update(stack_parts(dbs, found.broker_url, tag, logs, plan))

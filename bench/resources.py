@@ -17,7 +17,7 @@ INDEX_SQL = "substr(name, 3)::int"
 
 INSERT_RANGE = f"""INSERT INTO {TABLE} (name, interval_seconds)
 SELECT 'r-' || lpad(i::text, greatest(6, length(i::text)), '0'), %(interval_s)s
-FROM generate_series(%(first)s, %(last)s) AS i"""
+FROM generate_series(CAST(%(first)s AS bigint), CAST(%(last)s AS bigint)) AS i"""
 """Make the resources numbered `first` to `last` (lpad alone would cut r-1000000 to r-100000)."""
 INSERT = INSERT_RANGE.replace("%(first)s", "1").replace("%(last)s", "%(count)s")
 """Make `count` resources named by `name(i)`; their triggers give each a status row, due at once."""

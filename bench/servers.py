@@ -92,6 +92,16 @@ class Databases:
             conn.execute(statement)  # type: ignore[arg-type]
 
 
+def for_run(stack: contextlib.ExitStack, tag: str) -> tuple[Servers, Databases]:
+    """The servers and a prepared template for one run tagged `tag`; its queues and databases go when `stack` closes."""
+    found = stack.enter_context(running())
+    stack.callback(delete_queues, found.broker_url, tag)
+    dbs = Databases(found.admin_url, tag)
+    stack.callback(dbs.drop_all)
+    dbs.prepare()
+    return found, dbs
+
+
 def delete_queues(broker_url: str, tag: str) -> int:
     """Delete every Redis key and Kombu binding that names this run's tag; returns how many keys went."""
     client = redis.Redis.from_url(broker_url)
